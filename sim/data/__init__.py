@@ -1,0 +1,1 @@
+"""Packaged data: the Micius 2017 pass tables."""
