@@ -1,0 +1,49 @@
+"""The ``mozi`` command line.
+
+Each subcommand lives in ``mozi.host.commands.<name>`` and provides ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. Errors derived from ``MoziError`` become one
+line on stderr and exit status 1; ``--json`` output goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mozi.sim.errors import MoziError
+
+COMMANDS = ("simulate", "session", "demo", "keys", "encrypt", "decrypt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mozi", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"mozi.host.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mozi.host.commands.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except MoziError as exc:
+        print(f"mozi {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mozi {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the mozi CLI, one module each."""
