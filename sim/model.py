@@ -28,6 +28,7 @@ __all__ = [
     "alice_record",
     "assign_slots",
     "decode_basis",
+    "merge_slot_events",
     "sift_alice",
     "tag_edges",
     "toeplitz_hash",
@@ -213,6 +214,32 @@ def assign_slots(
     in_window = ok & (residue >= window_start) & (residue < window_end)
     slots = np.where(ok, slots, np.uint64(0)).astype(np.uint64)
     return slots, in_window
+
+
+def merge_slot_events(
+    slots: np.ndarray, masks: np.ndarray, in_window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slot assigner output stage: drop rejected events, OR-merge events of the same slot.
+
+    Out-of-window events are dropped (the gateware counts them). Consecutive accepted events
+    with the same slot index become one event whose mask is the OR of theirs, so a
+    multi-click spread over several ticks of one slot reaches the basis decoder as one
+    multi-click. (Events arrive in time order, so equal slots are always consecutive.) The
+    gateware holds the latest event until an event of another slot arrives or the packet ends
+    (``last``), then emits it.
+
+    Returns
+    -------
+    slots : uint64 array, strictly increasing (before wrap)
+    masks : same dtype as ``masks``
+    """
+    keep = np.asarray(in_window, bool)
+    s = np.asarray(slots, np.uint64)[keep]
+    m = np.asarray(masks)[keep]
+    if s.size == 0:
+        return s, m
+    starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+    return s[starts], np.bitwise_or.reduceat(m, starts).astype(m.dtype)
 
 
 # --------------------------------------------------------------------------------------------
