@@ -1,0 +1,226 @@
+"""PicoQuant PTU T2 input: round trip through hand-written T2 files, and corrupt-file errors.
+
+The PTU files are encoded here from the format description (PicoQuant unified tag header, then
+32-bit T2 records; see the ptufile sources and PicoQuant's file-format demos), independently of
+the reader under test.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from mozi.host.ptu import is_ptu, parse_channel_map, read_ptu
+from mozi.sim.errors import FileFormatError
+
+SEED = 20260611
+
+# Unified tag type codes.
+_INT8, _FLOAT8, _ANSI, _EMPTY = 0x10000008, 0x20000008, 0x4001FFFF, 0xFFFF0008
+HYDRAHARP2_T2 = 0x01010204
+PICOHARP_T2 = 0x00010203
+HYDRAHARP2_T3 = 0x01010304
+HH_WRAP = 1 << 25          # HydraHarp T2 overflow period (ticks)
+PH_WRAP = 210698240        # PicoHarp T2 overflow period (ticks)
+
+
+def _tag(name: str, value, typecode: int | None = None) -> bytes:
+    head = struct.pack("<32si", name.encode(), -1)
+    if value is None:
+        return head + struct.pack("<IQ", _EMPTY, 0)
+    if isinstance(value, str):
+        raw = value.encode("ascii") + b"\0"
+        raw += b"\0" * (-len(raw) % 8)
+        return head + struct.pack("<Iq", _ANSI, len(raw)) + raw
+    if isinstance(value, float):
+        return head + struct.pack("<Id", _FLOAT8, value)
+    return head + struct.pack("<Iq", typecode or _INT8, value)
+
+
+def _header(rectype: int, resolution_s: float, n_records: int, mode: int = 2) -> bytes:
+    return b"".join([
+        b"PQTTTR\0\0", b"1.0.00\0\0",
+        _tag("File_GUID", "{6f1c7a52-3b0e-4c1e-9d7e-1a2b3c4d5e6f}"),
+        _tag("CreatorSW_Name", "mozi-tests"),
+        _tag("Measurement_Mode", mode),
+        _tag("Measurement_SubMode", 0),
+        _tag("TTResultFormat_TTTRRecType", rectype),
+        _tag("TTResultFormat_BitsPerRecord", 32),
+        _tag("MeasDesc_GlobalResolution", resolution_s),
+        _tag("TTResult_SyncRate", 100_000_000),
+        _tag("TTResult_NumberOfRecords", n_records),
+        _tag("Header_End", None),
+    ])
+
+
+def _hydraharp2_records(ticks, inputs, sync_ticks=(), marker_ticks=()) -> np.ndarray:
+    """HydraHarp V2 T2: special(1) channel(6) time(25); overflow carries its count."""
+    events = [(int(t), 0, int(c)) for t, c in zip(ticks, inputs, strict=True)]
+    events += [(int(t), 1, 0) for t in sync_ticks]          # sync: special, channel 0
+    events += [(int(t), 1, 2) for t in marker_ticks]        # marker 2: special, channel 2
+    events.sort(key=lambda e: e[0])
+    words, period = [], 0
+    for t, special, ch in events:
+        if t // HH_WRAP > period:
+            words.append((1 << 31) | (0x3F << 25) | (t // HH_WRAP - period))
+            period = t // HH_WRAP
+        words.append((special << 31) | (ch << 25) | (t % HH_WRAP))
+    return np.array(words, dtype="<u4")
+
+
+def _picoharp_records(ticks, inputs, marker_ticks=()) -> np.ndarray:
+    """PicoHarp T2: channel(4) time(28); channel 15 with time bits 0 is one overflow."""
+    events = [(int(t), int(c)) for t, c in zip(ticks, inputs, strict=True)]
+    events += [(int(t) & ~0xF | 0x4, 15) for t in marker_ticks]   # marker 4 in low bits
+    events.sort(key=lambda e: e[0])
+    words, period = [], 0
+    for t, ch in events:
+        while t // PH_WRAP > period:
+            words.append(15 << 28)
+            period += 1
+        words.append((ch << 28) | (t % PH_WRAP))
+    return np.array(words, dtype="<u4")
+
+
+def _write(path, rectype, resolution_s, records, *, announced=None, mode=2):
+    n = len(records) if announced is None else announced
+    path.write_bytes(_header(rectype, resolution_s, n, mode) + records.tobytes())
+    return path
+
+
+def _random_events(rng, n, span_ticks, n_inputs):
+    ticks = np.sort(rng.integers(0, span_ticks, n))
+    inputs = rng.integers(0, n_inputs, n)
+    return ticks, inputs
+
+
+def test_hydraharp_round_trip_with_overflows_sync_and_markers(tmp_path):
+    rng = np.random.default_rng(SEED)
+    print(f"seed {SEED}")
+    ticks, inputs = _random_events(rng, 3000, 40 * HH_WRAP, 4)
+    sync = np.arange(0, 40 * HH_WRAP, 7 * HH_WRAP // 3)
+    records = _hydraharp2_records(ticks, inputs, sync_ticks=sync, marker_ticks=[5, HH_WRAP + 9])
+    path = _write(tmp_path / "hh.ptu", HYDRAHARP2_T2, 1e-12, records)
+
+    tags = read_ptu(path, channels="0:H,1:V,2:D,3:A")
+
+    np.testing.assert_array_equal(tags.timestamps_ps, ticks)          # 1 ps resolution
+    np.testing.assert_array_equal(tags.channels, inputs)
+    assert tuple(tags.channel_names) == ("H", "V", "D", "A")
+    assert tags.resolution_ps == 1
+    assert tags.metadata["sync_records"] == sync.size
+    assert tags.metadata["marker_records"] == 2
+    assert tags.metadata["record_type"] == "HydraHarp2T2"
+
+
+def test_picoharp_round_trip_permuted_map_and_resolution(tmp_path):
+    rng = np.random.default_rng(SEED + 1)
+    ticks, inputs = _random_events(rng, 2000, 5 * PH_WRAP, 4)
+    records = _picoharp_records(ticks, inputs, marker_ticks=[PH_WRAP + 100])
+    path = _write(tmp_path / "ph.ptu", PICOHARP_T2, 4e-12, records)
+
+    tags = read_ptu(path, channels="0:A, 1:d, 2:H, 3:V")
+
+    np.testing.assert_array_equal(tags.timestamps_ps, ticks * 4)
+    np.testing.assert_array_equal(tags.channels, np.array([3, 2, 0, 1])[inputs])
+    assert tags.resolution_ps == 4
+    assert tags.metadata["marker_records"] == 1
+
+
+def test_unmapped_inputs_are_dropped_and_counted(tmp_path):
+    rng = np.random.default_rng(SEED + 2)
+    ticks, inputs = _random_events(rng, 1000, 3 * HH_WRAP, 6)
+    records = _hydraharp2_records(ticks, inputs)
+    path = _write(tmp_path / "hh6.ptu", HYDRAHARP2_T2, 1e-12, records)
+
+    tags = read_ptu(path, channels={1: "H", 2: "V", 3: "D", 5: "A"})
+
+    keep = inputs != 0
+    keep &= inputs != 4
+    np.testing.assert_array_equal(tags.timestamps_ps, ticks[keep])
+    np.testing.assert_array_equal(
+        tags.channels, np.array([9, 0, 1, 2, 9, 3])[inputs[keep]])
+    dropped = tags.metadata["dropped_photons_per_input"]
+    assert dropped == {"0": int(np.sum(inputs == 0)), "4": int(np.sum(inputs == 4))}
+
+
+def test_is_ptu(tmp_path):
+    good = _write(tmp_path / "a.ptu", PICOHARP_T2, 4e-12, _picoharp_records([1], [0]))
+    bad = tmp_path / "b.ptu"
+    bad.write_bytes(b"MOZI tags")
+    assert is_ptu(good)
+    assert not is_ptu(bad)
+    assert not is_ptu(tmp_path / "missing.ptu")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("0:H,1:X", "not one of"),
+    ("0:H,0:V", "mapped twice"),
+    ("0:H,1:H", "mapped twice"),
+    ("0H", "INPUT:NAME"),
+    ("a:H", "INPUT:NAME"),
+    ("", "maps no input"),
+])
+def test_bad_channel_maps(spec, message):
+    with pytest.raises(FileFormatError, match=message):
+        parse_channel_map(spec)
+
+
+def test_default_channel_map():
+    assert parse_channel_map(None) == {0: "H", 1: "V", 2: "D", 3: "A"}
+
+
+def _good_file(tmp_path):
+    ticks, inputs = _random_events(np.random.default_rng(SEED + 3), 500, 2 * HH_WRAP, 4)
+    return _write(tmp_path / "good.ptu", HYDRAHARP2_T2, 1e-12,
+                  _hydraharp2_records(ticks, inputs))
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "garbage.ptu"
+    path.write_bytes(np.random.default_rng(SEED).bytes(4096))
+    with pytest.raises(FileFormatError, match="not a PicoQuant PTU file"):
+        read_ptu(path)
+
+
+def test_garbage_after_magic(tmp_path):
+    path = tmp_path / "garbage.ptu"
+    path.write_bytes(b"PQTTTR\0\0" + np.random.default_rng(SEED).bytes(4096))
+    with pytest.raises(FileFormatError, match="garbage.ptu"):
+        read_ptu(path)
+
+
+@pytest.mark.parametrize("cut", [20, 200, 1000])
+def test_truncated_header(tmp_path, cut):
+    data = _good_file(tmp_path).read_bytes()
+    path = tmp_path / "cut.ptu"
+    path.write_bytes(data[:cut])
+    with pytest.raises(FileFormatError, match="cut.ptu"):
+        read_ptu(path)
+
+
+def test_truncated_records(tmp_path):
+    data = _good_file(tmp_path).read_bytes()
+    path = tmp_path / "cut.ptu"
+    path.write_bytes(data[:-10])
+    with pytest.raises(FileFormatError, match="truncated"):
+        read_ptu(path)
+
+
+def test_t3_file_is_refused(tmp_path):
+    path = _write(tmp_path / "t3.ptu", HYDRAHARP2_T3, 1e-8, np.zeros(4, "<u4"), mode=3)
+    with pytest.raises(FileFormatError, match="not a supported T2 format"):
+        read_ptu(path)
+
+
+def test_no_photon_on_mapped_inputs(tmp_path):
+    records = _hydraharp2_records([10, 20], [5, 6])
+    path = _write(tmp_path / "empty.ptu", HYDRAHARP2_T2, 1e-12, records)
+    with pytest.raises(FileFormatError, match="no photon"):
+        read_ptu(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileFormatError, match="cannot read"):
+        read_ptu(tmp_path / "nope.ptu")
