@@ -11,15 +11,21 @@ the two keys it comes from (composability).
 :func:`relay_announcement` and :func:`derive_relayed_key` are the bit-level operations;
 :func:`satellite_announce`, :func:`moscow_accept`, :func:`urumqi_accept` do the same on key
 stores (each side consumes its input blocks exactly once and stores the relayed key under
-the same new key IDs), and :func:`relay_keys` runs all three.
+the same new key IDs), and :func:`relay_keys` runs all three. The announcement is public but
+must be *authenticated*: send :meth:`RelayAnnouncement.to_bytes` over an
+:class:`~mozi.host.auth.AuthenticatedChannel` — a flipped bit in it would otherwise silently
+give the two stations different keys.
 """
 
 from __future__ import annotations
 
+import math
+import struct
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from mozi.host.errors import KeyStoreError
+from mozi.host.errors import FileFormatError, KeyStoreError
 from mozi.host.keystore import KeyStore, block_sizes, new_key_ids
 
 __all__ = [
@@ -31,6 +37,10 @@ __all__ = [
     "satellite_announce",
     "urumqi_accept",
 ]
+
+
+_ANN_MAGIC = b"MZRL"
+_ANN_HEAD = struct.Struct(">4sQIHHHdd")
 
 
 def _bits(a, name: str) -> np.ndarray:
@@ -111,6 +121,42 @@ class RelayAnnouncement:
     announcement: np.ndarray = field(repr=False, compare=False)
     eps_sec: float | None = None
     eps_cor: float | None = None
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the (authenticated) classical channel; see :meth:`from_bytes`."""
+        head = _ANN_HEAD.pack(_ANN_MAGIC, self.n_bits, self.block_bits, len(self.sm_key_ids),
+                              len(self.su_key_ids), len(self.key_ids),
+                              math.nan if self.eps_sec is None else self.eps_sec,
+                              math.nan if self.eps_cor is None else self.eps_cor)
+        ids = b"".join(uuid.UUID(k).bytes
+                       for k in (*self.sm_key_ids, *self.su_key_ids, *self.key_ids))
+        return head + ids + np.packbits(self.announcement).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RelayAnnouncement:
+        """Parse :meth:`to_bytes` output.
+
+        Raises
+        ------
+        FileFormatError
+            Not a relay announcement, or truncated.
+        """
+        data = bytes(data)
+        if len(data) < _ANN_HEAD.size:
+            raise FileFormatError("relay announcement too short")
+        magic, n_bits, block_bits, n_sm, n_su, n_ids, eps_sec, eps_cor = \
+            _ANN_HEAD.unpack_from(data)
+        if magic != _ANN_MAGIC:
+            raise FileFormatError("not a relay announcement")
+        end = _ANN_HEAD.size + 16 * (n_sm + n_su + n_ids)
+        if len(data) != end + (n_bits + 7) // 8 or n_bits < 1 or block_bits < 1:
+            raise FileFormatError("relay announcement has the wrong length")
+        ids = [str(uuid.UUID(bytes=data[i:i + 16])) for i in range(_ANN_HEAD.size, end, 16)]
+        bits = np.unpackbits(np.frombuffer(data[end:], np.uint8))[:n_bits].copy()
+        return cls(n_bits=n_bits, block_bits=block_bits, sm_key_ids=tuple(ids[:n_sm]),
+                   su_key_ids=tuple(ids[n_sm:n_sm + n_su]), key_ids=tuple(ids[n_sm + n_su:]),
+                   announcement=bits, eps_sec=None if math.isnan(eps_sec) else eps_sec,
+                   eps_cor=None if math.isnan(eps_cor) else eps_cor)
 
 
 def _eps_sum(records, name):
