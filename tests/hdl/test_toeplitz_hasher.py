@@ -1,0 +1,56 @@
+"""ToeplitzHasher: parameter checks, and the cocotb suite under Verilator per parameter set."""
+
+import pytest
+from mozi.hdl.toeplitz_hasher import ToeplitzHasher, ToeplitzStatus, job_cycles
+from mozi.sim.cocotb_runner import run_cocotb
+
+pytestmark = pytest.mark.cocotb
+
+# lanes 1/8/32; tile/lanes of 6, 3 and 1 (not powers of two, and the one-chunk edge);
+# max_n not a multiple of lanes.
+PARAMS = [
+    {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23},
+    {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60},
+    {"lanes": 32, "tile": 32, "max_n": 301, "max_m": 100},
+]
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"lanes{p['lanes']}-tile{p['tile']}")
+def test_toeplitz_hasher_rtl(params):
+    run_cocotb(ToeplitzHasher(**params), "tests.hdl.tb_toeplitz_hasher", params=params)
+
+
+def test_defaults_and_ports():
+    core = ToeplitzHasher()
+    assert (core.lanes, core.tile, core.max_n, core.max_m) == (8, 64, 4096, 1024)
+    assert set(core.signature.members) == {"cfg", "seed", "x", "y", "status", "busy"}
+    # the configuration to synthesise for the (n, m) = (10^6, 10^5) figure builds its ports
+    big = ToeplitzHasher(lanes=32, tile=512, max_n=10**6, max_m=10**5)
+    assert len(big.cfg.payload.n.as_value()) == 20
+    assert len(big.cfg.payload.m.as_value()) == 17
+    assert len(big.x.payload.as_value()) == 33
+
+
+def test_job_cycles_formula():
+    # 1 cfg + 2 seed beats + 1 flush + 1 pass of (1 prime + 2 fill + 1 run + 1 settle + 1 dump)
+    # + 1 status, for lanes 1, tile 1, n = m = 1... with n + m - 1 = 1 seed beat
+    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 2 + 3)
+    assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
+        3 + 34375 + 196 * (31250 + 32 + 3)
+    assert ToeplitzStatus.OK.value == 0
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    ({"lanes": 0}, TypeError),
+    ({"lanes": 8.0}, TypeError),
+    ({"lanes": True}, TypeError),
+    ({"lanes": 3, "tile": 6}, ValueError),
+    ({"lanes": 128, "tile": 128}, ValueError),
+    ({"lanes": 8, "tile": 12}, ValueError),
+    ({"tile": -8}, TypeError),
+    ({"max_n": 0}, TypeError),
+    ({"max_m": "10"}, TypeError),
+])
+def test_rejects_bad_parameters(kwargs, exc):
+    with pytest.raises(exc):
+        ToeplitzHasher(**kwargs)
