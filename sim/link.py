@@ -280,7 +280,8 @@ def simulate_pass(
 
     slot_parts, time_parts, ch_parts, noise_parts = [], [], [], []
     bar = tqdm(total=round(t1 - t0, 1), unit="s", desc="simulate", file=sys.stderr,
-               disable=not progress, leave=False)
+               disable=not progress, leave=False,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]")
     try:
         for k0 in range(first_slot, end_slot, chunk):
             k1 = min(k0 + chunk, end_slot)
@@ -379,7 +380,7 @@ def _statistics(rng, profile, alice, receiver, period, rate, t0, t1, true_slot, 
     err = np.bincount(slot_bin, weights=error, minlength=nb).astype(np.int64)
     bins = []
     for i, start in enumerate(edges):
-        span = min(start + PROFILE_BIN_S, t1) - max(start, t0)
+        span = float(min(start + PROFILE_BIN_S, t1) - max(start, t0))
         mid = max(start, t0) + span / 2
         bins.append({
             "t_s": round(float(start), 3),

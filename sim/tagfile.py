@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,19 +73,20 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) 
         The directory does not exist or is not writable, the disk is full, …
     """
     path = Path(path)
-    tmp = None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    created = False
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                   dir=path.parent if str(path.parent) else ".")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, path)
-        tmp = None
+        created = False
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        if tmp is not None:
+        if created:
             try:
                 os.unlink(tmp)
             except OSError:
