@@ -1,0 +1,419 @@
+"""Time-bin recovery: clock offset and drift from Bob's own tags, slot registers, slot alignment.
+
+Bob's tag of a photon sent in Alice's slot ``k`` arrives at ``t = c + k·P + jitter``, with
+``P = T·(1 + drift)`` the slot period seen on Bob's clock (``T`` the nominal period) and ``c``
+an unknown offset. Nothing but the tags is needed to find ``P`` and ``c`` modulo ``P``:
+
+1. **Coarse drift from detection pairs.** For two detections ``Δ`` apart, ``Δ ≈ n·P``; with a
+   drift uncertainty ``R`` and ``n ≤ 1/(8R)`` the integer ``n = round(Δ/P̂)`` is exact and the
+   residual ``Δ − n·P̂`` is linear in ``n`` with slope ``P − P̂``. A robust (iteratively
+   clipped) least-squares fit over many pairs shrinks ``R``; the next round uses pairs up to
+   ``1/(8R)`` slots apart, and so on (coarse to fine, no grid search).
+2. **Phase per chunk.** Timestamps are folded modulo ``P̂`` in chunks of time; the circular
+   mean of each chunk is the arrival phase of the signal; the chunk phases are unwrapped and a
+   line is fitted (weighted by the counts): its slope corrects the period, its intercept gives
+   ``c``. The jitter ``σ`` comes from the folded residues around the fitted peak.
+3. **SlotAssigner registers.** Slots are cut so the peak sits in the middle of a slot
+   (``slot start = c − P/2 + k·P``); the acceptance window is ``±window_sigmas·σ`` around
+   it. Registers are fixed-point (``frac_bits``) and are recomputed per block of events from the
+   exact model, so fixed-point rounding of the period never accumulates
+   (:func:`slot_blocks`, the ``offset = B − S·period`` rule of
+   :func:`mozi.sim.model.assign_slots`, with timestamps rebased per block).
+4. **Integer alignment** (which of Bob's slots is Alice's slot 0): Bob discloses
+   ``(slot, basis, bit)`` of a short run of detections; Alice compares them with her records
+   over every candidate shift and answers the one with a clearly lowest error rate
+   (:func:`find_slot_shift`). The disclosed detections are removed from the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+from mozi.host.device import SlotBlock
+from mozi.sim.errors import MoziError
+
+__all__ = [
+    "AlignmentResult",
+    "TimingError",
+    "TimingEstimate",
+    "alignment_sample",
+    "estimate_timing",
+    "find_slot_shift",
+    "slot_blocks",
+]
+
+
+class TimingError(MoziError):
+    """The slot clock cannot be recovered from the tags (too few or structureless tags)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingEstimate:
+    """Recovered slot clock of Bob's tags (all times in ticks).
+
+    Attributes
+    ----------
+    period : float
+        Slot period ``P`` on Bob's clock.
+    offset : float
+        Arrival time ``c`` of the signal peak of Bob's slot 0 (near the first tag).
+    nominal_period : float
+        The nominal period ``T`` the search started from.
+    drift : float
+        ``P / T − 1``.
+    sigma : float
+        RMS width of the arrival peak (jitter).
+    residual_rms : float
+        RMS of the chunk phases around the fitted line (ticks): small when the clock model
+        (constant period) holds.
+    chunks : int
+        Chunks used in the phase fit.
+    signal_fraction : float
+        Resultant length of the folded phases (1 = all tags in a sharp peak, 0 = no peak).
+    """
+
+    period: float
+    offset: float
+    nominal_period: float
+    drift: float
+    sigma: float
+    residual_rms: float
+    chunks: int
+    signal_fraction: float
+
+    def slot_of(self, t) -> np.ndarray:
+        """Bob's slot index of times ``t`` (nearest peak)."""
+        return np.floor((np.asarray(t, np.float64) - self.offset) / self.period + 0.5) \
+            .astype(np.int64)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict of the fields."""
+        return dataclasses.asdict(self)
+
+
+def _pair_fit(t: np.ndarray, period: float, spread: float, max_lag: int, max_pairs: int,
+              rng: np.random.Generator) -> tuple[float, float]:
+    """One coarse round: period correction from pairs up to ``1/(8·spread)`` slots apart."""
+    n_max = max(1.0, 1.0 / (8.0 * spread))
+    ns, rs = [], []
+    for k in range(1, max_lag + 1):
+        d = t[k:] - t[:-k]
+        ok = d <= n_max * period
+        if not ok.any():
+            break
+        d = d[ok]
+        n = np.rint(d / period)
+        good = n >= 1
+        ns.append(n[good])
+        rs.append(d[good] - n[good] * period)
+        if sum(x.size for x in ns) >= max_pairs:
+            break
+    if not ns:
+        return 0.0, math.inf
+    n = np.concatenate(ns)
+    r = np.concatenate(rs)
+    if n.size > max_pairs:
+        pick = rng.choice(n.size, max_pairs, replace=False)
+        n, r = n[pick], r[pick]
+    if n.size < 20:
+        return 0.0, math.inf
+    # iteratively clipped least squares through the origin: r = n * dp
+    clip = period / 4
+    dp = 0.0
+    for _ in range(8):
+        keep = np.abs(r - n * dp) < clip
+        if keep.sum() < 20:
+            return 0.0, math.inf
+        nk, rk = n[keep], r[keep]
+        dp = float(np.dot(nk, rk) / np.dot(nk, nk))
+        res = rk - nk * dp
+        sd = float(np.sqrt(np.mean(res ** 2)))
+        clip = max(4 * sd, period / 200)
+    err = sd / math.sqrt(float(np.dot(nk, nk)))
+    return dp, err
+
+
+def _circular(phase: np.ndarray) -> complex:
+    return complex(np.exp(2j * np.pi * phase).mean()) if phase.size else 0j
+
+
+def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift: float = 2e-4,
+                    chunk_ticks: float | None = None, min_chunk_events: int = 8,
+                    seed: int = 0) -> TimingEstimate:
+    """Recover the slot period and offset from the tags themselves.
+
+    Parameters
+    ----------
+    timestamps : integer or float array
+        Bob's tags in ticks, sorted.
+    nominal_period : float
+        Nominal slot period in ticks.
+    max_drift : float
+        Largest relative clock drift searched for.
+    chunk_ticks : float, optional
+        Chunk length of the phase fit (default: 20 ms worth of nominal periods at 10 ns, i.e.
+        ``2e6`` nominal periods, shortened if the data are shorter).
+    min_chunk_events : int
+        Chunks with fewer tags are skipped.
+    seed : int
+        Seed of the pair subsampling.
+
+    Returns
+    -------
+    TimingEstimate
+
+    Raises
+    ------
+    TimingError
+        Fewer than 100 tags, or no periodic structure found.
+    """
+    t = np.asarray(timestamps, np.float64)
+    if t.size < 100:
+        raise TimingError(f"{t.size} tags are too few to recover the slot clock (need >= 100)")
+    if np.any(np.diff(t) < 0):
+        raise TimingError("tags are not sorted in time")
+    t0 = float(t[0])
+    t = t - t0
+    rng = np.random.default_rng(seed)
+    period = float(nominal_period)
+    duration = float(t[-1])
+    if chunk_ticks is None:
+        chunk_ticks = 2e6 * period
+    # 1. coarse to fine from pairs, until a chunk's phase advance stays below a tenth of a slot
+    spread = max_drift
+    for _ in range(12):
+        dp, err = _pair_fit(t, period, spread, max_lag=32, max_pairs=200_000, rng=rng)
+        if not math.isfinite(err):
+            break
+        period += dp
+        new_spread = max(6 * err / period, 1e-13)
+        if new_spread >= spread * 0.9:
+            spread = min(spread, new_spread)
+            break
+        spread = new_spread
+        if spread * chunk_ticks < 0.1 * period:
+            break
+    chunk_ticks = min(chunk_ticks, max(0.1 * period / spread, 100 * period))
+    # 2. chunk phases, unwrap, weighted line fit (iterated once the period is refined)
+    for _ in range(3):
+        phase = np.mod(t / period, 1.0)
+        idx = (t // chunk_ticks).astype(np.int64)
+        starts = np.flatnonzero(np.concatenate([[True], idx[1:] != idx[:-1]]))
+        counts = np.diff(np.concatenate([starts, [t.size]]))
+        z = np.add.reduceat(np.exp(2j * np.pi * phase), starts)
+        mid = np.add.reduceat(t, starts) / counts
+        use = counts >= min_chunk_events
+        if use.sum() < 1:
+            raise TimingError("no chunk holds enough tags to measure the arrival phase")
+        z, mid, counts = z[use], mid[use], counts[use]
+        ph = np.unwrap(np.angle(z)) / (2 * np.pi)          # in slots
+        w = counts.astype(np.float64)
+        if ph.size >= 2 and duration > 0:
+            xm = float(np.average(mid, weights=w))
+            x = mid - xm
+            ym = float(np.average(ph, weights=w))
+            b = float(np.sum(w * x * (ph - ym)) / np.sum(w * x * x))
+            a = ym - b * xm
+        else:
+            a, b = float(np.average(ph, weights=w)), 0.0
+        # phase(t) = a + b t (slots): peaks where t/period − b t is an integer
+        period = period / (1.0 - b * period)
+        resid = ph - (a + b * mid)
+        if abs(b) * max(duration, 1.0) < 1e-4:      # < 1e-4 slot over the whole span
+            break
+    # peak position relative to the refitted period
+    phase = np.mod(t / period, 1.0)
+    zc = _circular(phase)
+    if abs(zc) < 0.01:
+        raise TimingError("tags show no periodic arrival peak at the nominal slot period "
+                          f"({abs(zc):.3f} resultant)")
+    peak = (np.angle(zc) / (2 * np.pi)) % 1.0
+    dev = (phase - peak + 0.5) % 1.0 - 0.5                  # in slots, centred on the peak
+    central = dev[np.abs(dev) < 0.25]
+    mad = float(np.median(np.abs(central - np.median(central)))) if central.size else 0.25
+    sigma = max(1.4826 * mad * period, 1e-3 * period)
+    # refine the peak with a trimmed mean around it
+    core = dev[np.abs(dev) < 3 * sigma / period]
+    if core.size:
+        peak = (peak + float(core.mean())) % 1.0
+    if peak >= 0.5:
+        peak -= 1.0
+    offset = t0 + peak * period
+    rms = float(np.sqrt(np.average(resid ** 2, weights=w))) * period if resid.size else 0.0
+    return TimingEstimate(period=period, offset=offset, nominal_period=float(nominal_period),
+                          drift=period / float(nominal_period) - 1.0, sigma=sigma,
+                          residual_rms=rms, chunks=int(w.size), signal_fraction=abs(zc))
+
+
+def slot_blocks(timestamps: np.ndarray, timing: TimingEstimate, *, frac_bits: int,
+                window_sigmas: float = 3.0, window_ticks: float | None = None,
+                max_events: int = 50_000, max_slots: int = 50_000_000) -> list[SlotBlock]:
+    """Cut the tags into blocks and compute each block's SlotAssigner registers.
+
+    A block ends after ``max_events`` tags or ``max_slots`` slots, and only at a gap of more
+    than two slots between tags (so no slot's clicks are split between blocks). Each block's
+    timestamps are rebased to its first tag; its ``offset`` places slot boundaries half a
+    period before each peak, computed from the exact clock model.
+
+    Parameters
+    ----------
+    timestamps : integer array, ticks, sorted
+    timing : TimingEstimate
+    frac_bits : int
+        Fractional bits of the device's registers (``SA_FRAC_BITS``).
+    window_sigmas : float
+        Half-width of the acceptance window in units of ``timing.sigma``.
+    window_ticks : float, optional
+        Full window width in ticks (overrides ``window_sigmas``).
+    max_events, max_slots : int
+        Block limits.
+
+    Returns
+    -------
+    list of SlotBlock
+    """
+    t = np.asarray(timestamps, np.int64)
+    P = timing.period
+    scale = 1 << frac_bits
+    period_fp = int(round(P * scale))
+    width = window_ticks if window_ticks is not None else 2 * window_sigmas * timing.sigma
+    half = min(width / 2, P / 2) * scale
+    ws = max(0, int(math.floor(period_fp / 2 - half)))
+    we = min(period_fp, int(math.ceil(period_fp / 2 + half)))
+    if we <= ws:
+        we = ws + 1
+    gaps = np.flatnonzero(np.diff(t) > 2 * P) + 1            # allowed block starts
+    blocks = []
+    start = 0
+    n = t.size
+    while start < n:
+        limit_t = t[start] + max_slots * P
+        hard = min(n, start + max_events, int(np.searchsorted(t, limit_t, side="left")))
+        if hard >= n:
+            stop = n
+        else:
+            # last allowed cut at or before `hard`, but after `start`
+            j = int(np.searchsorted(gaps, hard, side="right")) - 1
+            stop = int(gaps[j]) if j >= 0 and gaps[j] > start else hard
+            if stop <= start:
+                stop = hard
+        base = int(t[start])
+        first_edge = timing.offset - P / 2                     # start of slot 0 (ticks)
+        s_b = int(math.floor((base - first_edge) / P))
+        edge = first_edge + s_b * P                            # start of slot s_b
+        offset_fp = int(round((edge - base) * scale))
+        blocks.append(SlotBlock(start=start, stop=stop, base_tick=base, slot_base=s_b,
+                                period=period_fp, offset=offset_fp, window_start=ws,
+                                window_end=we))
+        start = stop
+    return blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentResult:
+    """Outcome of :func:`find_slot_shift`.
+
+    Attributes
+    ----------
+    shift : int
+        Alice's slot = Bob's slot + ``shift``.
+    error_rate : float
+        Error rate of the sample at that shift (basis-matched entries).
+    compared : int
+        Basis-matched sample entries at that shift.
+    runner_up_error_rate : float
+        Lowest error rate of any other shift.
+    candidates : int
+        Shifts examined.
+    """
+
+    shift: int
+    error_rate: float
+    compared: int
+    runner_up_error_rate: float
+    candidates: int
+
+
+def alignment_sample(slots: np.ndarray, size: int) -> np.ndarray:
+    """Indices of the ``size`` consecutive detections spanning the fewest slots.
+
+    Bob discloses these for :func:`find_slot_shift`; a tight run keeps Alice's search cheap.
+    """
+    s = np.asarray(slots, np.int64)
+    if s.size <= size:
+        return np.arange(s.size)
+    spans = s[size - 1:] - s[:s.size - size + 1]
+    i = int(np.argmin(spans))
+    return np.arange(i, i + size)
+
+
+def find_slot_shift(sample_slots: np.ndarray, sample_basis: np.ndarray, sample_bits: np.ndarray,
+                    alice_choices: Callable[[np.ndarray], tuple[np.ndarray, ...]], *,
+                    center: int, max_shift: int, slot_range: tuple[int, int] | None = None,
+                    max_error: float = 0.3, min_gap: float = 0.1) -> AlignmentResult:
+    """Alice's side of the alignment: the shift under which Bob's sample matches her records.
+
+    Parameters
+    ----------
+    sample_slots, sample_basis, sample_bits : arrays
+        Bob's disclosed detections (his slot numbering).
+    alice_choices : callable
+        ``alice_choices(slots) -> (basis, bit, intensity)`` in Alice's numbering.
+    center : int
+        Expected shift (e.g. from the clocks' common epoch).
+    max_shift : int
+        Shifts ``center − max_shift … center + max_shift`` are tried.
+    slot_range : (int, int), optional
+        Alice's valid slots ``[lo, hi)``; shifts mapping the sample outside are skipped.
+    max_error : float
+        The best shift must have an error rate at most this.
+    min_gap : float
+        … and the runner-up one at least this much higher.
+
+    Returns
+    -------
+    AlignmentResult
+
+    Raises
+    ------
+    TimingError
+        No shift fits clearly (no correlation with Alice's records).
+    """
+    s = np.asarray(sample_slots, np.int64)
+    bb = np.asarray(sample_basis, np.uint8)
+    bv = np.asarray(sample_bits, np.uint8)
+    if s.size < 16:
+        raise TimingError(f"{s.size} detections are too few to align the slots")
+    lo_shift, hi_shift = center - max_shift, center + max_shift
+    if slot_range is not None:
+        lo_shift = max(lo_shift, slot_range[0] - int(s.min()))
+        hi_shift = min(hi_shift, slot_range[1] - 1 - int(s.max()))
+    if hi_shift < lo_shift:
+        raise TimingError("no slot shift maps Bob's detections into Alice's records")
+    base = int(s.min()) + lo_shift
+    span = int(s.max()) - int(s.min()) + (hi_shift - lo_shift) + 1
+    a_basis, a_bit, _ = alice_choices(np.arange(base, base + span, dtype=np.int64))
+    nshift = hi_shift - lo_shift + 1
+    compared = np.zeros(nshift, np.int32)
+    errors = np.zeros(nshift, np.int32)
+    rel = s - int(s.min())
+    for j in range(s.size):
+        sl = slice(int(rel[j]), int(rel[j]) + nshift)
+        m = a_basis[sl] == bb[j]
+        compared += m
+        errors += m & (a_bit[sl] != bv[j])
+    rate = np.where(compared > 0, errors / np.maximum(compared, 1), 1.0)
+    best = int(np.argmin(rate))
+    others = np.delete(rate, best)
+    runner = float(others.min()) if others.size else 1.0
+    res = AlignmentResult(shift=lo_shift + best, error_rate=float(rate[best]),
+                          compared=int(compared[best]), runner_up_error_rate=runner,
+                          candidates=int(nshift))
+    if res.error_rate > max_error or runner - res.error_rate < min_gap:
+        raise TimingError(
+            f"slot alignment failed: best shift has error rate {res.error_rate:.3f}, "
+            f"runner-up {runner:.3f} over {nshift} candidates")
+    return res
