@@ -1,0 +1,21 @@
+"""The cores placed by :mod:`bench.synth`, with the parameters each row uses."""
+
+from mozi.firmware.receiver import ReceiverCores
+from mozi.hdl.basis_decoder import BasisDecoder
+from mozi.hdl.slot_assigner import SlotAssigner
+from mozi.hdl.time_tagger import TimeTagger
+
+from bench.synth import CoreSpec
+
+CORES = [
+    CoreSpec("TimeTagger", lambda: TimeTagger(channels=4, phases=2),
+             params={"channels": 4, "phases": 2, "timestamp_width": 48},
+             note="one event per clock"),
+    CoreSpec("SlotAssigner", lambda: SlotAssigner(),
+             params={"timestamp_width": 48, "frac_bits": 16, "period_width": 32},
+             note="sequential divider: 4 + 2k clocks per event"),
+    CoreSpec("BasisDecoder", lambda: BasisDecoder(),
+             params={"slot_width": 48}, note="one event per clock"),
+    CoreSpec("ReceiverCores", lambda: ReceiverCores(phases=2), devices=("ice40up5k",),
+             params={"phases": 2}, note="tagger + slot assigner + decoder, must reach 48 MHz"),
+]
