@@ -270,8 +270,8 @@ def simulate_pass(
     timing = replace(timing, slot_period_ps=period)
     t0, t1 = _pass_range(profile, t_start, t_stop)
     rate = source.rep_rate_hz
-    first_slot = math.ceil(t0 * rate - 1e-9)
-    end_slot = math.ceil(t1 * rate - 1e-9)
+    first_slot = math.ceil(round(t0 * rate, 6))
+    end_slot = math.ceil(round(t1 * rate, 6))
     n_slots = end_slot - first_slot
     alice = AliceSource(seed, source)
     rng = np.random.default_rng([alice.seed & 0xFFFFFFFF, alice.seed >> 32, 0x11C])
