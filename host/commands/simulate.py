@@ -61,13 +61,13 @@ def _eve(args):
 
 
 def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {out}: "
                           f"{exc.strerror or exc}") from None
-    if not out.is_dir():
-        raise OutputError(f"output path {out} is not a directory")
 
 
 def _table(doc: dict) -> str:
