@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 import secrets
 import struct
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,10 +127,13 @@ def _read(path: Path) -> bytes:
 
 
 def _write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` (flushed and synced)."""
-    directory = path.parent if str(path.parent) else Path(".")
+    """Write ``data`` to a fresh temporary file beside ``path`` (flushed and synced).
+
+    The file is created with mode ``0o666`` minus the umask, like any new file.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise FileAccessError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -140,9 +142,9 @@ def _write_temp(path: Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise FileAccessError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return Path(tmp)
+    return tmp
 
 
 def _commit(tmp: Path, path: Path) -> None:

@@ -1,0 +1,81 @@
+"""``mozi keys``: show what a key store holds (``status``, the default) or every block (``list``).
+
+``status`` prints, per link, the available and consumed blocks and bits; ``list`` prints one
+line per key block (ID, link, size, state, pass, creation time) — never key material. With
+``--json`` one JSON document goes to stdout. The store is only read; a missing store is an
+error (it is not created).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mozi.host.keystore import DEFAULT_STORE_ENV, KeyStore, default_store_path
+
+HELP = "show the key store: per-link status, or every key block with its metadata"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``mozi keys`` arguments to ``parser``."""
+    parser.add_argument("action", nargs="?", choices=("status", "list"), default="status",
+                        help="status: per-link totals (default); list: every key block")
+    parser.add_argument("--store", type=Path, default=None, metavar="PATH",
+                        help=f"key store (default ${DEFAULT_STORE_ENV} or ./mozi-keys.db)")
+    parser.add_argument("--link", default=None, help="list only this link")
+    parser.add_argument("--state", choices=("available", "consumed"), default=None,
+                        help="list only blocks in this state")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def _status_text(path: Path, status: dict) -> str:
+    if not status:
+        return f"key store {path}: empty"
+    width = max(len("link"), *(len(k) for k in status))
+    lines = [f"key store {path}",
+             f"{'link':<{width}}  {'available':>10} {'bits':>13}  {'consumed':>10} {'bits':>13}"]
+    for link, s in status.items():
+        lines.append(f"{link:<{width}}  {s['available_blocks']:>10,} "
+                     f"{s['available_bits']:>13,}  {s['consumed_blocks']:>10,} "
+                     f"{s['consumed_bits']:>13,}")
+    return "\n".join(lines)
+
+
+def _list_text(path: Path, records) -> str:
+    if not records:
+        return f"key store {path}: no key blocks"
+    width = max(len("link"), *(len(r.link) for r in records))
+    lines = [f"{'key id':<36}  {'link':<{width}}  {'bits':>8}  {'state':<9}  "
+             f"{'pass':<16}  created"]
+    for r in records:
+        lines.append(f"{r.key_id:<36}  {r.link:<{width}}  {r.n_bits:>8}  {r.state:<9}  "
+                     f"{(r.pass_id or '-'):<16}  {r.created}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mozi keys``; returns the exit status."""
+    path = args.store if args.store is not None else default_store_path()
+    with KeyStore(path, create=False) as store:
+        if args.action == "status":
+            status = store.status()
+            if args.json:
+                total = {k: sum(s[k] for s in status.values())
+                         for k in ("available_blocks", "available_bits", "consumed_blocks",
+                                   "consumed_bits")}
+                doc = {"store": str(path), "links": status, "total": total}
+            else:
+                print(_status_text(path, status))
+                return 0
+        else:
+            records = store.list(args.link, state=args.state)
+            if args.json:
+                doc = {"store": str(path), "keys": [r.to_dict() for r in records]}
+            else:
+                print(_list_text(path, records))
+                return 0
+    json.dump(doc, sys.stdout, allow_nan=False)
+    sys.stdout.write("\n")
+    return 0
