@@ -31,7 +31,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -447,33 +447,59 @@ class KeyStore:
         KeyStoreError
             Fewer than ``n_bits`` available bits on the link (then nothing is consumed).
         """
-        n_bits = int(n_bits)
-        if n_bits < 1:
-            raise ValueError(f"n_bits must be positive, not {n_bits!r}")
+        return self.reserve_many({link: n_bits}, purpose=purpose)[link]
+
+    def reserve_many(self, requests: Mapping[str, int], *, purpose: str | None = None
+                     ) -> dict[str, builtins.list[tuple[str, np.ndarray]]]:
+        """:meth:`reserve` on several links in one transaction (all or nothing).
+
+        Parameters
+        ----------
+        requests : mapping of link to n_bits
+        purpose : str, optional
+
+        Returns
+        -------
+        dict of link to list of (key_id, bits)
+
+        Raises
+        ------
+        KeyStoreError
+            One link has too little key; then nothing is consumed on any link.
+        """
+        wanted = {str(link): int(n) for link, n in requests.items()}
+        for link, n in wanted.items():
+            if n < 1:
+                raise ValueError(f"n_bits must be positive, not {n!r} (link {link!r})")
+        out: dict[str, builtins.list[tuple[str, np.ndarray]]] = {}
         with self._write():
-            chosen, total = [], 0
-            for kid, size in self._db.execute(
-                    "SELECT key_id, n_bits FROM keys WHERE link = ? AND state = 'available' "
-                    "ORDER BY seq", (link,)):
-                chosen.append(kid)
-                total += size
-                if total >= n_bits:
-                    break
-            if total < n_bits:
-                raise KeyStoreError(f"not enough key on link {link!r}: {n_bits} bits needed, "
-                                    f"{total} available")
             when = _now()
-            out = []
-            for kid in chosen:
-                size, blob = self._db.execute(
-                    "SELECT n_bits, bits FROM keys WHERE key_id = ?", (kid,)).fetchone()
-                cur = self._db.execute(
-                    "UPDATE keys SET state = 'consumed', bits = NULL, consumed_at = ?, "
-                    "purpose = ? WHERE key_id = ? AND state = 'available'",
-                    (when, purpose, kid))
-                if cur.rowcount != 1 or blob is None:
-                    raise KeyStoreError(f"key {kid} already used")
-                out.append((kid, np.unpackbits(np.frombuffer(blob, np.uint8))[:size].copy()))
+            for link, n_bits in wanted.items():
+                chosen, total = [], 0
+                rows = self._db.execute(
+                    "SELECT key_id, n_bits FROM keys WHERE link = ? AND state = 'available' "
+                    "ORDER BY seq", (link,)).fetchall()
+                for kid, size in rows:
+                    chosen.append(kid)
+                    total += size
+                    if total >= n_bits:
+                        break
+                if total < n_bits:
+                    raise KeyStoreError(f"not enough key on link {link!r}: {n_bits} bits "
+                                        f"needed, {total} available")
+                blocks = []
+                for kid in chosen:
+                    size, blob = self._db.execute(
+                        "SELECT n_bits, bits FROM keys WHERE key_id = ?", (kid,)).fetchone()
+                    cur = self._db.execute(
+                        "UPDATE keys SET state = 'consumed', bits = NULL, consumed_at = ?, "
+                        "purpose = ? WHERE key_id = ? AND state = 'available'",
+                        (when, purpose, kid))
+                    if cur.rowcount != 1 or blob is None:
+                        raise KeyStoreError(f"key {kid} already used")
+                    blocks.append((kid, np.unpackbits(np.frombuffer(blob, np.uint8))[:size]
+                                   .copy()))
+                out[link] = blocks
         return out
 
     # -- reading ---------------------------------------------------------------------------

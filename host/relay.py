@@ -206,12 +206,10 @@ def satellite_announce(
         raise KeyStoreError(f"cannot relay {n} bits: links {link_sm!r} and {link_su!r} have "
                             f"{satellite.available_bits(link_sm)} and "
                             f"{satellite.available_bits(link_su)} bits available")
-    sm = satellite.reserve(link_sm, n, purpose="relay")
-    try:
-        su = satellite.reserve(link_su, n, purpose="relay")
-    except KeyStoreError:  # raced by another user of the store: K_SM is spent, say so
-        raise KeyStoreError(f"link {link_su!r} ran out of key during the relay; the blocks "
-                            f"{[k for k, _ in sm]} of {link_sm!r} were consumed") from None
+    if link_sm == link_su:
+        raise ValueError("link_sm and link_su must be different links")
+    got = satellite.reserve_many({link_sm: n, link_su: n}, purpose="relay")
+    sm, su = got[link_sm], got[link_su]
     k_sm = np.concatenate([b for _, b in sm])[:n]
     k_su = np.concatenate([b for _, b in su])[:n]
     ids = new_key_ids(n, block_bits)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="status: per-link totals (default); list: every key block")
     parser.add_argument("--store", type=Path, default=None, metavar="PATH",
                         help=f"key store (default ${DEFAULT_STORE_ENV} or ./mozi-keys.db)")
-    parser.add_argument("--link", default=None, help="list only this link")
+    parser.add_argument("--link", default=None, help="show only this link")
     parser.add_argument("--state", choices=("available", "consumed"), default=None,
                         help="list only blocks in this state")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     with KeyStore(path, create=False) as store:
         if args.action == "status":
             status = store.status()
+            if args.link is not None:
+                status = {k: v for k, v in status.items() if k == args.link}
             if args.json:
                 total = {k: sum(s[k] for s in status.values())
                          for k in ("available_blocks", "available_bits", "consumed_blocks",

@@ -276,3 +276,16 @@ def test_processes_never_hand_out_a_key_twice(tmp_path):
     assert sorted(handed) == sorted(ids)                 # every block exactly once
     with KeyStore(path) as s:
         assert s.status()["l"]["available_blocks"] == 0
+
+
+def test_reserve_many_is_all_or_nothing(store):
+    a = store.add_key("a", _key(100, 1), block_bits=50)
+    b = store.add_key("b", _key(100, 2), block_bits=50)
+    with pytest.raises(KeyStoreError, match="not enough key on link 'b'"):
+        store.reserve_many({"a": 60, "b": 101})
+    assert store.available_bits("a") == 100          # link a untouched by the failed call
+    got = store.reserve_many({"a": 60, "b": 40}, purpose="relay")
+    assert [k for k, _ in got["a"]] == a and [k for k, _ in got["b"]] == b[:1]
+    assert store.get(a[0]).purpose == "relay"
+    with pytest.raises(ValueError):
+        store.reserve_many({"a": 0})
