@@ -132,6 +132,13 @@ def _as_bits(a) -> np.ndarray:
     return a.astype(np.uint8, copy=False)
 
 
+def _json_default(value):
+    """numpy scalars and arrays in metadata become plain JSON numbers and lists."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
@@ -348,8 +355,8 @@ class KeyStore:
                     raise ValueError(f"{name} must lie in (0, 1), not {value!r}")
             eps[name] = value
         try:
-            meta_json = json.dumps(extra, sort_keys=True)
-        except TypeError as exc:
+            meta_json = json.dumps(extra, sort_keys=True, default=_json_default)
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata must be JSON-serialisable: {exc}") from None
         created = _now()
         rows = []

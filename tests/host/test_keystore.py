@@ -124,6 +124,13 @@ def test_add_validates_input(store):
     assert store.list() == []
 
 
+def test_numpy_metadata_is_stored_as_plain_json(store):
+    (kid,) = store.add_key("l", _key(8), meta={"n": np.int64(7), "q": np.float32(0.5),
+                                                "v": np.arange(3), "eps_sec": np.float64(1e-9)})
+    r = store.get(kid)
+    assert r.meta == {"n": 7, "q": 0.5, "v": [0, 1, 2]} and r.eps_sec == 1e-9
+
+
 def test_consume_once(store):
     key = _key(64)
     (kid,) = store.add_key("l", key)
