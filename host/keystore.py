@@ -26,6 +26,7 @@ in the database.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime
 import json
 import os
@@ -595,11 +596,17 @@ class _Transaction:
             try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise KeyStoreError(f"key store {self._path}: commit failed: {err}") from None
             return False
-        self._db.execute("ROLLBACK")
+        self._rollback()
         if isinstance(exc, sqlite3.Error):
             raise KeyStoreError(f"key store {self._path}: {exc}") from None
         return False
 
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (disk full, I/O error): then there is
+        # no transaction left, and the original error is the one to report.
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
