@@ -72,6 +72,7 @@ def test_keys_status_and_list(stores, capsys):
     code, out, _ = _run(capsys, "keys", "list", "--store", mos, "--link", "none")
     assert code == 0 and "no key blocks" in out
     assert _json(capsys, "keys", "list", "--store", mos, "--state", "consumed")["keys"] == []
+    assert _json(capsys, "keys", "--store", mos, "--link", "other")["links"] == {}
 
 
 def test_keys_default_store_from_environment(stores, capsys, monkeypatch):
