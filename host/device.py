@@ -152,7 +152,7 @@ class ModelTransport(Transport):
         self._held: tuple[int, int, int] | None = None   # (slot, mask, lost) awaiting merge
         self._carry_lost = 0
         self._random = np.zeros(0, np.uint8)
-        self._segments: list[tuple[int, np.ndarray]] = []
+        self._segments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._loaded = 0
 
     # ---- Transport ----------------------------------------------------------------------
@@ -316,49 +316,63 @@ class ModelTransport(Transport):
             m_slots, basis, bit, multi, np.minimum(m_lost, 0xFFFF)))
 
     def _load_records(self, payload: bytes) -> bytes:
+        heads = []                       # (first slot, count, byte position of the nibbles)
         pos = 0
-        segments = []
         total = 0
-        while pos < len(payload):
+        size = len(payload)
+        while pos < size:
             first, count = _U48_U32.unpack_from(payload, pos)
             pos += _U48_U32.size
             nbytes = (count + 1) // 2
-            if count == 0 or pos + nbytes > len(payload):
+            if count == 0 or pos + nbytes > size:
                 raise _Fail(ErrorCode.BAD_REQUEST, "truncated or empty record segment")
-            first = int.from_bytes(first, "big")
-            segments.append((first, proto.unpack_nibbles(payload[pos:pos + nbytes], count)))
+            heads.append((int.from_bytes(first, "big"), count, pos))
             pos += nbytes
             total += count
         if self._loaded + total > self.record_capacity:
             raise _Fail(ErrorCode.TOO_LARGE,
                         f"record memory holds {self.record_capacity} records")
-        self._segments += segments
+        if heads:
+            h = np.array(heads, np.int64)
+            nib = proto.unpack_nibbles(payload, 2 * size)
+            rec_start = np.repeat(2 * h[:, 2], h[:, 1])
+            within = np.arange(total) - np.repeat(np.cumsum(h[:, 1]) - h[:, 1], h[:, 1])
+            self._segments.append((h[:, 0], h[:, 1], nib[rec_start + within]))
         self._loaded += total
         self._counters["TX_RECORDS"] += total
         return proto.encode_frame(Opcode.ACK)
 
     def _sift_reports(self, payload: bytes) -> bytes:
         slots, basis = proto.decode_reports(payload)
-        segs = sorted(self._segments, key=lambda s: s[0])
+        segs = self._segments
         self._segments, self._loaded = [], 0
         if not segs:
             if slots.size:
                 raise _Fail(ErrorCode.SIFT_ORDER, "no records loaded for the reports")
             return proto.encode_frame(Opcode.SIFT_RESULT)
-        firsts = np.array([s[0] for s in segs], np.int64)
-        counts = np.array([s[1].size for s in segs], np.int64)
+        firsts = np.concatenate([f for f, _, _ in segs])
+        counts = np.concatenate([c for _, c, _ in segs])
+        records = np.concatenate([r for _, _, r in segs])
+        base = np.cumsum(counts) - counts
+        order = np.argsort(firsts, kind="stable")
+        firsts, counts, base = firsts[order], counts[order], base[order]
         if np.any(firsts[1:] < firsts[:-1] + counts[:-1]):
             raise _Fail(ErrorCode.SIFT_ORDER, "loaded record segments overlap")
-        records = np.concatenate([s[1] for s in segs])
-        base = np.concatenate([[0], np.cumsum(counts)[:-1]])
         s = slots.astype(np.int64)
         g = np.searchsorted(firsts, s, side="right") - 1
-        inside = (g >= 0) & (s < firsts[np.maximum(g, 0)] + counts[np.maximum(g, 0)])
+        gc = np.maximum(g, 0)
+        inside = (g >= 0) & (s < firsts[gc] + counts[gc])
         if not np.all(inside):
             raise _Fail(ErrorCode.SIFT_ORDER, "a reported slot lies outside the loaded records")
+        # the sifter's merge-join runs over the record stream in slot order
+        if np.any(np.diff(order) != 1):
+            stream = np.concatenate([records[b:b + c] for b, c in zip(base, counts, strict=True)])
+            base = np.cumsum(counts) - counts
+        else:
+            stream = records
         index = base[g] + s - firsts[g]
         try:
-            match, bit, intensity = model.sift_alice(records, index, basis, first_slot=0)
+            match, bit, intensity = model.sift_alice(stream, index, basis, first_slot=0)
         except ValueError as exc:
             raise _Fail(ErrorCode.SIFT_ORDER, str(exc)) from None
         self._counters["TX_REPORTS"] += int(slots.size)
@@ -767,26 +781,26 @@ class TransmitterDriver(_Driver):
         seg_lo = np.concatenate([[0], brk]).astype(np.int64)
         seg_hi = np.concatenate([brk, [slots.size]]).astype(np.int64)
         outs = []
-        i = 0
         nseg = seg_lo.size if slots.size else 0
+        cnt = slots[seg_hi - 1] - slots[seg_lo] + 1 if nseg else np.zeros(0, np.int64)
+        reps = seg_hi - seg_lo
+        nbytes = 10 + (cnt + 1) // 2
+        if nseg and (cnt.max() > self.capacity or reps.max() > MAX_REPORTS_PER_FRAME
+                     or nbytes.max() > proto.MAX_PAYLOAD):
+            raise DeviceError("a run of reported slots exceeds the sifter's memory")
+        c_cnt, c_rep, c_byt = np.cumsum(cnt), np.cumsum(reps), np.cumsum(nbytes)
+        i = 0
         while i < nseg:
-            # take segments while records and reports fit the device and one frame each
-            j, recs, reps, nbytes = i, 0, 0, 0
-            while j < nseg:
-                cnt = int(slots[seg_hi[j] - 1] - slots[seg_lo[j]] + 1)
-                r = int(seg_hi[j] - seg_lo[j])
-                b = 10 + (cnt + 1) // 2
-                if j > i and (recs + cnt > self.capacity or reps + r > MAX_REPORTS_PER_FRAME
-                              or nbytes + b > proto.MAX_PAYLOAD):
-                    break
-                if cnt > self.capacity or r > MAX_REPORTS_PER_FRAME or b > proto.MAX_PAYLOAD:
-                    raise DeviceError("a run of reported slots exceeds the sifter's memory")
-                recs, reps, nbytes = recs + cnt, reps + r, nbytes + b
-                j += 1
+            # as many segments as fit the record memory, one report frame and one load frame
+            before = (c_cnt[i - 1], c_rep[i - 1], c_byt[i - 1]) if i else (0, 0, 0)
+            j = min(int(np.searchsorted(c_cnt, before[0] + self.capacity, side="right")),
+                    int(np.searchsorted(c_rep, before[1] + MAX_REPORTS_PER_FRAME, side="right")),
+                    int(np.searchsorted(c_byt, before[2] + proto.MAX_PAYLOAD, side="right")))
+            j = max(j, i + 1)
             first = slots[seg_lo[i:j]]
-            count = slots[seg_hi[i:j] - 1] - first + 1
-            all_slots = np.repeat(first - np.concatenate([[0], np.cumsum(count)[:-1]]),
-                                  count) + np.arange(int(count.sum()))
+            count = cnt[i:j]
+            all_slots = np.repeat(first - (np.cumsum(count) - count), count) + \
+                np.arange(int(count.sum()))
             records = np.asarray(records_at(all_slots), np.uint8)
             self.request(Opcode.LOAD_RECORDS, _pack_segments(first, count, records), Opcode.ACK)
             lo, hi = int(seg_lo[i]), int(seg_hi[j - 1])
@@ -820,8 +834,10 @@ def _pack_segments(first: np.ndarray, count: np.ndarray, records: np.ndarray) ->
     seg = np.repeat(np.arange(count.size), count)
     j = np.arange(records.size) - np.repeat(np.concatenate([[0], np.cumsum(count)[:-1]]), count)
     pos = start[seg] + 10 + j // 2
-    nib = (records & 0xF).astype(np.uint8) << np.where(j % 2 == 0, 4, 0).astype(np.uint8)
-    np.bitwise_or.at(out, pos, nib)
+    nib = (records & 0xF).astype(np.uint8)
+    even = j % 2 == 0
+    out[pos[even]] = nib[even] << 4            # each byte gets one high nibble …
+    out[pos[~even]] |= nib[~even]              # … and at most one low nibble
     return out.tobytes()
 
 

@@ -59,7 +59,9 @@ class TimingEstimate:
     period : float
         Slot period ``P`` on Bob's clock.
     offset : float
-        Arrival time ``c`` of the signal peak of Bob's slot 0 (near the first tag).
+        Arrival time of the signal peak of Bob's slot 0, slots being numbered from Bob's
+        clock epoch: slot ``k`` peaks at ``offset + k·period``, ``|offset| <= period/2``. If
+        both clocks share an epoch, Bob's slot numbers equal Alice's up to a small shift.
     nominal_period : float
         The nominal period ``T`` the search started from.
     drift : float
@@ -241,7 +243,9 @@ def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift:
         peak = (peak + float(core.mean())) % 1.0
     if peak >= 0.5:
         peak -= 1.0
-    offset = t0 + peak * period
+    # number slots from Bob's clock epoch: slot k peaks at offset + k·period, |offset| <= P/2
+    ref = t0 + peak * period
+    offset = ref - round(ref / period) * period
     rms = float(np.sqrt(np.average(resid ** 2, weights=w))) * period if resid.size else 0.0
     return TimingEstimate(period=period, offset=offset, nominal_period=float(nominal_period),
                           drift=period / float(nominal_period) - 1.0, sigma=sigma,
