@@ -24,8 +24,8 @@ Timing model: Alice emits slot ``k`` at ``k · period`` (slot 0 = start of the p
 Bob's tag of a click at physical time ``t`` is ``t · (1 + drift_ppm·10^-6) + clock_offset_ps``,
 rounded to 1 ps. The range-dependent propagation delay (2–4 ms, changing by up to ~20 µs
 per second) is *not* in the tags: on Micius the beacon/sync laser tracking removes it, and
-Bob's residual is modelled by the offset and the linear drift. A noise click at time ``t`` belongs to slot
-``round(t / period)`` (each slot spans ``±period/2`` around its pulse).
+Bob's residual is modelled by the offset and the linear drift. A noise click at time ``t``
+belongs to slot ``round(t / period)`` (each slot spans ``±period/2`` around its pulse).
 """
 
 from __future__ import annotations
