@@ -180,11 +180,18 @@ def sample_clicks(rng: np.random.Generator, kind, param, r) -> np.ndarray:
     -------
     bool array, shape (n, 4)
         Which of H, V, D, A clicked; every row has at least one click.
+
+    Raises
+    ------
+    ValueError
+        A row cannot click at all (zero routing probability or no photons).
     """
     kind = np.asarray(kind)
     param = np.asarray(param, np.float64)
     r = np.asarray(r, np.float64)
     n = kind.size
+    if n and np.any(click_probability(kind, param, r) <= 0):
+        raise ValueError("every row must have a non-zero click probability")
     clicks = np.zeros((n, 4), bool)
     coh = np.flatnonzero(kind == COHERENT)
     if coh.size:

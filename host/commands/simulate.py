@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from mozi.sim.errors import MoziError
 from mozi.sim.eve import InterceptResend, PhotonNumberSplitting
 from mozi.sim.link import TimingConfig, simulate_pass, write_alice
 from mozi.sim.passes import get_pass, pass_names
+from mozi.sim.source import ConfigurationError
 from mozi.sim.tagfile import OutputError, write_tags
 
 HELP = "simulate a satellite pass: Bob's time tags + Alice's seed, with a key-rate profile"
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     profile = get_pass(args.pass_name)
     eve = _eve(args)
     if args.eve != "intercept-resend" and args.eve_fraction != 1.0:
-        raise MoziError("--eve-fraction applies only to --eve intercept-resend")
+        raise ConfigurationError("--eve-fraction applies only to --eve intercept-resend")
     timing = TimingConfig(clock_offset_ps=args.clock_offset_ps, drift_ppm=args.drift_ppm)
     if args.out is not None:
         _prepare_out(args.out)          # fail before the (long) simulation

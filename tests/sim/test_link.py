@@ -100,6 +100,14 @@ def test_fock_two_photon_clicks_follow_multinomial_routing():
     _check_patterns(clicks, exact)
 
 
+def test_impossible_click_request_is_refused():
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError):
+        sample_clicks(rng, np.array([FOCK]), np.array([2.0]), np.zeros((1, 4)))
+    with pytest.raises(ValueError):
+        sample_clicks(rng, np.array([COHERENT]), np.array([0.0]), np.full((1, 4), 0.1))
+
+
 def ref_dead_time(times, channels, dead):
     keep = np.zeros(times.size, bool)
     last = {}
