@@ -397,3 +397,25 @@ def test_full_micius_pass_reproduces_published_figures():
     assert all(row["qber"] < 0.03 for row in r.profile)
     assert len(r.profile) == 28 and r.profile[-1]["duration_s"] == pytest.approx(4.0)
     json.dumps({"profile": r.profile, "totals": tot, "meta": r.metadata()}, allow_nan=False)
+
+
+def test_efficiency_mismatch_shows_in_per_detector_counts():
+    rec = ReceiverConfig(efficiency=(0.6, 0.3, 0.5, 0.2), misalignment=0.03, p_z=0.7,
+                         dead_time_ps=0.0)
+    src = SourceConfig(p_z=0.6)
+    r = simulate_pass(PASS, seed=21, source=src, receiver=rec, t_start=130.0, t_stop=130.5)
+    trans = float(PASS.transmittance_at(130.25))
+    route = routing(rec)
+    mu = np.array(src.intensities)[:, None, None, None]
+    pd = -np.expm1(-mu * trans * route[None])                  # (3, 2, 2, 4) per detector
+    w = np.array(src.probabilities)[:, None, None] * \
+        np.array([[0.3, 0.3], [0.2, 0.2]])[None]
+    expected = r.n_slots * (w[..., None] * pd).sum(axis=(0, 1, 2))
+    got = np.bincount(r.channels[~r.noise], minlength=4)
+    assert np.all(np.abs(got - expected) < 5 * np.sqrt(expected)), (got, expected)
+
+
+def test_progress_goes_to_stderr(capsys):
+    simulate_pass(PASS, seed=1, t_start=10.0, t_stop=10.3, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "simulate" in err
