@@ -169,10 +169,14 @@ class AliceSifter(wiring.Component):
         rec = self.records
         rep = self.reports
 
-        # Block state. ``pos``/``pos_end`` bound the slots of the current head beat of the
-        # record stream, one bit wider than a slot so that they never wrap.
-        pos = Signal(w + 1)
+        # Block state. The head beat of the record stream holds slots pos_end - lanes … pos_end
+        # - 1 (registers one bit wider than a slot, so that they never wrap).
         pos_end = Signal(w + 1, init=lanes)
+        # ``lo`` is the lowest slot the next report may have: max(head beat's first slot,
+        # previous report + 1).
+        # One comparison against it decides "drop as NOT_INCREASING or BEHIND"; ``prev`` only
+        # tells the two codes apart, off the decision path.
+        lo = Signal(w + 1)
         prev = Signal(w)           # slot of the previous accepted report of the block
         have_prev = Signal()
         rec_done = Signal()        # the block's last beat has been consumed
@@ -181,19 +185,19 @@ class AliceSifter(wiring.Component):
 
         s = rep.payload.slot
         err_inc = Signal()
-        err_behind = Signal()
+        too_low = Signal()
         in_beat = Signal()
         m.d.comb += [
             err_inc.eq(have_prev & (s <= prev)),
-            err_behind.eq(s < pos),
+            too_low.eq(s < lo),
             in_beat.eq(s < pos_end),
         ]
         last_lane = Signal()
         if lane_bits:
-            # The head beat is lanes-aligned to pos, not to 0: the lane is (s - pos) mod lanes.
+            # Beats are aligned to first_slot, not to 0: the lane is (s - pos_end) mod lanes.
             lane = Signal(lane_bits)
             m.d.comb += [
-                lane.eq(s[:lane_bits] - pos[:lane_bits]),
+                lane.eq(s[:lane_bits] - pos_end[:lane_bits]),
                 last_lane.eq(lane == lanes - 1),
             ]
             record = rec.payload.records[lane]
@@ -211,7 +215,7 @@ class AliceSifter(wiring.Component):
         code = Signal(SiftError)
         with m.If(err_inc):
             m.d.comb += code.eq(SiftError.NOT_INCREASING)
-        with m.Elif(err_behind):
+        with m.Elif(too_low):
             m.d.comb += code.eq(SiftError.BEHIND)
         with m.Else():
             m.d.comb += code.eq(SiftError.BEYOND)
@@ -224,7 +228,7 @@ class AliceSifter(wiring.Component):
         with m.Elif(rec_done):
             # Every further report of the block lies beyond its records.
             m.d.comb += reject.eq(1)
-        with m.Elif(err_inc | err_behind):
+        with m.Elif(too_low):
             m.d.comb += reject.eq(1)
         with m.Elif(rec.valid & rep.valid):
             # Only a waiting report tells whether the head beat may be skipped.
@@ -256,6 +260,7 @@ class AliceSifter(wiring.Component):
                 self.o.payload.last.eq(rep.payload.last),
                 prev.eq(s),
                 have_prev.eq(1),
+                lo.eq(s + 1),
             ]
         with m.If(rep.valid & reject):
             m.d.sync += self.error.eq(1)
@@ -269,15 +274,15 @@ class AliceSifter(wiring.Component):
         rep_done_next = rep_done | (take_rep & rep.payload.last)
         with m.If(rec_fire):
             m.d.sync += [
-                pos.eq(pos + lanes),
                 pos_end.eq(pos_end + lanes),
+                lo.eq(pos_end),
             ]
         m.d.comb += self.first_slot.ready.eq(fresh)
         with m.If(fresh & self.first_slot.valid):
             m.d.sync += [
                 fresh.eq(0),
-                pos.eq(self.first_slot.payload),
                 pos_end.eq(self.first_slot.payload + lanes),
+                lo.eq(self.first_slot.payload),
             ]
         m.d.sync += [
             rec_done.eq(rec_done_next),
