@@ -27,10 +27,9 @@ A report whose slot is not above the previous accepted report of the block
 (:attr:`SiftError.BEYOND`) is dropped without an answer (it still counts as the block's last
 report if it carries ``last``). ``error`` then rises and stays high until reset;
 ``error_code`` holds the code of the first error and ``dropped`` counts dropped reports.
-``sift_alice`` raises ``ValueError`` on exactly these inputs.
+``sift_alice`` raises ``ValueError`` on a block exactly when the core drops at least one of its
+reports; on every other block the answers are bit-exact with it.
 """
-
-
 
 from amaranth import Module, Signal
 from amaranth.lib import data, enum, stream, wiring
