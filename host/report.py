@@ -14,7 +14,7 @@ import contextlib
 import html
 import io
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # umask applies
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -81,8 +82,8 @@ def _profile_arrays(link: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np
 def plot_passes(doc: Mapping[str, Any]) -> bytes:
     """Draw sifted rate, QBER and key along each pass; return the PNG bytes.
 
-    Three stacked panels share the time axis (seconds since the start of each pass's
-    processed window): the sifted key rate in kbit/s, the QBER in percent (with the abort
+    Three stacked panels share the time axis (pass time in seconds, as in each link's
+    ``profile``): the sifted key rate in kbit/s, the QBER in percent (with the abort
     threshold when the document gives one), and the sifted key accumulated along the pass
     with the final secret key of the session marked at the end of the pass.
 
@@ -108,19 +109,22 @@ def plot_passes(doc: Mapping[str, Any]) -> bytes:
         t, rate, qber = _profile_arrays(link)
         if t.size == 0:
             continue
-        t0 = t[0]
-        (line,) = ax_rate.plot(t - t0, rate, marker=".", label=label)
+        # profile points are bins starting at t_s; draw rates at bin centres and the
+        # accumulated sifted key at bin ends, from 0 at the start of the first bin
+        width = float(np.median(np.diff(t))) if t.size > 1 else float(
+            doc.get("profile_bin_s", 10.0))
+        (line,) = ax_rate.plot(t + width / 2, rate, marker=".", label=label)
         color = line.get_color()
-        ax_qber.plot(t - t0, 100.0 * qber, marker=".", color=color, label=label)
-        step = np.diff(t, prepend=t0 - (t[1] - t[0] if t.size > 1 else 10.0))
-        sifted_cum = np.cumsum(rate * 1e3 * step)
-        ax_key.plot(t - t0, sifted_cum / 1e3, color=color, label=f"{label}: sifted")
+        ax_qber.plot(t + width / 2, 100.0 * qber, marker=".", color=color, label=label)
+        ends = np.concatenate([[t[0]], t + width])
+        sifted_cum = np.concatenate([[0.0], np.cumsum(rate * 1e3 * width)])
+        ax_key.plot(ends, sifted_cum / 1e3, color=color, label=f"{label}: sifted")
         final = float(link.get("final_key_bits") or 0)
         if link.get("aborted"):
-            ax_key.plot([t[-1] - t0], [0.0], marker="x", color=color, markersize=10,
+            ax_key.plot([ends[-1]], [0.0], marker="x", color=color, markersize=10,
                         linestyle="none", label=f"{label}: aborted, no key")
         else:
-            ax_key.plot([t[-1] - t0], [final / 1e3], marker="*", color=color, markersize=13,
+            ax_key.plot([ends[-1]], [final / 1e3], marker="*", color=color, markersize=13,
                         linestyle="none", label=f"{label}: secret key {final / 1e3:.1f} kbit")
     if threshold is not None:
         ax_qber.axhline(100.0 * float(threshold), color="0.4", linestyle="--", linewidth=1,
@@ -128,7 +132,7 @@ def plot_passes(doc: Mapping[str, Any]) -> bytes:
     ax_rate.set_ylabel("sifted rate (kbit/s)")
     ax_qber.set_ylabel("QBER (%)")
     ax_key.set_ylabel("key (kbit)")
-    ax_key.set_xlabel("time since start of processed pass window (s)")
+    ax_key.set_xlabel("pass time (s)")
     title = doc.get("title") or "Micius passes"
     ax_rate.set_title(str(title))
     for ax in (ax_rate, ax_qber, ax_key):

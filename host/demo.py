@@ -1,0 +1,386 @@
+"""The China–Russia experiment replayed in software (``mozi demo``).
+
+Micius (Alice on both links) makes one pass over Zvenigorod near Moscow and one over Nanshan
+near Urumqi. Each pass is simulated (:func:`mozi.sim.passes.geometric_pass`,
+:func:`mozi.sim.link.simulate_pass`) and post-processed into a finite-key-secure key
+(:func:`mozi.host.session.run_session`), stored in the satellite's and the station's key
+stores. The satellite then acts as a trusted relay (:func:`mozi.host.relay.relay_keys`): it
+publishes ``K_SM ⊕ K_SU`` and Urumqi derives Moscow's key. With that shared key Moscow encrypts
+the two sample images (:mod:`mozi.host.sample_images`, :mod:`mozi.host.imagecrypt`), Urumqi
+decrypts them, and the demo checks the result is bit-exact. A report (plot, Markdown, HTML) and
+the JSON document of the run are written to the output folder.
+
+Everything is first written to a hidden work folder inside the output folder and moved into
+place only when the run has finished, so an interrupted or failed run leaves no half-written
+output (and no key store with half a scenario in it) behind.
+
+Output folder after a run::
+
+    demo.json                  the document `mozi demo --json` prints
+    report.md, report.html     summary; report.png: sifted rate, QBER and key along each pass
+    satellite.db, moscow.db, urumqi.db   key stores (mozi.host.keystore)
+    sat-moscow.alice.json, sat-urumqi.alice.json   Alice's record of each simulated pass
+    images/mozi-logo.png …     originals; images/*.mozi ciphertexts; images/decrypted-*
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mozi.host import imagecrypt, relay, sample_images
+from mozi.host.keystore import KeyStore
+from mozi.host.report import atomic_write, write_report
+from mozi.host.session import SessionConfig, run_session
+from mozi.sim import link as simlink
+from mozi.sim.errors import MoziError
+from mozi.sim.model import CHANNELS
+from mozi.sim.passes import STATIONS, geometric_pass
+from mozi.sim.tagfile import TagData
+
+__all__ = [
+    "DEFAULT_SEED",
+    "LINKS",
+    "RELAY_LINK",
+    "STORE_FILES",
+    "DemoConfig",
+    "DemoLink",
+    "DemoOutputError",
+    "run_demo",
+]
+
+DEFAULT_SEED = 20200619
+"""Seed of the whole scenario (every pass, session and relay draw derives from it)."""
+
+RELAY_LINK = "moscow-urumqi"
+"""Link name of the relayed Moscow–Urumqi key in the two stations' stores."""
+
+STORE_FILES = {"satellite": "satellite.db", "moscow": "moscow.db", "urumqi": "urumqi.db"}
+"""Key store file of each party, in the output folder."""
+
+DEMO_JSON = "demo.json"
+IMAGES_DIR = "images"
+
+
+class DemoOutputError(MoziError):
+    """The demo's output folder cannot be created or written."""
+
+
+@dataclass(frozen=True)
+class DemoLink:
+    """One satellite–station link of the scenario.
+
+    Attributes
+    ----------
+    link : str
+        Link name in the key stores (as :mod:`mozi.host.relay` expects it).
+    station : str
+        Ground station, a key of :data:`mozi.sim.passes.STATIONS`.
+    party : str
+        Key store of the station, a key of :data:`STORE_FILES`.
+    place : str
+        Human-readable place name.
+    max_elevation_deg : float
+        Culmination elevation of the simulated pass.
+    """
+
+    link: str
+    station: str
+    party: str
+    place: str
+    max_elevation_deg: float
+
+
+LINKS = (
+    DemoLink("sat-moscow", "zvenigorod", "moscow", "Zvenigorod (Moscow)", 55.0),
+    DemoLink("sat-urumqi", "nanshan", "urumqi", "Nanshan (Urumqi)", 70.0),
+)
+"""The two links of the China–Russia scenario (Moscow first: it is the relay's K_SM)."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Embedded defaults of the demo.
+
+    Attributes
+    ----------
+    seed : int
+        Scenario seed.
+    quick : bool
+        Process only a ``quick_window_s`` slice of each pass around its culmination (for tests
+        and a first look); the full demo processes whole passes above the elevation mask.
+    quick_window_s : float
+        Length of that slice.
+    elevation_mask_deg : float
+        Passes run while the satellite is above this elevation.
+    eps_sec, eps_cor, qber_threshold : float
+        Security parameters and abort threshold of each session.
+    links : tuple of DemoLink
+    """
+
+    seed: int = DEFAULT_SEED
+    quick: bool = False
+    quick_window_s: float = 40.0
+    elevation_mask_deg: float = 15.0
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+    qber_threshold: float = 0.11
+    links: tuple[DemoLink, ...] = field(default=LINKS)
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"mozi demo: {message}", file=sys.stderr, flush=True)
+
+
+def _window(profile, config: DemoConfig) -> tuple[float, float]:
+    t = profile.times_s
+    if not config.quick:
+        return float(t[0]), float(t[-1])
+    # a slice around the culmination, on whole profile bins (multiples of 10 s of pass time)
+    # so that no bin of the rate profile is only partly covered
+    peak = float(t[int(np.argmin(profile.distance_km))])
+    bin_s = simlink.PROFILE_BIN_S
+    start = max(float(t[0]), bin_s * round((peak - config.quick_window_s / 2) / bin_s))
+    return start, min(float(t[-1]), start + config.quick_window_s)
+
+
+def _session_doc(result: Any) -> dict[str, Any]:
+    doc = result.to_json()
+    if isinstance(doc, str | bytes):
+        doc = json.loads(doc)
+    return dict(doc)
+
+
+def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
+              stores: dict[str, KeyStore], progress: bool) -> dict[str, Any]:
+    seed = config.seed * 10 + index + 1
+    _log(progress, f"{spec.link}: Micius pass over {spec.place}, "
+                   f"culminating at {spec.max_elevation_deg:.0f}°")
+    profile = geometric_pass(spec.station, elevation_mask_deg=config.elevation_mask_deg,
+                             max_elevation_deg=spec.max_elevation_deg)
+    t0, t1 = _window(profile, config)
+    t_sim = time.perf_counter()
+    sim = simlink.simulate_pass(profile, seed=seed, t_start=t0, t_stop=t1, progress=progress)
+    t_sim = time.perf_counter() - t_sim
+
+    alice_path = work / f"{spec.link}.alice.json"
+    simlink.write_alice(alice_path, sim)
+    alice = simlink.read_alice(alice_path)
+    tags = TagData(timestamps_ps=sim.tags_ps, channels=sim.channels, resolution_ps=1,
+                   channel_names=tuple(CHANNELS), metadata=sim.metadata())
+
+    _log(progress, f"{spec.link}: {len(tags):,} detections in {t1 - t0:.0f} s; "
+                   f"post-processing")
+    session_cfg = SessionConfig(eps_sec=config.eps_sec, eps_cor=config.eps_cor,
+                                qber_threshold=config.qber_threshold, seed=seed)
+    t_post = time.perf_counter()
+    result = run_session(tags, alice, link=spec.link, store_alice=stores["satellite"],
+                         store_bob=stores[spec.party], config=session_cfg, progress=progress)
+    t_post = time.perf_counter() - t_post
+    doc = _session_doc(result)
+    if doc.get("aborted"):
+        _log(progress, f"{spec.link}: session ABORTED ({doc.get('abort_reason')})")
+    else:
+        _log(progress, f"{spec.link}: {doc.get('final_key_bits', 0):,} secret key bits")
+
+    k = int(np.argmin(profile.distance_km))
+    doc.update({
+        "link": spec.link,
+        "station": spec.station,
+        "place": spec.place,
+        "pass": {
+            "t_start_s": round(t0, 3),
+            "t_stop_s": round(t1, 3),
+            "duration_s": round(t1 - t0, 3),
+            "full_pass_s": round(profile.duration_s, 3),
+            "max_elevation_deg": spec.max_elevation_deg,
+            "min_distance_km": round(float(profile.distance_km[k]), 1),
+            "loss_db_range": [round(float(profile.loss_db.min()), 2),
+                              round(float(profile.loss_db.max()), 2)],
+            "latitude_deg": STATIONS[spec.station].latitude_deg,
+            "longitude_deg": STATIONS[spec.station].longitude_deg,
+        },
+        "simulation": {"seed": seed, "totals": sim.totals, "profile": sim.profile},
+        "wall_time_s": {"simulate": round(t_sim, 3), "post_process": round(t_post, 3)},
+    })
+    if not doc.get("profile"):
+        doc["profile"] = [{"t_s": p["t_s"], "sifted_kbps": p["sifted_kbps"], "qber": p["qber"]}
+                          for p in sim.profile]
+    return doc
+
+
+def _exchange_images(work: Path, stores: dict[str, KeyStore], progress: bool
+                     ) -> list[dict[str, Any]]:
+    folder = work / IMAGES_DIR
+    originals = sample_images.write_samples(folder)
+    # the large image first: AES-256-GCM needs one key block, the one-time pad then gets
+    # whatever the relay left (and auto mode falls back to AES-GCM if that is too little)
+    originals.sort(key=lambda p: p.stat().st_size, reverse=True)
+    images = []
+    for src in originals:
+        cipher = folder / f"{src.name}.mozi"
+        plain = folder / f"decrypted-{src.name}"
+        entry: dict[str, Any] = {"name": src.name, "bytes": src.stat().st_size}
+        try:
+            enc = imagecrypt.encrypt_file(src, cipher, stores["moscow"], link=RELAY_LINK,
+                                          mode="auto")
+            dec = imagecrypt.decrypt_file(cipher, plain, stores["urumqi"])
+        except MoziError as exc:
+            entry.update({"mode": None, "decrypted_identical": False, "error": str(exc)})
+            _log(progress, f"{src.name}: FAILED: {exc}")
+        else:
+            same = plain.read_bytes() == src.read_bytes()
+            entry.update({
+                "mode": enc.mode,
+                "decrypted_identical": bool(same and dec.mode == enc.mode),
+                "ciphertext_bytes": enc.ciphertext_bytes,
+                "key_bits_used": enc.key_bits_used,
+                "key_bits_consumed": enc.key_bits_consumed,
+                "key_ids": list(enc.key_ids),
+            })
+            _log(progress, f"{src.name}: {entry['bytes']:,} bytes, {enc.mode}, encrypted at "
+                           f"Moscow, decrypted at Urumqi: "
+                           f"{'identical' if entry['decrypted_identical'] else 'DIFFERENT'}")
+        images.append(entry)
+    images.sort(key=lambda e: e["bytes"])
+    return images
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    for src in sorted(work.rglob("*")):
+        if src.is_dir():
+            continue
+        dst = out / src.relative_to(work)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("-wal", "-shm"):     # a replaced store's stale journal must go too
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{dst}{suffix}")
+        os.replace(src, dst)
+
+
+def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, *,
+             progress: bool = True,
+             on_link: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the whole China–Russia scenario and write its outputs into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Output folder (created if missing). Files of an earlier demo run there are replaced,
+        other files are left alone.
+    config : DemoConfig, optional
+        Defaults to the embedded scenario (:class:`DemoConfig()`).
+    progress : bool
+        Progress bars and one-line status messages on stderr.
+    on_link : callable, optional
+        Called with each link's document as soon as its session has finished.
+
+    Returns
+    -------
+    dict
+        The JSON-ready demo document: ``links`` (per link ``link``, ``sifted_bits``,
+        ``qber_z``, ``qber_x``, ``final_key_bits``, ``ec_efficiency``, ``aborted`` and the rest
+        of the session result, plus the pass and simulation figures), ``relay_key_bits``,
+        ``images`` (``name``, ``bytes``, ``mode``, ``decrypted_identical``, …), ``ok`` (a key
+        on both links and every image bit-exact), ``outputs`` and ``wall_time_s``.
+
+    Raises
+    ------
+    DemoOutputError
+        The output folder cannot be created or written.
+    """
+    config = config or DemoConfig()
+    out = Path(out_dir)
+    started = time.perf_counter()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
+    except OSError as exc:
+        raise DemoOutputError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
+
+    try:
+        stores: dict[str, KeyStore] = {}
+        try:
+            for party, name in STORE_FILES.items():
+                stores[party] = KeyStore(work / name)
+            links = []
+            for i, spec in enumerate(config.links):
+                links.append(_run_link(i, spec, config, work, stores, progress))
+                if on_link is not None:
+                    on_link(links[-1])
+
+            relay_bits, relay_ids, images = 0, [], []
+            if all(not d.get("aborted") and d.get("final_key_bits", 0) > 0 for d in links):
+                ann = relay.relay_keys(stores["satellite"], stores["moscow"], stores["urumqi"],
+                                       link_sm=config.links[0].link,
+                                       link_su=config.links[1].link, relay_link=RELAY_LINK)
+                relay_bits, relay_ids = ann.n_bits, list(ann.key_ids)
+                _log(progress, f"relay: satellite announced K_SM ⊕ K_SU; Moscow and Urumqi "
+                               f"share {relay_bits:,} bits")
+                images = _exchange_images(work, stores, progress)
+            else:
+                _log(progress, "relay skipped: a link produced no key")
+            status = {party: store.status() for party, store in stores.items()}
+        finally:
+            for store in stores.values():
+                store.close()
+
+        ok = bool(images) and all(im["decrypted_identical"] for im in images)
+        doc: dict[str, Any] = {
+            "title": "Mozi demo — Micius China–Russia relay, replayed in software",
+            "description": (
+                "Micius (Alice) shares a finite-key-secure key with Zvenigorod near Moscow "
+                "and with Nanshan near Urumqi, one simulated pass each; as trusted relay it "
+                "announces K_SM ⊕ K_SU so Urumqi obtains Moscow's key; two images encrypted "
+                "at Moscow are decrypted at Urumqi."
+                + (" Quick run: only a slice of each pass around its culmination."
+                   if config.quick else "")),
+            "quick": config.quick,
+            "seed": config.seed,
+            "qber_threshold": config.qber_threshold,
+            "settings": {k: v for k, v in asdict(config).items() if k != "links"},
+            "links": links,
+            "relay_link": RELAY_LINK,
+            "relay_key_bits": int(relay_bits),
+            "relay_key_ids": relay_ids,
+            "images": images,
+            "key_stores": {party: {"file": STORE_FILES[party], "status": status[party]}
+                           for party in STORE_FILES},
+            "ok": ok,
+        }
+        doc["wall_time_s"] = round(time.perf_counter() - started, 3)
+        outputs = write_report(work, doc)
+        doc["outputs"] = {kind: p.name for kind, p in outputs.items()}
+        doc["outputs"]["json"] = DEMO_JSON
+        doc["wall_time_s"] = round(time.perf_counter() - started, 3)
+        atomic_write(work / DEMO_JSON, json.dumps(doc, indent=2, default=_json_default) + "\n")
+        try:
+            _move_into_place(work, out)
+        except OSError as exc:
+            raise DemoOutputError(f"cannot write into {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _log(progress, f"done in {doc['wall_time_s']:.0f} s; report in {out / 'report.html'}")
+    return doc
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if not math.isfinite(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
