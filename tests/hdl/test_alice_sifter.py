@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """AliceSifter: parameter checks, and the cocotb suite under Verilator per parameter set."""
 
 import pytest
