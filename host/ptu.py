@@ -2,13 +2,17 @@
 
 A ground station that records its four detectors with a PicoQuant time tagger (PicoHarp,
 HydraHarp, TimeHarp 260, MultiHarp / PicoHarp 330) in T2 mode writes PTU files: a header of
-"unified tags" followed by 32-bit TTTR records. The header and the records are decoded with the
-`ptufile <https://pypi.org/project/ptufile/>`_ package; this module checks the file, maps the
-tagger's input channels to the detector names H/V/D/A and converts the times to picoseconds.
+"unified tags" followed by 32-bit TTTR records. The header is parsed and the raw records are
+read with the `ptufile <https://pypi.org/project/ptufile/>`_ package; the T2 records are
+decoded here (numpy, following PicoQuant's reference ``Read_PTU.py``), because ptufile
+2026.2.6 keeps only the low 7 bits of the overflow count of HydraHarp-style T2 overflow records
+and so loses time after any gap longer than 128 overflow periods (~4.3 ms), which sparse
+satellite-pass data does have. This module also checks the file, maps the tagger's input
+channels to the detector names H/V/D/A and converts the times to picoseconds.
 
-Only photon records are kept. Overflow records are folded into the times by ``ptufile``; marker
-records, the sync input of HydraHarp-style T2 records and inputs missing from the channel map
-are dropped and counted in ``TagData.metadata``.
+Only photon records are kept. Overflow records are folded into the times; marker records, the
+sync input of HydraHarp-style T2 records and inputs missing from the channel map are dropped
+and counted in ``TagData.metadata``.
 
 Examples
 --------
@@ -26,8 +30,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import ptufile
 from mozi.sim.errors import FileFormatError
 from mozi.sim.model import CHANNELS
+from mozi.sim.tagfile import TagData
 
 __all__ = ["DEFAULT_CHANNEL_MAP", "PTU_MAGIC", "is_ptu", "parse_channel_map", "read_ptu"]
 
@@ -38,17 +44,19 @@ DEFAULT_CHANNEL_MAP = "0:H,1:V,2:D,3:A"
 """Channel map used when the user gives none: inputs 0–3 are H, V, D, A."""
 
 # T2 record types (``TTResultFormat_TTTRRecType``) whose 32-bit record is
-# special(1) | channel(6) | time(25): the sync input is special=1, channel=0. ptufile decodes
-# it as channel 0, the same number as the first detector input, so it is told apart here.
+# special(1) | channel(6) | time(25). special=1: channel 63 = overflow, 0 = sync, 1..15 = marker.
+# Overflow period and whether the overflow record carries a count (version 2) or stands for one
+# period (HydraHarp V1).
 _HYDRAHARP_STYLE_T2 = {
-    0x00010204: "HydraHarpT2",
-    0x01010204: "HydraHarp2T2",
-    0x00010205: "TimeHarp260NT2",
-    0x00010206: "TimeHarp260PT2",
-    0x00010207: "GenericT2",
+    0x00010204: ("HydraHarpT2", 33_552_000, False),
+    0x01010204: ("HydraHarp2T2", 1 << 25, True),
+    0x00010205: ("TimeHarp260NT2", 1 << 25, True),
+    0x00010206: ("TimeHarp260PT2", 1 << 25, True),
+    0x00010207: ("GenericT2", 1 << 25, True),
 }
-# PicoHarp 300 T2: channel(4) | time(28); channel 15 is special (overflow or marker).
-_PICOHARP_T2 = {0x00010203: "PicoHarpT2"}
+# PicoHarp 300 T2: channel(4) | time(28); channel 15 is special: overflow when the low 4 time
+# bits are 0, else a marker.
+_PICOHARP_T2 = {0x00010203: ("PicoHarpT2", 210_698_240, False)}
 _T2_TYPES = {**_HYDRAHARP_STYLE_T2, **_PICOHARP_T2}
 
 
@@ -157,8 +165,38 @@ def _resolution_ps(seconds: float, name: str) -> Fraction:
     return Fraction(seconds * 1e12).limit_denominator(1000)
 
 
+def _decode_t2(raw: np.ndarray, rectype: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Decode T2 records: (time in ticks, photon input or -1, sync flag, marker flag)."""
+    _, wrap, counted = _T2_TYPES[rectype]
+    raw = raw.astype(np.int64)
+    if rectype in _HYDRAHARP_STYLE_T2:
+        special = (raw >> 31) & 1 == 1
+        field_ = (raw >> 25) & 0x3F
+        tick = raw & 0x1FFFFFF
+        overflow = special & (field_ == 0x3F)
+        sync = special & (field_ == 0)
+        marker = special & (field_ >= 1) & (field_ <= 15)
+        if counted:     # the count of periods; 0 is an old-style single overflow
+            periods = np.where(overflow, np.where(tick == 0, 1, tick), 0)
+        else:
+            periods = overflow.astype(np.int64)
+        chan = np.where(special, -1, field_)
+    else:
+        field_ = raw >> 28
+        tick = raw & 0xFFFFFFF
+        special = field_ == 0xF
+        overflow = special & (tick & 0xF == 0)
+        marker = special & ~overflow
+        sync = np.zeros(raw.shape, dtype=bool)
+        periods = overflow.astype(np.int64)
+        chan = np.where(special, -1, field_)
+    times = np.cumsum(periods) * wrap + np.where(overflow, 0, tick)
+    return times, chan.astype(np.int16), sync, marker
+
+
 def read_ptu(path: str | os.PathLike[str],
-             channels: str | Mapping[int, str] | None = None):
+             channels: str | Mapping[int, str] | None = None) -> TagData:
     """Read a PicoQuant PTU T2 file into a :class:`~mozi.sim.tagfile.TagData`.
 
     Parameters
@@ -184,9 +222,6 @@ def read_ptu(path: str | os.PathLike[str],
         The file cannot be read, is not a PTU file, is truncated or corrupt, holds T3 rather
         than T2 records, or holds no photon on a mapped input.
     """
-    import ptufile
-    from mozi.sim.tagfile import TagData
-
     cmap = parse_channel_map(channels)
     path = Path(path)
     name = path.name
@@ -234,8 +269,7 @@ def read_ptu(path: str | os.PathLike[str],
                     f"whole number of 4-byte records)"
                 )
             try:
-                raw = np.asarray(ptu.read_records())
-                decoded = ptu.decode_records(raw)
+                raw = np.asarray(ptu.read_records(), dtype=np.uint32)
             except Exception as exc:
                 raise FileFormatError(
                     f"{name}: cannot decode PTU records: {_one_line(exc)}") from None
@@ -248,14 +282,9 @@ def read_ptu(path: str | os.PathLike[str],
                 if key in tags
             }
 
-    times = decoded["time"]
-    chan = decoded["channel"].astype(np.int16)
+    times, chan, sync, marker = _decode_t2(raw, rectype)
     photon = chan >= 0
-    sync = np.zeros(raw.shape, dtype=bool)
-    if rectype in _HYDRAHARP_STYLE_T2:
-        sync = (raw >> np.uint32(25)) == np.uint32(0x40)     # special=1, channel=0
-        photon &= ~sync
-    n_markers = int(np.count_nonzero(decoded["marker"]))
+    n_markers = int(np.count_nonzero(marker))
 
     lut = np.full(int(max(cmap) + 1), -1, dtype=np.int16)
     for inp, det in cmap.items():
@@ -289,7 +318,7 @@ def read_ptu(path: str | os.PathLike[str],
     metadata = {
         "source": "ptu",
         "file": str(path),
-        "record_type": _T2_TYPES[rectype],
+        "record_type": _T2_TYPES[rectype][0],
         "resolution_s": float(resolution) * 1e-12,
         "channel_map": {str(k): v for k, v in sorted(cmap.items())},
         "records": int(raw.size),

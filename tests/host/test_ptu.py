@@ -54,19 +54,31 @@ def _header(rectype: int, resolution_s: float, n_records: int, mode: int = 2) ->
     ])
 
 
-def _hydraharp2_records(ticks, inputs, sync_ticks=(), marker_ticks=()) -> np.ndarray:
-    """HydraHarp V2 T2: special(1) channel(6) time(25); overflow carries its count."""
-    events = [(int(t), 0, int(c)) for t, c in zip(ticks, inputs, strict=True)]
-    events += [(int(t), 1, 0) for t in sync_ticks]          # sync: special, channel 0
-    events += [(int(t), 1, 2) for t in marker_ticks]        # marker 2: special, channel 2
-    events.sort(key=lambda e: e[0])
-    words, period = [], 0
-    for t, special, ch in events:
-        if t // HH_WRAP > period:
-            words.append((1 << 31) | (0x3F << 25) | (t // HH_WRAP - period))
-            period = t // HH_WRAP
-        words.append((special << 31) | (ch << 25) | (t % HH_WRAP))
-    return np.array(words, dtype="<u4")
+def hydraharp2_records(ticks, inputs, sync_ticks=(), marker_ticks=()) -> np.ndarray:
+    """HydraHarp V2 T2: special(1) channel(6) time(25); an overflow record carries its count.
+
+    Vectorised, so that the session tests can turn a whole simulated slice into a PTU file.
+    """
+    ticks, inputs = np.asarray(ticks, np.int64), np.asarray(inputs, np.int64)
+    sync_ticks, marker_ticks = np.asarray(sync_ticks, np.int64), np.asarray(marker_ticks,
+                                                                             np.int64)
+    t = np.concatenate([ticks, sync_ticks, marker_ticks])
+    special = np.concatenate([np.zeros(ticks.size, np.int64), np.ones(sync_ticks.size, np.int64),
+                              np.ones(marker_ticks.size, np.int64)])
+    chan = np.concatenate([inputs, np.zeros(sync_ticks.size, np.int64),   # sync: channel 0
+                           np.full(marker_ticks.size, 2, np.int64)])     # marker 2
+    order = np.argsort(t, kind="stable")
+    t, special, chan = t[order], special[order], chan[order]
+    period = t // HH_WRAP
+    jump = np.diff(period, prepend=0)
+    assert np.all(jump < HH_WRAP)
+    words = (special << 31) | (chan << 25) | (t % HH_WRAP)
+    has = jump > 0
+    pos = np.arange(t.size) + np.cumsum(has)          # index of each event in the output
+    out = np.empty(t.size + int(has.sum()), np.int64)
+    out[pos] = words
+    out[pos[has] - 1] = (1 << 31) | (0x3F << 25) | jump[has]
+    return out.astype("<u4")
 
 
 def _picoharp_records(ticks, inputs, marker_ticks=()) -> np.ndarray:
@@ -83,7 +95,7 @@ def _picoharp_records(ticks, inputs, marker_ticks=()) -> np.ndarray:
     return np.array(words, dtype="<u4")
 
 
-def _write(path, rectype, resolution_s, records, *, announced=None, mode=2):
+def write_ptu(path, rectype, resolution_s, records, *, announced=None, mode=2):
     n = len(records) if announced is None else announced
     path.write_bytes(_header(rectype, resolution_s, n, mode) + records.tobytes())
     return path
@@ -100,8 +112,8 @@ def test_hydraharp_round_trip_with_overflows_sync_and_markers(tmp_path):
     print(f"seed {SEED}")
     ticks, inputs = _random_events(rng, 3000, 40 * HH_WRAP, 4)
     sync = np.arange(0, 40 * HH_WRAP, 7 * HH_WRAP // 3)
-    records = _hydraharp2_records(ticks, inputs, sync_ticks=sync, marker_ticks=[5, HH_WRAP + 9])
-    path = _write(tmp_path / "hh.ptu", HYDRAHARP2_T2, 1e-12, records)
+    records = hydraharp2_records(ticks, inputs, sync_ticks=sync, marker_ticks=[5, HH_WRAP + 9])
+    path = write_ptu(tmp_path / "hh.ptu", HYDRAHARP2_T2, 1e-12, records)
 
     tags = read_ptu(path, channels="0:H,1:V,2:D,3:A")
 
@@ -118,7 +130,7 @@ def test_picoharp_round_trip_permuted_map_and_resolution(tmp_path):
     rng = np.random.default_rng(SEED + 1)
     ticks, inputs = _random_events(rng, 2000, 5 * PH_WRAP, 4)
     records = _picoharp_records(ticks, inputs, marker_ticks=[PH_WRAP + 100])
-    path = _write(tmp_path / "ph.ptu", PICOHARP_T2, 4e-12, records)
+    path = write_ptu(tmp_path / "ph.ptu", PICOHARP_T2, 4e-12, records)
 
     tags = read_ptu(path, channels="0:A, 1:d, 2:H, 3:V")
 
@@ -131,8 +143,8 @@ def test_picoharp_round_trip_permuted_map_and_resolution(tmp_path):
 def test_unmapped_inputs_are_dropped_and_counted(tmp_path):
     rng = np.random.default_rng(SEED + 2)
     ticks, inputs = _random_events(rng, 1000, 3 * HH_WRAP, 6)
-    records = _hydraharp2_records(ticks, inputs)
-    path = _write(tmp_path / "hh6.ptu", HYDRAHARP2_T2, 1e-12, records)
+    records = hydraharp2_records(ticks, inputs)
+    path = write_ptu(tmp_path / "hh6.ptu", HYDRAHARP2_T2, 1e-12, records)
 
     tags = read_ptu(path, channels={1: "H", 2: "V", 3: "D", 5: "A"})
 
@@ -146,7 +158,7 @@ def test_unmapped_inputs_are_dropped_and_counted(tmp_path):
 
 
 def test_is_ptu(tmp_path):
-    good = _write(tmp_path / "a.ptu", PICOHARP_T2, 4e-12, _picoharp_records([1], [0]))
+    good = write_ptu(tmp_path / "a.ptu", PICOHARP_T2, 4e-12, _picoharp_records([1], [0]))
     bad = tmp_path / "b.ptu"
     bad.write_bytes(b"MOZI tags")
     assert is_ptu(good)
@@ -173,8 +185,8 @@ def test_default_channel_map():
 
 def _good_file(tmp_path):
     ticks, inputs = _random_events(np.random.default_rng(SEED + 3), 500, 2 * HH_WRAP, 4)
-    return _write(tmp_path / "good.ptu", HYDRAHARP2_T2, 1e-12,
-                  _hydraharp2_records(ticks, inputs))
+    return write_ptu(tmp_path / "good.ptu", HYDRAHARP2_T2, 1e-12,
+                  hydraharp2_records(ticks, inputs))
 
 
 def test_garbage_file(tmp_path):
@@ -209,14 +221,14 @@ def test_truncated_records(tmp_path):
 
 
 def test_t3_file_is_refused(tmp_path):
-    path = _write(tmp_path / "t3.ptu", HYDRAHARP2_T3, 1e-8, np.zeros(4, "<u4"), mode=3)
+    path = write_ptu(tmp_path / "t3.ptu", HYDRAHARP2_T3, 1e-8, np.zeros(4, "<u4"), mode=3)
     with pytest.raises(FileFormatError, match="not a supported T2 format"):
         read_ptu(path)
 
 
 def test_no_photon_on_mapped_inputs(tmp_path):
-    records = _hydraharp2_records([10, 20], [5, 6])
-    path = _write(tmp_path / "empty.ptu", HYDRAHARP2_T2, 1e-12, records)
+    records = hydraharp2_records([10, 20], [5, 6])
+    path = write_ptu(tmp_path / "empty.ptu", HYDRAHARP2_T2, 1e-12, records)
     with pytest.raises(FileFormatError, match="no photon"):
         read_ptu(path)
 
@@ -224,3 +236,30 @@ def test_no_photon_on_mapped_inputs(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileFormatError, match="cannot read"):
         read_ptu(tmp_path / "nope.ptu")
+
+
+def test_hydraharp_multi_period_overflow_records(tmp_path):
+    ticks = np.array([5, 10 * HH_WRAP + 3, 1000 * HH_WRAP + 7, 1000 * HH_WRAP + 8])
+    records = hydraharp2_records(ticks, [0, 1, 2, 3])
+    assert records.size == 6                # two overflow records, counting 10 and 990
+    path = write_ptu(tmp_path / "sparse.ptu", HYDRAHARP2_T2, 1e-12, records)
+    np.testing.assert_array_equal(read_ptu(path).timestamps_ps, ticks)
+
+
+@pytest.mark.parametrize("rectype, wrap, make", [
+    (HYDRAHARP2_T2, HH_WRAP, hydraharp2_records),
+    (PICOHARP_T2, PH_WRAP, _picoharp_records),
+])
+def test_agrees_with_ptufile_decoder_on_short_gaps(tmp_path, rectype, wrap, make):
+    # ptufile's own decoder is right while no overflow record counts more than 127 periods;
+    # there our decoding of photon times and input numbers must agree with it
+    import ptufile
+
+    ticks, inputs = _random_events(np.random.default_rng(SEED + 4), 800, 20 * wrap, 4)
+    path = write_ptu(tmp_path / "x.ptu", rectype, 1e-12, make(ticks, inputs))
+    with ptufile.PtuFile(path) as ptu:
+        ref = ptu.decode_records()
+    ref = ref[ref["channel"] >= 0]
+    tags = read_ptu(path)
+    np.testing.assert_array_equal(tags.timestamps_ps, ref["time"].astype(np.int64))
+    np.testing.assert_array_equal(tags.channels, ref["channel"])
