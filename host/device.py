@@ -316,25 +316,14 @@ class ModelTransport(Transport):
             m_slots, basis, bit, multi, np.minimum(m_lost, 0xFFFF)))
 
     def _load_records(self, payload: bytes) -> bytes:
-        heads = []                       # (first slot, count, byte position of the nibbles)
-        pos = 0
-        total = 0
-        size = len(payload)
-        while pos < size:
-            first, count = _U48_U32.unpack_from(payload, pos)
-            pos += _U48_U32.size
-            nbytes = (count + 1) // 2
-            if count == 0 or pos + nbytes > size:
-                raise _Fail(ErrorCode.BAD_REQUEST, "truncated or empty record segment")
-            heads.append((int.from_bytes(first, "big"), count, pos))
-            pos += nbytes
-            total += count
+        heads = _segment_heads(payload)  # (first slot, count, byte position of the nibbles)
+        total = int(heads[:, 1].sum())
         if self._loaded + total > self.record_capacity:
             raise _Fail(ErrorCode.TOO_LARGE,
                         f"record memory holds {self.record_capacity} records")
-        if heads:
-            h = np.array(heads, np.int64)
-            nib = proto.unpack_nibbles(payload, 2 * size)
+        if len(heads):
+            h = np.asarray(heads, np.int64)
+            nib = proto.unpack_nibbles(payload, 2 * len(payload))
             rec_start = np.repeat(2 * h[:, 2], h[:, 1])
             within = np.arange(total) - np.repeat(np.cumsum(h[:, 1]) - h[:, 1], h[:, 1])
             self._segments.append((h[:, 0], h[:, 1], nib[rec_start + within]))
@@ -397,6 +386,43 @@ class ModelTransport(Transport):
 
 
 _U48_U32 = struct.Struct(">6sI")
+
+
+def _segment_heads(payload: bytes) -> np.ndarray:
+    """Parse a ``LOAD_RECORDS`` payload into rows ``(first, count, nibble position)``.
+
+    Segments are variable-length, so their starts form a chain ``p → p + 10 + ⌈count/2⌉``
+    from byte 0; the chain is followed by pointer doubling (vectorised) rather than a Python
+    loop over segments. A payload whose chain does not end exactly at its last byte, or with
+    an empty segment, is malformed.
+    """
+    size = len(payload)
+    if size == 0:
+        return np.zeros((0, 3), np.int64)
+    if size < _U48_U32.size + 1:
+        raise _Fail(ErrorCode.BAD_REQUEST, "truncated record segment")
+    b = np.frombuffer(payload, np.uint8).astype(np.int64)
+    bad, end = size + 1, size
+    pos = np.arange(size - _U48_U32.size + 1)
+    cnt = (b[pos + 6] << 24) | (b[pos + 7] << 16) | (b[pos + 8] << 8) | b[pos + 9]
+    nxt = pos + _U48_U32.size + (cnt + 1) // 2
+    nxt = np.where((nxt > size) | (cnt == 0), bad, nxt)
+    jump = np.full(size + 2, bad, np.int64)             # header starts near the end: bad
+    jump[pos] = nxt
+    jump[end] = end
+    mark = np.zeros(size + 2, bool)
+    mark[0] = True
+    for _ in range(max(1, size.bit_length())):
+        mark[jump[mark]] = True                          # nodes within 2**(k+1) steps
+        jump = jump[jump]
+    nodes = np.flatnonzero(mark)
+    if nodes[-1] != end:
+        raise _Fail(ErrorCode.BAD_REQUEST, "truncated or empty record segment")
+    starts = nodes[:-1]
+    first = np.zeros(starts.size, np.int64)
+    for k in range(6):
+        first = (first << 8) | b[starts + k]
+    return np.stack([first, cnt[starts], starts + _U48_U32.size], axis=1)
 
 
 class _Fail(Exception):

@@ -237,3 +237,24 @@ def test_closed_transport_refuses_writes():
         ReceiverDriver(t)
     with pytest.raises(DeviceError):
         ReceiverDriver(t)
+
+
+def test_load_records_parses_variable_segments_and_rejects_malformed():
+    t = ModelTransport()
+    tx = TransmitterDriver(t)
+    segs = [(10, [1, 2, 3]), (20, [4]), (30, [5, 6]), (1 << 40, [7, 8, 9, 10, 11])]
+    payload = b"".join(struct.pack(">6sI", f.to_bytes(6, "big"), len(r)) + proto.pack_nibbles(r)
+                       for f, r in segs)
+    tx.request(Opcode.LOAD_RECORDS, payload, Opcode.ACK)
+    slots = [10, 12, 20, 31, (1 << 40) + 4]
+    res = np.frombuffer(tx.request(Opcode.SIFT_REPORTS, proto.encode_reports(slots, [1] * 5),
+                                   Opcode.SIFT_RESULT), np.uint8)
+    expect = np.array([1, 3, 4, 6, 11], np.uint8)     # records: bit | basis << 1 | int << 2
+    m, b, i = model.sift_alice(expect, np.arange(5), np.ones(5, np.uint8))
+    np.testing.assert_array_equal(res, m.astype(np.uint8) | (b << 1) | (i << 2))
+    for bad in (payload[:-1], payload + b"\x00",
+                struct.pack(">6sI", bytes(6), 0) + b"\x00",
+                struct.pack(">6sI", bytes(6), 5) + b"\x12"):
+        with pytest.raises(DeviceError) as e:
+            tx.request(Opcode.LOAD_RECORDS, bad, Opcode.ACK)
+        assert e.value.code is ErrorCode.BAD_REQUEST
