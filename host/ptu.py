@@ -156,7 +156,10 @@ def _ptufile_log() -> Iterator[_Collect]:
 
 
 def _one_line(exc: object) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    # ptufile messages read "<problem> @ '<file>' tagid=…, value=…": keep the problem only,
+    # the rest echoes (possibly binary) file content
+    text = " ".join(str(exc).split(" @ ")[0].split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:200] or type(exc).__name__
 
 
 def _resolution_ps(seconds: float, name: str) -> Fraction:
@@ -241,7 +244,8 @@ def read_ptu(path: str | os.PathLike[str],
         with ptu:
             tags = ptu.tags
             if log.messages:
-                raise FileFormatError(f"{name}: corrupt PTU header: {_one_line(log.messages[0])}")
+                raise FileFormatError(
+                    f"{name}: corrupt or truncated PTU header: {_one_line(log.messages[0])}")
             try:
                 rectype = int(tags["TTResultFormat_TTTRRecType"])
                 mode = int(tags.get("Measurement_Mode", -1))

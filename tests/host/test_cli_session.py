@@ -1,0 +1,207 @@
+"""``mozi session``: one link end to end from files, PTU input, and the error cases of issue 3.
+
+The inputs are a short slice of the Micius 2017 pass around its closest approach, simulated
+once per module (a few seconds of post-processing per session).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mozi.host.cli import main
+from mozi.host.keystore import KeyStore
+from mozi.sim.eve import InterceptResend
+from mozi.sim.link import simulate_pass, write_alice
+from mozi.sim.passes import micius2017
+from mozi.sim.tagfile import write_tags
+
+from tests.host.test_ptu import HYDRAHARP2_T2, hydraharp2_records, write_ptu
+
+SEED = 4242
+WINDOW = (120.0, 150.0)        # seconds of the 2017 pass, around its closest approach
+SESSION_SEED = "17"
+
+
+def _simulate(folder, *, eve=None, window=WINDOW):
+    folder.mkdir(parents=True, exist_ok=True)
+    sim = simulate_pass(micius2017(), seed=SEED, t_start=window[0], t_stop=window[1], eve=eve)
+    write_tags(folder / "bob.tags", sim.tags_ps, sim.channels, metadata=sim.metadata())
+    write_alice(folder / "alice.json", sim)
+    return sim
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("session")
+    sim = _simulate(folder)
+    # the same detections as a HydraHarp T2 PTU file whose inputs 0..3 carry A, D, V, H
+    perm = np.array([3, 2, 1, 0])            # detector index → tagger input
+    write_ptu(folder / "bob.ptu", HYDRAHARP2_T2, 1e-12,
+              hydraharp2_records(sim.tags_ps, perm[sim.channels]))
+    return folder
+
+
+def _run(capsys, *argv):
+    rc = main(["session", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mozi session: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _store_keys(path, link):
+    with KeyStore(path, create=False) as store:
+        records = store.list(link)
+        return {r.key_id: store.get(r.key_id).bits for r in records}
+
+
+def _assert_nothing_created(tmp_path, *names):
+    for name in names:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            assert not (tmp_path / f"{name}{suffix}").exists(), f"{name}{suffix} left behind"
+
+
+def test_session_from_mozi_tags_stores_identical_keys(sim_dir, tmp_path, capsys):
+    rc, out, _ = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link",
+                      "sat-xinglong", "--store-alice", tmp_path / "a.db", "--store-bob",
+                      tmp_path / "b.db", "--seed", SESSION_SEED, "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    for key in ("link", "detections", "in_window_fraction", "sifted_bits", "qber_z", "qber_x",
+                "ec_leaked_bits", "ec_efficiency", "verification_ok", "final_key_bits",
+                "aborted", "key_ids", "finite_key", "profile"):
+        assert key in doc
+    assert doc["link"] == "sat-xinglong"
+    assert not doc["aborted"] and doc["verification_ok"]
+    assert doc["final_key_bits"] > 0
+    assert 0.005 < doc["qber_z"] < 0.03
+    alice = _store_keys(tmp_path / "a.db", "sat-xinglong")
+    bob = _store_keys(tmp_path / "b.db", "sat-xinglong")
+    assert sorted(alice) == sorted(bob) == sorted(doc["key_ids"])
+    for key_id, bits in alice.items():
+        np.testing.assert_array_equal(bits, bob[key_id])
+    assert sum(b.size for b in alice.values()) == doc["final_key_bits"]
+
+    # the same detections from a PTU file with a permuted channel map give the same key
+    rc, out, _ = _run(capsys, sim_dir / "bob.ptu", sim_dir / "alice.json", "--link",
+                      "sat-xinglong", "--store-alice", tmp_path / "a2.db", "--store-bob",
+                      tmp_path / "b2.db", "--channels", "0:A,1:D,2:V,3:H", "--seed",
+                      SESSION_SEED, "--json")
+    assert rc == 0
+    doc_ptu = json.loads(out)
+    for key in ("detections", "sifted_bits", "qber_z", "qber_x", "final_key_bits"):
+        assert doc_ptu[key] == doc[key], key
+    key_ptu = np.concatenate(list(_store_keys(tmp_path / "b2.db", "sat-xinglong").values()))
+    key_tags = np.concatenate([bob[k] for k in doc["key_ids"]])
+    np.testing.assert_array_equal(np.sort(key_ptu), np.sort(key_tags))   # same multiset…
+    ordered = np.concatenate([_store_keys(tmp_path / "b2.db", "sat-xinglong")[k]
+                              for k in doc_ptu["key_ids"]])
+    np.testing.assert_array_equal(ordered, key_tags)                      # …and same key
+
+
+def test_text_summary(sim_dir, tmp_path, capsys):
+    rc, out, _ = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 0
+    assert "secret key" in out and "stored under" in out
+    assert out.startswith("link l: ")
+
+
+def test_truncated_tag_file(sim_dir, tmp_path, capsys):
+    data = (sim_dir / "bob.tags").read_bytes()
+    cut = tmp_path / "cut.tags"
+    cut.write_bytes(data[: len(data) // 2])
+    rc, out, err = _run(capsys, cut, sim_dir / "alice.json", "--link", "l", "--store-alice",
+                        tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1
+    assert out == ""
+    assert "truncated" in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db", "b.db")
+
+
+@pytest.mark.parametrize("content, fmt, message", [
+    (b"random" * 500, "auto", "neither a Mozi tag file nor a PicoQuant PTU file"),
+    (b"random" * 500, "ptu", "not a PicoQuant PTU file"),
+    (b"PQTTTR\0\0" + bytes(range(256)) * 8, "auto", "corrupt or truncated PTU header"),
+])
+def test_garbage_ptu_file(sim_dir, tmp_path, capsys, content, fmt, message):
+    bad = tmp_path / "garbage.ptu"
+    bad.write_bytes(content)
+    rc, out, err = _run(capsys, bad, sim_dir / "alice.json", "--link", "l", "--format", fmt,
+                        "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1
+    assert out == ""
+    assert message in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db", "b.db")
+
+
+def test_truncated_ptu_file(sim_dir, tmp_path, capsys):
+    data = (sim_dir / "bob.ptu").read_bytes()
+    cut = tmp_path / "cut.ptu"
+    cut.write_bytes(data[:-1001])
+    rc, _, err = _run(capsys, cut, sim_dir / "alice.json", "--link", "l", "--store-alice",
+                      tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1
+    assert "truncated PTU file" in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db", "b.db")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--channels", "0:H,1:Q"], "bad channel map"),
+    (["--format", "mozi", "--channels", "0:H"], "applies only to PTU"),
+    (["--eps-sec", "2"], "eps_sec"),
+    (["--qber-threshold", "0"], "qber_threshold"),
+])
+def test_bad_options(sim_dir, tmp_path, capsys, extra, message):
+    src = sim_dir / ("bob.ptu" if "0:H,1:Q" in extra else "bob.tags")
+    rc, _, err = _run(capsys, src, sim_dir / "alice.json", "--link", "l", *extra,
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1
+    assert message in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db", "b.db")
+
+
+def test_bad_alice_file(sim_dir, tmp_path, capsys):
+    rc, _, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "bob.tags", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1
+    assert "Alice file" in _error_line(err)
+    rc, _, err = _run(capsys, sim_dir / "bob.tags", tmp_path / "missing.json", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1
+    assert "no such Alice file" in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db", "b.db")
+
+
+def test_same_store_twice(sim_dir, tmp_path, capsys):
+    rc, _, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "a.db")
+    assert rc == 1
+    assert "different files" in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db")
+
+
+def test_intercept_resend_aborts_and_stores_nothing(tmp_path, capsys):
+    folder = tmp_path / "eve"
+    _simulate(folder, eve=InterceptResend(1.0), window=(130.0, 140.0))
+    # an existing store must survive untouched; a new one must not be left behind
+    with KeyStore(tmp_path / "a.db") as store:
+        old_ids = store.add_key("other", np.ones(100, np.uint8))
+    rc, out, _ = _run(capsys, folder / "bob.tags", folder / "alice.json", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db",
+                      "--json")
+    assert rc == 3
+    doc = json.loads(out)
+    assert doc["aborted"] and doc["abort_reason"]
+    assert doc["final_key_bits"] == 0 and doc["key_ids"] == []
+    _assert_nothing_created(tmp_path, "b.db")
+    assert sorted(_store_keys(tmp_path / "a.db", "other")) == sorted(old_ids)
+    assert _store_keys(tmp_path / "a.db", "l") == {}
