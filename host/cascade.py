@@ -270,7 +270,7 @@ def _shuffle(rng: np.random.Generator, n: int, k: int):
         return (np.arange(n, dtype=index), np.array([0, n], np.int64),
                 np.zeros(n, np.uint8))
     if 2 * k >= n:
-        label = rng.integers(0, 2, n, dtype=np.uint8)
+        label = np.unpackbits(np.frombuffer(rng.bytes((n + 7) // 8), np.uint8))[:n]
         first = np.flatnonzero(label == 0).astype(index)
         if 0 < first.size < n:
             second = np.flatnonzero(label).astype(index)
