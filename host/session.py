@@ -456,13 +456,14 @@ def _run(tags, alice, link, store_alice, store_bob, config, seeds, fixed, result
     t0 = step("timing", t0)
 
     # 2. Bob's device: slot assignment + decoding, block by block
-    bob_dev = open_device(config.device)
-    rx = ReceiverDriver(bob_dev, random_seed=seeds["decoder"])
-    rx.reset()
-    blocks = tm.slot_blocks(ticks, est, frac_bits=rx.frac_bits,
-                            window_sigmas=config.window_sigmas, max_events=config.block_events)
-    det = rx.run_blocks(ticks, masks, blocks)
-    counters = rx.counters()
+    with open_device(config.device) as bob_dev:
+        rx = ReceiverDriver(bob_dev, random_seed=seeds["decoder"])
+        rx.reset()
+        blocks = tm.slot_blocks(ticks, est, frac_bits=rx.frac_bits,
+                                window_sigmas=config.window_sigmas,
+                                max_events=config.block_events)
+        det = rx.run_blocks(ticks, masks, blocks)
+        counters = rx.counters()
     result.device_counters.update(counters)
     events = counters["RX_EVENTS"]
     result.in_window_fraction = 1.0 - counters["RX_REJECTED"] / events if events else None
@@ -529,15 +530,14 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     t0 = step("alignment", t0)
 
     # 4. sifting on Alice's device, over the channel
-    alice_dev = open_device(config.device)
-    tx = TransmitterDriver(alice_dev)
-    tx.reset()
-
     def records_at(slots: np.ndarray) -> np.ndarray:
         return alice_record(*source.choices(slots))
 
-    a_sift, b_sift = run_sifting(ch_a, ch_b, tx, records_at, a_slots, b_basis, b_bits)
-    result.device_counters.update(tx.counters())
+    with open_device(config.device) as alice_dev:
+        tx = TransmitterDriver(alice_dev)
+        tx.reset()
+        a_sift, b_sift = run_sifting(ch_a, ch_b, tx, records_at, a_slots, b_basis, b_bits)
+        result.device_counters.update(tx.counters())
     stats: DecoyStatistics = b_sift.stats
     n_x = int(stats.n_x.sum())
     m_x = int(stats.m_x.sum())
