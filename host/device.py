@@ -233,6 +233,8 @@ class ModelTransport(Transport):
         if reg.access != "rw":
             raise _Fail(ErrorCode.READ_ONLY, f"{reg.name} is read-only")
         value = reg.decode(raw)
+        if reg.encode(value) != raw:
+            raise _Fail(ErrorCode.BAD_VALUE, f"{reg.name} is {reg.width} bits wide")
         if reg.name == "CTRL":
             if value & 1:
                 self._reset()

@@ -422,7 +422,7 @@ def run_session(tags, alice, *, link: str, store_alice, store_bob,
     def step(name: str, t0: float) -> float:
         result.timings[name] = round(clock() - t0, 4)
         bar.update(1)
-        bar.set_postfix_str(name)
+        bar.set_postfix_str(f"{name} done")
         return clock()
 
     try:

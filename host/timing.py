@@ -32,6 +32,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from mozi.firmware.protocol import REGISTERS
 from mozi.host.device import SlotBlock
 from mozi.sim.errors import MoziError
 
@@ -278,11 +279,21 @@ def slot_blocks(timestamps: np.ndarray, timing: TimingEstimate, *, frac_bits: in
     Returns
     -------
     list of SlotBlock
+
+    Raises
+    ------
+    TimingError
+        The period does not fit the ``SA_PERIOD`` register.
     """
     t = np.asarray(timestamps, np.int64)
     P = timing.period
     scale = 1 << frac_bits
     period_fp = int(round(P * scale))
+    reg_width = REGISTERS["SA_PERIOD"].width
+    if period_fp >> reg_width:
+        raise TimingError(f"a slot period of {P:.1f} ticks does not fit the {reg_width}-bit "
+                          f"SA_PERIOD register with {frac_bits} fractional bits; use coarser "
+                          "tag resolution")
     width = window_ticks if window_ticks is not None else 2 * window_sigmas * timing.sigma
     half = min(width / 2, P / 2) * scale
     ws = max(0, int(math.floor(period_fp / 2 - half)))

@@ -258,3 +258,15 @@ def test_load_records_parses_variable_segments_and_rejects_malformed():
         with pytest.raises(DeviceError) as e:
             tx.request(Opcode.LOAD_RECORDS, bad, Opcode.ACK)
         assert e.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_register_width_is_enforced_by_the_device():
+    rx = ReceiverDriver(open_device("model"))
+    with pytest.raises(ValueError):                      # the host refuses first …
+        rx.write_register("SA_PERIOD", 1 << 32)
+    address = proto.register("SA_PERIOD").address       # … and the device too
+    with pytest.raises(DeviceError) as e:
+        rx.request(Opcode.WRITE_REG, struct.pack(">HQ", address, 1 << 32), Opcode.ACK)
+    assert e.value.code is ErrorCode.BAD_VALUE
+    rx.write_register("SA_OFFSET", -(1 << 40))
+    assert rx.read_register("SA_OFFSET") == -(1 << 40)

@@ -133,3 +133,10 @@ def test_find_slot_shift_fails_without_correlation():
     with pytest.raises(TimingError, match="no slot shift"):
         find_slot_shift(k, basis, bits, src.choices, center=0, max_shift=10,
                         slot_range=(0, 100))
+
+
+def test_period_too_wide_for_the_register():
+    ts, _ = synth(seed=4, dur_s=1.0)
+    est = estimate_timing(ts, T)
+    with pytest.raises(TimingError, match="SA_PERIOD"):
+        slot_blocks(ts, est, frac_bits=24)
