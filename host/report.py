@@ -173,6 +173,32 @@ def _link_rows(doc: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+_PASS_HEAD = ["link", "station", "culmination", "closest", "loss", "processed",
+              "simulate", "post-process"]
+
+
+def _pass_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for link in doc.get("links", []):
+        p = link.get("pass")
+        if not p:
+            continue
+        wall = link.get("wall_time_s") or {}
+        loss = p.get("loss_db_range") or [None, None]
+        rows.append([
+            str(link.get("link")),
+            str(link.get("place") or link.get("station") or "–"),
+            f"{float(p['max_elevation_deg']):.0f}°" if "max_elevation_deg" in p else "–",
+            f"{float(p['min_distance_km']):.0f} km" if "min_distance_km" in p else "–",
+            "–" if None in loss else f"{loss[0]:.1f}–{loss[1]:.1f} dB",
+            f"{float(p['duration_s']):.0f} of {float(p['full_pass_s']):.0f} s"
+            if "duration_s" in p and "full_pass_s" in p else "–",
+            "–" if wall.get("simulate") is None else f"{float(wall['simulate']):.1f} s",
+            "–" if wall.get("post_process") is None else f"{float(wall['post_process']):.1f} s",
+        ])
+    return rows
+
+
 _LINK_HEAD = ["link", "detections", "sifted bits", "QBER Z", "QBER X", "EC efficiency f",
               "secret key bits", "status"]
 _IMAGE_HEAD = ["image", "bytes", "mode", "decrypted identical"]
@@ -222,6 +248,8 @@ def render_markdown(doc: Mapping[str, Any], *, plot_name: str | None = REPORT_FI
         parts += [str(doc["description"]), ""]
     parts += [_verdict(doc), ""]
     parts += ["## Links", "", _md_table(_LINK_HEAD, _link_rows(doc)), ""]
+    if _pass_rows(doc):
+        parts += ["## Passes", "", _md_table(_PASS_HEAD, _pass_rows(doc)), ""]
     if "relay_key_bits" in doc:
         parts += ["## Trusted relay", "",
                   f"The satellite announced K_SM ⊕ K_SU; Moscow and Urumqi now share "
@@ -279,6 +307,8 @@ def render_html(doc: Mapping[str, Any], *, png: bytes | None = None) -> str:
         parts.append(f"<p>{esc(str(doc['description']))}</p>")
     parts.append(f"<p><strong>{esc(_verdict(doc))}</strong></p>")
     parts += ["<h2>Links</h2>", _html_table(_LINK_HEAD, _link_rows(doc))]
+    if _pass_rows(doc):
+        parts += ["<h2>Passes</h2>", _html_table(_PASS_HEAD, _pass_rows(doc))]
     if "relay_key_bits" in doc:
         parts += ["<h2>Trusted relay</h2>",
                   f"<p>The satellite announced K<sub>SM</sub> ⊕ K<sub>SU</sub>; Moscow and "

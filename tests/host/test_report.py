@@ -28,7 +28,11 @@ def _doc():
         "links": [
             {"link": "satellite-moscow", "detections": 123456, "sifted_bits": 600000,
              "qber_z": 0.0123, "qber_x": 0.0151, "ec_efficiency": 1.071,
-             "final_key_bits": 150000, "aborted": False, "profile": prof},
+             "final_key_bits": 150000, "aborted": False, "profile": prof,
+             "place": "Zvenigorod (Moscow)",
+             "pass": {"max_elevation_deg": 55.0, "min_distance_km": 598.2,
+                      "loss_db_range": [28.1, 39.9], "duration_s": 40.0, "full_pass_s": 345.5},
+             "wall_time_s": {"simulate": 1.25, "post_process": 6.5}},
             {"link": "satellite-urumqi", "detections": 1000, "sifted_bits": 500,
              "qber_z": 0.25, "qber_x": 0.27, "ec_efficiency": None, "final_key_bits": 0,
              "aborted": True, "abort_reason": "QBER 25.00 % above threshold 11.00 %",
@@ -60,6 +64,8 @@ def test_markdown_content():
     assert "| micius-256x64.png | 2,048 | otp | yes |" in md
     assert "![sifted rate, QBER and key](report.png)" in md
     assert "decrypted bit-exact" in md
+    assert ("| satellite-moscow | Zvenigorod (Moscow) | 55° | 598 km | 28.1–39.9 dB | 40 of 346 s "
+            "| 1.2 s | 6.5 s |") in md
 
 
 def test_markdown_flags_failed_image():
@@ -75,7 +81,7 @@ def test_html_escapes_and_embeds_plot():
     assert "Mozi demo &lt;test&gt;" in page
     assert "<test>" not in page
     assert "data:image/png;base64,iVBORw0KGgpyZXN0" in page
-    assert page.count("<tr>") == 1 + 2 + 1 + 1       # 2 header rows, 2 links, 1 image
+    assert page.count("<tr>") == 3 + 2 + 1 + 1   # 3 header rows, 2 links, 1 pass, 1 image
 
 
 def test_write_report(tmp_path):
