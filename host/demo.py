@@ -57,6 +57,7 @@ __all__ = [
     "DemoConfig",
     "DemoLink",
     "DemoOutputError",
+    "json_text",
     "run_demo",
 ]
 
@@ -156,13 +157,6 @@ def _window(profile, config: DemoConfig) -> tuple[float, float]:
     return start, min(float(t[-1]), start + config.quick_window_s)
 
 
-def _session_doc(result: Any) -> dict[str, Any]:
-    doc = result.to_json()
-    if isinstance(doc, str | bytes):
-        doc = json.loads(doc)
-    return dict(doc)
-
-
 def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
               stores: dict[str, KeyStore], progress: bool) -> dict[str, Any]:
     seed = config.seed * 10 + index + 1
@@ -189,7 +183,7 @@ def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
     result = run_session(tags, alice, link=spec.link, store_alice=stores["satellite"],
                          store_bob=stores[spec.party], config=session_cfg, progress=progress)
     t_post = time.perf_counter() - t_post
-    doc = _session_doc(result)
+    doc = result.to_json()
     if doc.get("aborted"):
         _log(progress, f"{spec.link}: session ABORTED ({doc.get('abort_reason')})")
     else:
@@ -365,7 +359,7 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
         doc["outputs"] = {kind: p.name for kind, p in outputs.items()}
         doc["outputs"]["json"] = DEMO_JSON
         doc["wall_time_s"] = round(time.perf_counter() - started, 3)
-        atomic_write(work / DEMO_JSON, json.dumps(doc, indent=2, default=_json_default) + "\n")
+        atomic_write(work / DEMO_JSON, json_text(doc))
         try:
             _move_into_place(work, out)
         except OSError as exc:
@@ -374,6 +368,11 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
         shutil.rmtree(work, ignore_errors=True)
     _log(progress, f"done in {doc['wall_time_s']:.0f} s; report in {out / 'report.html'}")
     return doc
+
+
+def json_text(doc: Any) -> str:
+    """The demo document as indented JSON text (numpy scalars and arrays converted)."""
+    return json.dumps(doc, indent=2, default=_json_default) + "\n"
 
 
 def _json_default(obj: Any) -> Any:

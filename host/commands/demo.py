@@ -11,7 +11,6 @@ scenario ran but did not get that far (a session aborted or an image failed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -62,14 +61,13 @@ def _summary(doc: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mozi demo``; see the module docstring for the exit status."""
-    from mozi.host.demo import DemoConfig, run_demo
+    from mozi.host.demo import DemoConfig, json_text, run_demo
 
     config = DemoConfig(seed=args.seed, quick=args.quick)
     doc = run_demo(args.out, config, progress=not args.no_progress)
     doc["out"] = str(args.out)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        sys.stdout.write(json_text(doc))
     else:
         print(_summary(doc))
     return 0 if doc["ok"] else EXIT_INCOMPLETE

@@ -123,20 +123,12 @@ def load_alice(path: str | os.PathLike[str]):
         raise FileFormatError(f"{path}: not a readable Alice record ({exc})") from None
 
 
-def result_document(result: Any) -> dict[str, Any]:
-    """Return a :class:`~mozi.host.session.SessionResult` as a JSON-ready dict."""
-    doc = result.to_json()
-    if isinstance(doc, str | bytes):
-        doc = json.loads(doc)
-    return dict(doc)
-
-
 def _fmt_pct(x: Any) -> str:
     return "n/a" if x is None else f"{100.0 * float(x):.2f} %"
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
-    """Human-readable summary of one session document (see :func:`result_document`)."""
+    """Human-readable summary of one session document (``SessionResult.to_json()``)."""
     lines = [f"link {doc.get('link')}: {doc.get('detections', 0):,} detections, "
              f"{_fmt_pct(doc.get('in_window_fraction'))} inside the slot window"]
     lines.append(f"  sifted {doc.get('sifted_bits', 0):,} bits; QBER Z "
@@ -199,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         for p in paths:
             stores.append(KeyStore(p))
         result = run_session(tags, alice, link=args.link, store_alice=stores[0],
-                             store_bob=stores[1], config=config, progress=not args.json)
+                             store_bob=stores[1], config=config, progress=True)
         ok = not result.aborted
     finally:
         for store in stores:
@@ -209,9 +201,9 @@ def run(args: argparse.Namespace) -> int:
                 if was_new:
                     _remove_new_store(p)
 
-    doc = result_document(result)
+    doc = result.to_json()
     if args.json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print("\n".join(summary_lines(doc)))
