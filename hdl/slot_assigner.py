@@ -17,18 +17,26 @@ forward (summed, saturating) onto the next event the core emits, so no loss is h
 
 Division
 --------
-The quotient is computed exactly by a sequential shift-and-subtract divider that only works
-on the *new* part of the phase. The core keeps the last phase it divided, with its quotient and
-residue (``phase_prev = q_prev * period + r_prev``). When the next event has the same
-``period`` and ``offset`` and a phase not below ``phase_prev`` (the normal case: timestamps are
-monotonic), it divides ``x = r_prev + (phase - phase_prev)`` and adds the quotient to
-``q_prev``; otherwise it divides ``x = phase`` from scratch. The divider first doubles the
-divisor until it exceeds ``x`` (``k`` doublings, ``k`` = bit length of the quotient), then
-restores ``k`` quotient bits, one per clock. An event therefore takes ``4 + 2 k`` clocks, with
-``k = bit_length(x // period)``: 4 clocks for an event in the slot (or within the slot) of the
-previous one, about ``4 + 2 log2(gap / period)`` for a gap between detections, and at most
-``4 + 2 (timestamp_width + frac_bits + 2)`` for the first event or after a register change.
+The quotient is computed exactly by a sequential restoring divider whose datapath is only
+``period_width + 1`` bits wide, and which only divides the *new* part of the phase. The core
+keeps the absolute start of the slot of the last event it divided, ``start = offset + q_prev *
+period`` (in ``2**-frac_bits`` ticks), with ``q_prev``. When the next event has the same
+``period`` and ``offset`` and ``timestamp * 2**frac_bits >= start`` (the normal case:
+timestamps are monotonic), it divides ``x = timestamp * 2**frac_bits - start`` and adds the
+quotient to ``q_prev``; otherwise it divides ``x = phase`` from scratch. The divider shifts
+``x`` right until it is below ``period`` (``k`` shifts, ``k`` = bit length of the quotient),
+then shifts the ``k`` bits back in, one restoring step per clock. Timing per event, from its
+handshake on ``i`` to the next handshake (output not stalled):
+
+* ``6 + 2 k`` clocks with ``k = bit_length(x // period)``: 6 clocks for an event in the slot
+  of the previous one, about ``6 + 2 log2(gap / period)`` for a gap between detections, at
+  most ``6 + 2 (timestamp_width + frac_bits + 1)`` for the first event or after a register
+  change;
+* 3 clocks for an event before slot 0 (``phase < 0``) or with ``period = 0``.
+
 Exact for arbitrary gaps; wrap-around of the timestamp simply takes the from-scratch path.
+Every wide (``timestamp_width + frac_bits + 2``-bit) subtraction is split over two clocks so
+that no carry chain is longer than about half of it (iCE40 timing).
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -96,7 +104,7 @@ class SlotAssigner(wiring.Component):
     Notes
     -----
     Registers are sampled when an event is accepted on ``i``, so the host may reprogram them
-    at any time; each event uses one consistent set. Throughput: ``4 + 2 k`` clocks per event
+    at any time; each event uses one consistent set. Throughput: ``6 + 2 k`` clocks per event
     (see the module docstring).
     """
 
@@ -122,37 +130,50 @@ class SlotAssigner(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        F, S = self.frac_bits, self.slot_width
-        # a non-negative phase is below 2**(T+F) + 2**(T+F) = 2**phase_width
-        phase_width = self.timestamp_width + F + 1
-        x_width = max(phase_width, self.period_width) + 1
-        d_width = x_width + 1
+        F, S, PW = self.frac_bits, self.slot_width, self.period_width
+        # signed width holding timestamp * 2**F - offset, and - start, exactly
+        W = self.timestamp_width + F + 2
+        H = (W + 1) // 2            # wide subtractions: low H bits, then the rest
+        X = W - 1                   # width of a non-negative dividend
 
         # --- the event being processed (latched on the input handshake) ---------------------
-        ph = Signal(phase_width)
-        ph_neg = Signal()
+        ts_f = Signal(W)            # timestamp * 2**F, zero-extended
         ev_mask = Signal(self.channels)
         ev_lost = Signal(LOST_WIDTH)
-        period_l = Signal(self.period_width)
+        period_l = Signal(PW)
         offset_l = Signal(signed(self.offset_width))
-        ws_l = Signal(self.period_width)
-        we_l = Signal(self.period_width)
-        same = Signal()          # period and offset equal to those of the base
+        ws_l = Signal(PW)
+        we_l = Signal(PW)
+        fast_ok = Signal()          # base valid, with this period and offset
 
         # --- the base of the incremental division -------------------------------------------
         base_valid = Signal()
-        p_prev = Signal(phase_width)
+        start = Signal(signed(W))   # absolute start of the last divided event's slot
         q_prev = Signal(S)
-        r_prev = Signal(self.period_width)
+
+        # --- two-clock subtractions: xa = ts_f - start, xb = ts_f - offset ------------------
+        xa_lo = Signal(H)
+        xa_borrow = Signal()
+        xb_lo = Signal(H)
+        xb_borrow = Signal()
+        offset_w = Signal(W)
+        m.d.comb += offset_w.eq(offset_l)           # sign-extended to W bits
+        start_w = start.as_unsigned()
 
         # --- divider -------------------------------------------------------------------------
-        x = Signal(x_width)
-        d = Signal(d_width)
+        t = Signal(X)               # the dividend shifted right; then the partial remainder
+        lo = Signal(X)              # bits shifted out of t, the next one to bring back on top
         q = Signal(S)
         qb = Signal(S)
-        k = Signal(range(d_width + 1))
+        k = Signal(range(X + 1))
+        residue_w = Signal(W)
+        m.d.comb += residue_w.eq(t[:PW])            # the remainder, in SUM and DONE
 
         # --- merge stage and output ----------------------------------------------------------
+        slot_r = Signal(S)
+        in_win = Signal()
+        new_lo = Signal(H)
+        new_borrow = Signal()
         held_valid = Signal()
         held = Signal(self.o.payload.shape())
         lost_acc = Signal(LOST_WIDTH)
@@ -171,8 +192,6 @@ class SlotAssigner(wiring.Component):
         def emit_held():
             m.d.sync += [self.o.payload.eq(held), self.o.valid.eq(1)]
 
-        phase_in = (self.i.payload.timestamp << F) - self.offset    # unsigned - signed → signed
-
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(flush_pending):
@@ -185,62 +204,83 @@ class SlotAssigner(wiring.Component):
                     m.d.comb += self.i.ready.eq(1)
                     with m.If(self.i.valid):
                         m.d.sync += [
-                            ph.eq(phase_in),
-                            ph_neg.eq(phase_in < 0),
+                            ts_f.eq(self.i.payload.timestamp << F),
                             ev_mask.eq(self.i.payload.mask),
                             ev_lost.eq(self.i.payload.lost),
                             period_l.eq(self.period),
                             offset_l.eq(self.offset),
                             ws_l.eq(self.window_start),
                             we_l.eq(self.window_end),
-                            same.eq(base_valid & (self.period == period_l)
-                                    & (self.offset == offset_l)),
+                            fast_ok.eq(base_valid & (self.period == period_l)
+                                       & (self.offset == offset_l)),
                         ]
-                        m.next = "PREP"
+                        m.next = "SUB_LO"
 
-            with m.State("PREP"):
-                with m.If(ph_neg | (period_l == 0)):
+            with m.State("SUB_LO"):
+                diff_a = ts_f[:H] - start_w[:H]
+                diff_b = ts_f[:H] - offset_w[:H]
+                m.d.sync += [
+                    xa_lo.eq(diff_a[:H]), xa_borrow.eq(diff_a[H]),
+                    xb_lo.eq(diff_b[:H]), xb_borrow.eq(diff_b[H]),
+                ]
+                m.next = "SUB_HI"
+
+            with m.State("SUB_HI"):
+                xa_hi = (ts_f[H:] - start_w[H:] - xa_borrow)[:W - H]
+                xb_hi = (ts_f[H:] - offset_w[H:] - xb_borrow)[:W - H]
+                m.d.sync += [lo.eq(0), q.eq(0), k.eq(0)]
+                with m.If(fast_ok & ~xa_hi[-1]):
+                    m.d.sync += [t.eq(Cat(xa_lo, xa_hi)), qb.eq(q_prev)]
+                    m.next = "SHIFT"
+                with m.Elif(~xb_hi[-1] & (period_l != 0)):
+                    m.d.sync += [t.eq(Cat(xb_lo, xb_hi)), qb.eq(0)]
+                    m.next = "SHIFT"
+                with m.Else():                      # phase < 0, or no period
                     reject()
                     m.d.sync += base_valid.eq(0)
                     m.next = "IDLE"
-                with m.Else():
-                    with m.If(same & (ph >= p_prev)):
-                        m.d.sync += [x.eq(r_prev + (ph - p_prev)), qb.eq(q_prev)]
-                    with m.Else():
-                        m.d.sync += [x.eq(ph), qb.eq(0)]
-                    m.d.sync += [d.eq(period_l), q.eq(0), k.eq(0)]
-                    m.next = "UP"
 
-            with m.State("UP"):
-                with m.If(d <= x):
-                    m.d.sync += [d.eq(d << 1), k.eq(k + 1)]
+            with m.State("SHIFT"):
+                with m.If((t[PW:] != 0) | (t[:PW] >= period_l)):
+                    m.d.sync += [t.eq(t >> 1), lo.eq(Cat(lo[1:], t[0])), k.eq(k + 1)]
                 with m.Elif(k == 0):
-                    m.next = "DONE"
+                    m.next = "SUM"
                 with m.Else():
-                    m.next = "DOWN"
+                    m.next = "RESTORE"
 
-            with m.State("DOWN"):
-                half = d >> 1
-                with m.If(x >= half):
-                    m.d.sync += [x.eq(x - half), q.eq(Cat(1, q))]
-                with m.Else():
-                    m.d.sync += q.eq(Cat(0, q))
-                m.d.sync += [d.eq(half), k.eq(k - 1)]
+            with m.State("RESTORE"):
+                r2 = Cat(lo[-1], t[:PW])            # partial remainder * 2 + next bit
+                trial = r2 - period_l
+                fits = ~trial[-1]
+                m.d.sync += [
+                    t.eq(Mux(fits, trial[:PW + 1], r2)),
+                    lo.eq(lo << 1),
+                    q.eq(Cat(fits, q)),
+                    k.eq(k - 1),
+                ]
                 with m.If(k == 1):
-                    m.next = "DONE"
+                    m.next = "SUM"
+
+            with m.State("SUM"):
+                residue = t[:PW]
+                new_diff = ts_f[:H] - residue_w[:H]
+                m.d.sync += [
+                    slot_r.eq(qb + q),
+                    in_win.eq((residue >= ws_l) & (residue < we_l)),
+                    new_lo.eq(new_diff[:H]),
+                    new_borrow.eq(new_diff[H]),
+                ]
+                m.next = "DONE"
 
             with m.State("DONE"):
-                slot = Signal(S)
-                residue = x[:self.period_width]
-                m.d.comb += slot.eq(qb + q)
-                m.d.sync += [p_prev.eq(ph), q_prev.eq(slot), r_prev.eq(residue),
+                new_hi = (ts_f[H:] - residue_w[H:] - new_borrow)[:W - H]
+                m.d.sync += [start.eq(Cat(new_lo, new_hi)), q_prev.eq(slot_r),
                              base_valid.eq(1)]
-                with m.If((residue < ws_l) | (residue >= we_l)):
+                with m.If(~in_win):
                     reject()
                     m.next = "IDLE"
                 with m.Else():
-                    lost_new = _sat_lost(ev_lost + lost_acc)
-                    with m.If(held_valid & (held.slot == slot)):
+                    with m.If(held_valid & (held.slot == slot_r)):
                         m.d.sync += [
                             held.mask.eq(held.mask | ev_mask),
                             held.lost.eq(_sat_lost(held.lost + ev_lost + lost_acc)),
@@ -252,9 +292,9 @@ class SlotAssigner(wiring.Component):
                             emit_held()
                         m.d.sync += [
                             held_valid.eq(1),
-                            held.slot.eq(slot),
+                            held.slot.eq(slot_r),
                             held.mask.eq(ev_mask),
-                            held.lost.eq(lost_new),
+                            held.lost.eq(_sat_lost(ev_lost + lost_acc)),
                             lost_acc.eq(0),
                         ]
                         m.next = "IDLE"

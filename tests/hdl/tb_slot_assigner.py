@@ -411,30 +411,31 @@ async def test_random_stalls(dut):
 
 
 def ref_cycles(ops) -> list[int]:
-    """Clocks each event occupies the core, from the documented ``4 + 2 k`` formula."""
+    """Clocks each event occupies the core, from the documented ``6 + 2 k`` formula."""
     cycles = []
-    base = None                      # (regs, phase, residue)
+    base = None                      # (regs, absolute start of the last divided slot)
     for op in ops:
         if op == FLUSH:
             continue
         ev, regs = op
-        phase = (ev.ts << FRAC) - regs.offset
-        if phase < 0:
-            cycles.append(2)
+        ts_f = ev.ts << FRAC
+        phase = ts_f - regs.offset
+        if base is not None and base[0] == regs and ts_f >= base[1]:
+            x = ts_f - base[1]
+        elif phase >= 0:
+            x = phase
+        else:
+            cycles.append(3)
             base = None
             continue
-        if base is not None and base[0] == regs and phase >= base[1]:
-            x = base[2] + phase - base[1]
-        else:
-            x = phase
-        cycles.append(4 + 2 * (x // regs.period).bit_length())
-        base = (regs, phase, phase % regs.period)
+        cycles.append(6 + 2 * (x // regs.period).bit_length())
+        base = (regs, ts_f - phase % regs.period)
     return cycles
 
 
 @cocotb.test(timeout_time=100, timeout_unit="ms")
 async def test_cycles_per_event(dut):
-    """Back-to-back input, ready sink: each event takes exactly ``4 + 2 k`` clocks."""
+    """Back-to-back input, ready sink: each event takes exactly ``6 + 2 k`` clocks."""
     bench = SlotBench(dut)
     rng = random.Random(cocotb.RANDOM_SEED + 2)
     await bench.reset()
@@ -445,8 +446,13 @@ async def test_cycles_per_event(dut):
     for _ in range(300):
         ts = (ts + rng.choice([0, 3, 40, 400, 4000, rng.randrange(1 << 12)])) & TS_MASK
         await bench.send(Event(ts, 1, 0))
+    # slot 0 moved ahead: two events before it (phase < 0), then one after it
+    bench.set_regs(Regs(regs.period, (ts + 50) << FRAC, 0, regs.period))
+    for d in (1, 2, 60):
+        await bench.send(Event((ts + d) & TS_MASK, 2, 0))
     rejected = await bench.finish()
     bench.check(rejected)
+    assert rejected == 2
     measured = [b - a for a, b in itertools.pairwise(bench.accept_cycles)]
     predicted = ref_cycles(bench.ops)[:-1]
     assert measured == predicted
