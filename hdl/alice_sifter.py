@@ -31,7 +31,7 @@ report if it carries ``last``). ``error`` then rises and stays high until reset;
 reports; on every other block the answers are bit-exact with it.
 """
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -133,12 +133,14 @@ class AliceSifter(wiring.Component):
     Notes
     -----
     With every input valid and the output ready, a block of ``B`` beats and ``R`` reports
-    takes ``1 + B + R' + E`` clocks: one for its header, one per beat, plus one per accepted
-    report that does not fall in the last lane of its beat (``R'``; 0 when ``lanes == 1``,
-    since a report in the last lane consumes its beat in the same clock) and one per dropped
-    report (``E``). The answer appears one clock after its report is consumed (registered
-    output). Records are only skipped while a report is waiting (its slot tells how far to
-    skip), or after the block's last report.
+    takes ``1 + B + R' + E`` clocks: one for its header, one per beat (a beat is consumed in
+    the clock that skips it or answers its first report), plus one per accepted report that
+    shares its beat with an earlier report (``R'``, answered from the held copy of that beat;
+    always 0 when ``lanes == 1``) and one per dropped report (``E``). So the core sifts
+    ``lanes`` slots per clock except for a clock per extra report in a beat. The answer
+    appears one clock after its report is consumed (registered output). Records are only
+    skipped while a report is waiting (its slot tells how far to skip), or after the block's
+    last report.
     """
 
     def __init__(self, slot_width: int = 48, lanes: int = 1):
@@ -168,13 +170,15 @@ class AliceSifter(wiring.Component):
         rec = self.records
         rep = self.reports
 
-        # Block state. The head beat of the record stream holds slots pos_end - lanes … pos_end
-        # - 1 (registers one bit wider than a slot, so that they never wrap).
+        # Block state. The head beat of the record stream holds slots pos_start … pos_end - 1
+        # (registers one bit wider than a slot, so that they never wrap). When lanes > 1, the
+        # beat a report was answered from is consumed at once and kept in ``held`` (slots
+        # pos_start - lanes … pos_start - 1) for later reports in that same beat.
         pos_end = Signal(w + 1, init=lanes)
-        # ``lo`` is the lowest slot the next report may have: max(head beat's first slot,
-        # previous report + 1).
-        # One comparison against it decides "drop as NOT_INCREASING or BEHIND"; ``prev`` only
-        # tells the two codes apart, off the decision path.
+        pos_start = Signal(w + 1)
+        # ``lo`` is the lowest slot the next report may have: the previous report + 1, or the
+        # head beat's first slot after a skip. One comparison against it decides "drop as
+        # NOT_INCREASING or BEHIND"; ``prev`` only tells the two codes apart.
         lo = Signal(w + 1)
         prev = Signal(w)           # slot of the previous accepted report of the block
         have_prev = Signal()
@@ -186,22 +190,23 @@ class AliceSifter(wiring.Component):
         err_inc = Signal()
         too_low = Signal()
         in_beat = Signal()
+        in_held = Signal()
         m.d.comb += [
             err_inc.eq(have_prev & (s <= prev)),
             too_low.eq(s < lo),
             in_beat.eq(s < pos_end),
         ]
-        last_lane = Signal()
         if lane_bits:
+            held = Signal(data.ArrayLayout(alice_record_layout, lanes))
+            held_valid = Signal()
+            m.d.comb += in_held.eq(held_valid & (s < pos_start))
             # Beats are aligned to first_slot, not to 0: the lane is (s - pos_end) mod lanes.
             lane = Signal(lane_bits)
-            m.d.comb += [
-                lane.eq(s[:lane_bits] - pos_end[:lane_bits]),
-                last_lane.eq(lane == lanes - 1),
-            ]
-            record = rec.payload.records[lane]
+            m.d.comb += lane.eq(s[:lane_bits] - pos_end[:lane_bits])
+            beat = Signal(data.ArrayLayout(alice_record_layout, lanes))
+            m.d.comb += beat.eq(Mux(in_held, held, rec.payload.records))
+            record = beat[lane]
         else:
-            m.d.comb += last_lane.eq(1)
             record = rec.payload.records[0]
 
         can_emit = ~self.o.valid | self.o.ready
@@ -224,17 +229,20 @@ class AliceSifter(wiring.Component):
         with m.Elif(rep_done):
             # Drain the block's remaining beats.
             m.d.comb += take_rec.eq(~rec_done)
+        with m.Elif(too_low):
+            m.d.comb += reject.eq(1)
+        with m.Elif(in_held):
+            m.d.comb += answer.eq(can_emit)
         with m.Elif(rec_done):
             # Every further report of the block lies beyond its records.
             m.d.comb += reject.eq(1)
-        with m.Elif(too_low):
-            m.d.comb += reject.eq(1)
         with m.Elif(rec.valid & rep.valid):
-            # Only a waiting report tells whether the head beat may be skipped.
+            # Only a waiting report tells whether the head beat may be skipped. Answering
+            # from the head beat consumes it too (it stays in ``held``).
             with m.If(in_beat):
                 m.d.comb += [
                     answer.eq(can_emit),
-                    take_rec.eq(can_emit & last_lane),
+                    take_rec.eq(can_emit),
                 ]
             with m.Else():
                 m.d.comb += take_rec.eq(1)
@@ -249,18 +257,6 @@ class AliceSifter(wiring.Component):
         # Output register.
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(rep.valid & answer):
-            m.d.sync += [
-                self.o.valid.eq(1),
-                self.o.payload.slot.eq(s),
-                self.o.payload.match.eq(record.basis == rep.payload.basis),
-                self.o.payload.bit.eq(record.bit),
-                self.o.payload.intensity.eq(record.intensity),
-                self.o.payload.last.eq(rep.payload.last),
-                prev.eq(s),
-                have_prev.eq(1),
-                lo.eq(s + 1),
-            ]
         with m.If(rep.valid & reject):
             m.d.sync += self.error.eq(1)
             with m.If(~self.error):
@@ -273,13 +269,32 @@ class AliceSifter(wiring.Component):
         rep_done_next = rep_done | (take_rep & rep.payload.last)
         with m.If(rec_fire):
             m.d.sync += [
+                pos_start.eq(pos_end),
                 pos_end.eq(pos_end + lanes),
                 lo.eq(pos_end),
+            ]
+            if lane_bits:
+                m.d.sync += [
+                    held.eq(rec.payload.records),
+                    held_valid.eq(answer),
+                ]
+        with m.If(rep.valid & answer):
+            m.d.sync += [
+                self.o.valid.eq(1),
+                self.o.payload.slot.eq(s),
+                self.o.payload.match.eq(record.basis == rep.payload.basis),
+                self.o.payload.bit.eq(record.bit),
+                self.o.payload.intensity.eq(record.intensity),
+                self.o.payload.last.eq(rep.payload.last),
+                prev.eq(s),
+                have_prev.eq(1),
+                lo.eq(s + 1),
             ]
         m.d.comb += self.first_slot.ready.eq(fresh)
         with m.If(fresh & self.first_slot.valid):
             m.d.sync += [
                 fresh.eq(0),
+                pos_start.eq(self.first_slot.payload),
                 pos_end.eq(self.first_slot.payload + lanes),
                 lo.eq(self.first_slot.payload),
             ]
@@ -295,4 +310,6 @@ class AliceSifter(wiring.Component):
                 have_prev.eq(0),
                 fresh.eq(1),
             ]
+            if lane_bits:
+                m.d.sync += held_valid.eq(0)
         return m

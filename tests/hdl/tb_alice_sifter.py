@@ -59,22 +59,20 @@ def ref_sift(blocks: list[Block]) -> tuple[list[tuple], list[SiftError]]:
     answers, errors = [], []
     for blk in blocks:
         end = blk.first + blk.records.size
-        pos, prev, rec_done = blk.first, None, False
+        pos, prev = blk.first, None  # pos: first slot of the oldest beat still at hand
         kept = []
         for k, s in enumerate(blk.slots):
             if prev is not None and s <= prev:
                 errors.append(SiftError.NOT_INCREASING)
             elif s < pos:
                 errors.append(SiftError.BEHIND)
-            elif rec_done or s >= end:
+            elif s >= end:
                 errors.append(SiftError.BEYOND)
-                pos, rec_done = end, True
+                pos = end  # every beat was skipped looking for it
             else:
                 kept.append(k)
                 prev = s
-                beat = blk.first + (s - blk.first) // LANES * LANES
-                pos = beat + LANES if s == beat + LANES - 1 else beat
-                rec_done = pos == end
+                pos = blk.first + (s - blk.first) // LANES * LANES
         slots = np.array([blk.slots[k] for k in kept], dtype=np.int64)
         basis = np.array([blk.basis[k] for k in kept], dtype=np.uint8)
         match, bit, intensity = sift_alice(blk.records, slots, basis, first_slot=blk.first)
@@ -298,7 +296,11 @@ async def test_protocol_errors(dut):
 
 @cocotb.test(timeout_time=20, timeout_unit="ms")
 async def test_slots_per_clock(dut):
-    """With every stream valid and ready, a block takes 1 + B + R' + E clocks (see the core)."""
+    """With every stream valid and ready, a block takes 1 + B + R' + E clocks (see the core).
+
+    R' counts the reports that share their beat with an earlier report; E (dropped reports)
+    is 0 here.
+    """
     start_clock(dut)
     await RisingEdge(dut.clk)
     rng = _seeded(4)
@@ -329,8 +331,8 @@ async def test_slots_per_clock(dut):
                 dut.records__valid.value = 0
             if n_rep == len(report_words):
                 dut.reports__valid.value = 0
-        lane = (np.array(blk.slots) - blk.first) % LANES
-        r_prime = int(np.count_nonzero(lane != LANES - 1))
+        beat = (np.array(blk.slots) - blk.first) // LANES
+        r_prime = int(np.count_nonzero(beat[1:] == beat[:-1]))  # reports sharing a beat
         # the last answer leaves one clock after its report; the loop counts that clock only
         # when the drain of the remaining beats does not cover it
         expected = 1 + beats + r_prime
