@@ -6,8 +6,8 @@ HydraHarp, TimeHarp 260, MultiHarp / PicoHarp 330) in T2 mode writes PTU files: 
 read with the `ptufile <https://pypi.org/project/ptufile/>`_ package; the T2 records are
 decoded here (numpy, following PicoQuant's reference ``Read_PTU.py``), because ptufile
 2026.2.6 keeps only the low 7 bits of the overflow count of HydraHarp-style T2 overflow records
-and so loses time after any gap longer than 128 overflow periods (~4.3 ms), which sparse
-satellite-pass data does have. This module also checks the file, maps the tagger's input
+and so loses time after any gap longer than 128 overflow periods (~4.3 ms), which happens
+whenever the count rate drops (before and after a pass, behind a cloud). This module also checks the file, maps the tagger's input
 channels to the detector names H/V/D/A and converts the times to picoseconds.
 
 Only photon records are kept. Overflow records are folded into the times; marker records, the
