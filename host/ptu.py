@@ -7,8 +7,9 @@ read with the `ptufile <https://pypi.org/project/ptufile/>`_ package; the T2 rec
 decoded here (numpy, following PicoQuant's reference ``Read_PTU.py``), because ptufile
 2026.2.6 keeps only the low 7 bits of the overflow count of HydraHarp-style T2 overflow records
 and so loses time after any gap longer than 128 overflow periods (~4.3 ms), which happens
-whenever the count rate drops (before and after a pass, behind a cloud). This module also checks the file, maps the tagger's input
-channels to the detector names H/V/D/A and converts the times to picoseconds.
+whenever the count rate drops (before and after a pass, behind a cloud). This module also
+checks the file, maps the tagger's input channels to the detector names H/V/D/A and converts
+the times to picoseconds.
 
 Only photon records are kept. Overflow records are folded into the times; marker records, the
 sync input of HydraHarp-style T2 records and inputs missing from the channel map are dropped
