@@ -24,7 +24,7 @@ pass the accumulators shift out on ``y`` and are left cleared.
 
 Cycle count of a job when every stream is always valid/ready (verified by the testbench)::
 
-    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 3)
+    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 8)
 
 counted from the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, inclusive,
 with ``passes = ceil(m / tile)``.
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -99,11 +100,120 @@ def job_cycles(n: int, m: int, *, lanes: int, tile: int) -> int:
     """Cycles of one successful job with every stream always valid/ready.
 
     From the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, both included.
-    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 3)`` with
+    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 8)`` with
     ``passes = ceil(m/tile)``; the testbench checks the RTL against it.
     """
     passes = -(-m // tile)
-    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 3)
+    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 8)
+
+
+class _LaneBuffer(wiring.Component):
+    """Buffer memory with a registered write port and a prefetching read streamer.
+
+    With ``sliced`` the memory is one :class:`~amaranth.lib.memory.Memory` per lane, so that a
+    wide and deep buffer maps onto narrow, deep block RAMs with small output multiplexers
+    instead of a long cascade of wide ones; otherwise it is one ``lanes``-bit memory. Read
+    data passes two registers before a small FIFO, so block-RAM clock-to-out and routing
+    across the RAM columns never share a clock period with the consumer's logic.
+
+    Ports
+    -----
+    w_addr, w_data, w_en : In
+        Write port, applied one cycle later.
+    start : In(1)
+        Begin streaming ``count`` words from ``start_addr``, descending if ``down``. The
+        previous stream must have been consumed or flushed.
+    start_addr, count, down : In
+        Parameters sampled with ``start``. Addresses wrap modulo ``2**len(w_addr)``.
+    flush : In(1)
+        Abandon the current stream: stop reading and discard buffered words.
+    o : Out(stream.Signature(lanes))
+        The words, in order.
+    idle : Out(1)
+        Nothing issued, in flight or buffered.
+    """
+
+    FIFO_DEPTH = 8
+    LATENCY = 3  # issue → memory data → register → register → FIFO write
+
+    def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool):
+        self.lanes = lanes
+        self.depth = depth
+        self.sliced = sliced
+        aw = max(ceil_log2(depth), 1)
+        super().__init__({
+            "w_addr": In(aw),
+            "w_data": In(lanes),
+            "w_en": In(1),
+            "start": In(1),
+            "start_addr": In(aw),
+            "count": In(range(count_max + 1)),
+            "down": In(1),
+            "flush": In(1),
+            "o": Out(stream.Signature(lanes)),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        w_addr = Signal.like(self.w_addr)
+        w_data = Signal(L)
+        w_en = Signal()
+        m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data), w_en.eq(self.w_en)]
+
+        r_addr = Signal.like(self.start_addr)
+        left = Signal.like(self.count)
+        down = Signal()
+        r_data = Signal(L)
+        slices = [(lane, 1) for lane in range(L)] if self.sliced else [(0, L)]
+        for start, width in slices:
+            mem = Memory(shape=width, depth=self.depth, init=[])
+            m.submodules[f"mem{start}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [
+                wp.addr.eq(w_addr),
+                wp.data.eq(w_data[start:start + width]),
+                wp.en.eq(w_en),
+                rp.addr.eq(r_addr),
+                r_data[start:start + width].eq(rp.data),
+            ]
+
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=L, depth=self.FIFO_DEPTH)
+        valid = Signal(self.LATENCY)   # issued 1, 2, 3 cycles ago
+        q1, q2 = Signal(L), Signal(L)
+        issue = Signal()
+        in_flight = valid[0] + valid[1] + valid[2]
+        m.d.comb += issue.eq((left != 0) & ~self.flush &
+                             (fifo.level + in_flight < self.FIFO_DEPTH))
+        m.d.sync += [
+            valid.eq(Cat(issue, valid[:-1])),
+            q1.eq(r_data),
+            q2.eq(q1),
+        ]
+        with m.If(self.start):
+            m.d.sync += [
+                r_addr.eq(self.start_addr),
+                left.eq(self.count),
+                down.eq(self.down),
+            ]
+        with m.Elif(self.flush):
+            m.d.sync += left.eq(0)
+        with m.Elif(issue):
+            m.d.sync += [
+                r_addr.eq(Mux(down, r_addr - 1, r_addr + 1)),
+                left.eq(left - 1),
+            ]
+        m.d.comb += [
+            fifo.w_data.eq(q2),
+            fifo.w_en.eq(valid[-1] & ~self.flush),
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy & ~self.flush),
+            fifo.r_en.eq(self.o.ready | self.flush),
+            self.idle.eq((left == 0) & (valid == 0) & ~fifo.r_rdy),
+        ]
+        return m
 
 
 class ToeplitzHasher(wiring.Component):
@@ -121,6 +231,11 @@ class ToeplitzHasher(wiring.Component):
     max_m : int
         Largest ``m``; with ``max_n`` sizes the seed buffer
         (``ceil((max_n + max_m - 1) / lanes) + 1`` words of ``lanes`` bits).
+    slice_memory : bool or None
+        Build each buffer as one 1-bit-wide memory per lane (deep, narrow block RAMs with
+        small output multiplexers, for the best Fmax) rather than one ``lanes``-bit memory.
+        ``None`` (default) slices when the ``x`` buffer is deeper than :attr:`SLICE_DEPTH`
+        words (one 512 × 36 block RAM of an ECP5).
 
     Ports
     -----
@@ -142,7 +257,8 @@ class ToeplitzHasher(wiring.Component):
         A job is in progress (from ``cfg`` accepted until ``status`` taken).
     """
 
-    def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024):
+    def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
+                 slice_memory: bool | None = None):
         for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
                             ("max_m", max_m)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -151,10 +267,15 @@ class ToeplitzHasher(wiring.Component):
             raise ValueError(f"lanes must be a power of two from 1 to 64, not {lanes}")
         if tile % lanes:
             raise ValueError(f"tile must be a multiple of lanes ({lanes}), not {tile}")
+        if slice_memory is None:
+            slice_memory = lanes > 1 and -(-max_n // lanes) > self.SLICE_DEPTH
+        elif not isinstance(slice_memory, bool):
+            raise TypeError(f"slice_memory must be a bool or None, not {slice_memory!r}")
         self.lanes = lanes
         self.tile = tile
         self.max_n = max_n
         self.max_m = max_m
+        self.slice_memory = slice_memory
         super().__init__({
             "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
             "seed": In(stream.Signature(bits_layout(lanes))),
@@ -164,23 +285,23 @@ class ToeplitzHasher(wiring.Component):
             "busy": Out(1),
         })
 
+    #: Buffer depth (words) above which ``slice_memory=None`` slices the buffers.
+    SLICE_DEPTH = 512
+
     def elaborate(self, platform):
         m = Module()
         L, T = self.lanes, self.tile
         lg = ceil_log2(L)
+        K = T // L + 1                                # seed chunks that fill the window
         x_depth = -(-self.max_n // L)
         s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
 
-        m.submodules.x_mem = x_mem = Memory(shape=L, depth=x_depth, init=[])
-        m.submodules.s_mem = s_mem = Memory(shape=L, depth=s_depth, init=[])
-        x_wr = x_mem.write_port()
-        x_rd = x_mem.read_port()
-        s_wr = s_mem.write_port()
-        s_rd = s_mem.read_port()
+        sliced = self.slice_memory
+        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, sliced)
+        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + K, sliced)
 
         # Job registers.
         n = Signal.like(self.cfg.payload.n)
-        mm = Signal.like(self.cfg.payload.m)
         err = Signal(ToeplitzStatus)
         n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
         s_beats = Signal(range(s_depth + 2))          # ceil((n + m - 1) / L)
@@ -193,7 +314,6 @@ class ToeplitzHasher(wiring.Component):
         first_pass = Signal()
         tile_word = Signal(range(-(-self.max_m // L) + T // L + 1))  # p * tile / L
         rows_left = Signal(range(self.max_m + 1))     # output rows not yet emitted
-        s_addr = Signal(s_rd.addr.shape())           # address of the chunk in s_rd.data
         # Datapath.
         window = Signal(T + 2 * L)
         acc = Signal(T)
@@ -206,18 +326,12 @@ class ToeplitzHasher(wiring.Component):
 
         m.d.comb += self.busy.eq(~self.cfg.ready)
 
-        # Seed window: the chunk in s_rd.data enters at the bottom; the read port then
-        # fetches the next lower chunk (addresses descend during a pass, wrapping harmlessly
-        # below 0: such bits only ever meet x bits past n, which are 0).
-        m.d.comb += [
-            s_rd.en.eq(shift),
-            s_rd.addr.eq(s_addr - 1),
-        ]
+        # Seed window: each chunk from the seed streamer enters at the bottom. Chunks come
+        # from descending addresses and wrap harmlessly below 0: such bits only ever meet
+        # x bits past n, which are 0.
+        m.d.comb += s_buf.o.ready.eq(shift)
         with m.If(shift):
-            m.d.sync += [
-                window.eq(Cat(s_rd.data, window[:-L])),
-                s_addr.eq(s_addr - 1),
-            ]
+            m.d.sync += window.eq(Cat(s_buf.o.payload, window[:-L]))
 
         # Accumulators. x_reg holds the beat consumed one cycle earlier, when the window
         # was one chunk higher: acc[t] ^= XOR_l x[l] & s[D + t - l] = window[t - l + 2L - 1].
@@ -239,9 +353,8 @@ class ToeplitzHasher(wiring.Component):
             m.d.comb += last_lane_ok[lane].eq((x_cnt != n_beats - 1) | (rem == 0) |
                                               (Const(lane, lg + 1) < rem))
         m.d.comb += [
-            x_wr.addr.eq(x_cnt),
-            x_wr.data.eq(x_data),
-            x_rd.addr.eq(Mux(consume, x_cnt + 1, 0)),
+            x_buf.w_addr.eq(x_cnt),
+            x_buf.w_data.eq(x_data),
         ]
 
         # Seed buffer: word b = s[(b-1)L + r : bL + r], i.e. beats re-aligned by r = n mod L,
@@ -249,8 +362,8 @@ class ToeplitzHasher(wiring.Component):
         aligned = Signal(L)
         m.d.comb += [
             aligned.eq(Cat(s_prev, self.seed.payload.data).bit_select(r, L)),
-            s_wr.data.eq(aligned),
-            s_wr.addr.eq(s_cnt),
+            s_buf.w_data.eq(aligned),
+            s_buf.w_addr.eq(s_cnt),
         ]
 
         # Output: L rows per beat, rows past m read as 0.
@@ -263,7 +376,8 @@ class ToeplitzHasher(wiring.Component):
             self.status.payload.status.eq(err),
         ]
 
-        addr_top = (tile_word + (n >> lg) + T // L)[:len(s_addr)]
+        # The pass's top seed chunk starts at E = p*tile + n - L + tile.
+        addr_top = tile_word + (n >> lg) + T // L
         cfg = self.cfg.payload
         with m.FSM():
             with m.State("IDLE"):
@@ -271,7 +385,6 @@ class ToeplitzHasher(wiring.Component):
                 with m.If(self.cfg.valid):
                     m.d.sync += [
                         n.eq(cfg.n),
-                        mm.eq(cfg.m),
                         n_beats.eq((cfg.n + (L - 1)) >> lg),
                         s_beats.eq((cfg.n + cfg.m + (L - 2)) >> lg),
                         s_cnt.eq(0),
@@ -296,7 +409,7 @@ class ToeplitzHasher(wiring.Component):
                 with m.If(self.seed.valid):
                     final = s_cnt == s_beats - 1
                     ok = err == ToeplitzStatus.OK
-                    m.d.comb += s_wr.en.eq(ok)
+                    m.d.comb += s_buf.w_en.eq(ok)
                     m.d.sync += [
                         s_cnt.eq(s_cnt + 1),
                         s_prev.eq(self.seed.payload.data),
@@ -315,39 +428,45 @@ class ToeplitzHasher(wiring.Component):
                 # the last word holds the top bits of the final beat
                 m.d.comb += [
                     aligned.eq(Cat(s_prev, Const(0, L)).bit_select(r, L)),
-                    s_wr.en.eq(1),
+                    s_buf.w_en.eq(1),
                 ]
                 m.next = "PASS"
 
             with m.State("PASS"):
-                # prime both read ports: top chunk of this pass's seed range, x word 0
+                # start both streamers: the pass's seed chunks downwards from the top, and
+                # (after the first pass) x from word 0
                 m.d.comb += [
-                    s_rd.addr.eq(addr_top),
-                    s_rd.en.eq(1),
+                    s_buf.start.eq(1),
+                    s_buf.start_addr.eq(addr_top),
+                    s_buf.count.eq(n_beats + K),
+                    s_buf.down.eq(1),
+                    x_buf.start.eq(~first_pass),
+                    x_buf.start_addr.eq(0),
+                    x_buf.count.eq(n_beats),
                 ]
                 m.d.sync += [
-                    s_addr.eq(addr_top),
                     x_cnt.eq(0),
                     phase_cnt.eq(0),
                 ]
                 m.next = "FILL"
 
             with m.State("FILL"):
-                m.d.comb += shift.eq(1)
-                m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                with m.If(phase_cnt == T // L):
-                    m.next = "RUN"
+                m.d.comb += shift.eq(s_buf.o.valid)
+                with m.If(s_buf.o.valid):
+                    m.d.sync += phase_cnt.eq(phase_cnt + 1)
+                    with m.If(phase_cnt == K - 1):
+                        m.next = "RUN"
 
             with m.State("RUN"):
                 final = x_cnt == n_beats - 1
                 with m.If(first_pass):
                     m.d.comb += [
-                        self.x.ready.eq(1),
-                        consume.eq(self.x.valid),
+                        self.x.ready.eq(s_buf.o.valid),
+                        consume.eq(self.x.valid & s_buf.o.valid),
                         x_data.eq(self.x.payload.data & last_lane_ok),
-                        x_wr.en.eq(self.x.valid),
+                        x_buf.w_en.eq(consume),
                     ]
-                    with m.If(self.x.valid):
+                    with m.If(consume):
                         with m.If(self.x.payload.last & ~final):
                             m.d.sync += err.eq(ToeplitzStatus.X_SHORT)
                             m.next = "SETTLE"
@@ -358,10 +477,11 @@ class ToeplitzHasher(wiring.Component):
                             m.next = "SETTLE"
                 with m.Else():
                     m.d.comb += [
-                        consume.eq(1),
-                        x_data.eq(x_rd.data),
+                        consume.eq(x_buf.o.valid & s_buf.o.valid),
+                        x_buf.o.ready.eq(consume),
+                        x_data.eq(x_buf.o.payload),
                     ]
-                    with m.If(final):
+                    with m.If(consume & final):
                         m.next = "SETTLE"
                 m.d.comb += shift.eq(consume)
                 with m.If(consume):
@@ -392,10 +512,18 @@ class ToeplitzHasher(wiring.Component):
                             first_pass.eq(0),
                             tile_word.eq(tile_word + T // L),
                         ]
-                        with m.If((err != ToeplitzStatus.OK) | (rows_left <= L)):
+                        with m.If(err != ToeplitzStatus.OK):
+                            m.next = "FLUSH"
+                        with m.Elif(rows_left <= L):
                             m.next = "STATUS"
                         with m.Else():
                             m.next = "PASS"
+
+            with m.State("FLUSH"):
+                # an aborted pass leaves seed chunks in flight: discard them
+                m.d.comb += s_buf.flush.eq(1)
+                with m.If(s_buf.idle):
+                    m.next = "STATUS"
 
             with m.State("STATUS"):
                 m.d.comb += self.status.valid.eq(1)

@@ -199,7 +199,7 @@ async def test_random_jobs(dut):
     await reset(dut)
     for p_valid, p_ready in ((1.0, 1.0), (0.9, 0.3), (0.3, 0.9)):
         jobs = Jobs()
-        for _ in range(4):
+        for _ in range(10):
             jobs.add(rng.randint(1, MAX_N), rng.randint(1, MAX_M), rng)
         await run_jobs(dut, jobs, rng, p_valid=p_valid, p_ready=p_ready)
 

@@ -8,9 +8,11 @@ pytestmark = pytest.mark.cocotb
 
 # lanes 1/8/32; tile/lanes of 6, 3 and 1 (not powers of two, and the one-chunk edge);
 # max_n not a multiple of lanes.
+# max_n not a multiple of lanes; the lanes-8 set uses the bit-sliced buffers that large
+# configurations get by default.
 PARAMS = [
     {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23},
-    {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60},
+    {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True},
     {"lanes": 32, "tile": 32, "max_n": 301, "max_m": 100},
 ]
 
@@ -20,23 +22,30 @@ def test_toeplitz_hasher_rtl(params):
     run_cocotb(ToeplitzHasher(**params), "tests.hdl.tb_toeplitz_hasher", params=params)
 
 
+def test_memory_slicing_default():
+    assert not ToeplitzHasher().slice_memory                       # 512-word x buffer
+    assert ToeplitzHasher(max_n=8 * 513).slice_memory
+    assert not ToeplitzHasher(lanes=1, tile=8, max_n=10**4).slice_memory
+    assert ToeplitzHasher(lanes=32, tile=512, max_n=10**6, max_m=10**5).slice_memory
+
+
 def test_defaults_and_ports():
     core = ToeplitzHasher()
     assert (core.lanes, core.tile, core.max_n, core.max_m) == (8, 64, 4096, 1024)
     assert set(core.signature.members) == {"cfg", "seed", "x", "y", "status", "busy"}
     # the configuration to synthesise for the (n, m) = (10^6, 10^5) figure builds its ports
     big = ToeplitzHasher(lanes=32, tile=512, max_n=10**6, max_m=10**5)
-    assert len(big.cfg.payload.n.as_value()) == 20
-    assert len(big.cfg.payload.m.as_value()) == 17
+    assert len(big.cfg.payload.n) == 20
+    assert len(big.cfg.payload.m) == 17
     assert len(big.x.payload.as_value()) == 33
 
 
 def test_job_cycles_formula():
-    # 1 cfg + 2 seed beats + 1 flush + 1 pass of (1 prime + 2 fill + 1 run + 1 settle + 1 dump)
-    # + 1 status, for lanes 1, tile 1, n = m = 1... with n + m - 1 = 1 seed beat
-    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 2 + 3)
+    # cfg 1 + seed beats + seed flush 1 + status 1, and per pass: start 1, seed prefetch
+    # latency 5, fill tile/lanes + 1, x beats, settle 1, dump tile/lanes
+    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 5 + 2 + 1 + 1 + 1)
     assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
-        3 + 34375 + 196 * (31250 + 32 + 3)
+        3 + 34375 + 196 * (31250 + 32 + 8)
     assert ToeplitzStatus.OK.value == 0
 
 
@@ -50,6 +59,7 @@ def test_job_cycles_formula():
     ({"tile": -8}, TypeError),
     ({"max_n": 0}, TypeError),
     ({"max_m": "10"}, TypeError),
+    ({"slice_memory": 1}, TypeError),
 ])
 def test_rejects_bad_parameters(kwargs, exc):
     with pytest.raises(exc):
