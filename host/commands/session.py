@@ -155,14 +155,10 @@ def _remove_new_store(path: Path) -> None:
             os.unlink(f"{path}{suffix}")
 
 
-def _close(store: Any) -> None:
-    close = getattr(store, "close", None)
-    if close is not None:
-        close()
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``mozi session``; see the module docstring for the exit status."""
+    # imported here, not at module level: the CLI imports every command to build its parser,
+    # and the session engine (scipy, the device models) is not needed for `mozi --help`
     from mozi.host.keystore import KeyStore
     from mozi.host.session import SessionConfig, run_session
 
@@ -185,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     if args.store_alice.resolve() == args.store_bob.resolve():
         raise MoziError("--store-alice and --store-bob must be different files")
     new = [not p.exists() for p in paths]
-    stores: list[Any] = []
+    stores: list[KeyStore] = []
     ok = False
     try:
         for p in paths:
@@ -195,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         ok = not result.aborted
     finally:
         for store in stores:
-            _close(store)
+            store.close()
         if not ok:      # nothing was stored: leave no key store file we created behind
             for p, was_new in zip(paths, new, strict=True):
                 if was_new:
