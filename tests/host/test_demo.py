@@ -14,7 +14,7 @@ import sys
 import pytest
 from mozi.host.cli import main
 from mozi.host.commands.demo import _summary
-from mozi.host.demo import RELAY_LINK, STORE_FILES
+from mozi.host.demo import RELAY_LINK, STORE_FILES, DemoConfig, run_demo
 from mozi.host.keystore import KeyStore
 from mozi.host.sample_images import SAMPLES
 
@@ -132,3 +132,18 @@ def test_link_keys_in_stores(demo):
                 assert consumed >= doc["relay_key_bits"]
                 if d["final_key_bits"] == doc["relay_key_bits"]:
                     assert consumed == d["final_key_bits"]
+
+
+def test_too_short_slices_abort_and_skip_relay(tmp_path):
+    # 3 s of each pass is too little for a positive finite-key length: both sessions abort,
+    # there is no relay and no image, the report says so and nothing is stored
+    doc = run_demo(tmp_path, DemoConfig(quick=True, quick_window_s=3.0), progress=False)
+    assert doc["ok"] is False
+    assert all(d["aborted"] and d["abort_reason"] and d["final_key_bits"] == 0
+               for d in doc["links"])
+    assert doc["relay_key_bits"] == 0 and doc["images"] == []
+    assert "No image was exchanged" in (tmp_path / "report.md").read_text()
+    for name in STORE_FILES.values():
+        with KeyStore(tmp_path / name, create=False) as store:
+            assert store.list() == []
+    assert _summary({**doc, "out": str(tmp_path)}).count("ABORTED") == 2
