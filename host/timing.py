@@ -4,11 +4,13 @@ Bob's tag of a photon sent in Alice's slot ``k`` arrives at ``t = c + k·P + jit
 ``P = T·(1 + drift)`` the slot period seen on Bob's clock (``T`` the nominal period) and ``c``
 an unknown offset. Nothing but the tags is needed to find ``P`` and ``c`` modulo ``P``:
 
-1. **Coarse drift from detection pairs.** For two detections ``Δ`` apart, ``Δ ≈ n·P``; with a
-   drift uncertainty ``R`` and ``n ≤ 1/(8R)`` the integer ``n = round(Δ/P̂)`` is exact and the
-   residual ``Δ − n·P̂`` is linear in ``n`` with slope ``P − P̂``. A robust (iteratively
-   clipped) least-squares fit over many pairs shrinks ``R``; the next round uses pairs up to
-   ``1/(8R)`` slots apart, and so on (coarse to fine, no grid search).
+1. **Coarse drift from detection pairs.** Two signal tags ``Δ`` apart sit at the same slot
+   phase: ``Δ / P`` is an integer up to jitter. For a drift uncertainty ``R`` the candidate
+   periods ``P̂(1 + ε)``, ``|ε| ≤ R``, are scored with ``Σ cos(2π Δ/(P̂(1 + ε)))`` over
+   random pairs up to ``L ≈ 8/R`` slots apart (at any detection rate); the best candidate
+   shrinks ``R`` 32-fold and the next round uses pairs 32 times further apart (coarse to
+   fine, until the phase advance over the whole run is below 0.05 slot or the pairs span the
+   whole run).
 2. **Phase per chunk.** Timestamps are folded modulo ``P̂`` in chunks of time; the circular
    mean of each chunk is the arrival phase of the signal; the chunk phases are unwrapped and a
    line is fitted (weighted by the counts): its slope corrects the period, its intercept gives
@@ -97,46 +99,79 @@ class TimingEstimate:
         return dataclasses.asdict(self)
 
 
-def _pair_fit(t: np.ndarray, period: float, spread: float, max_lag: int, max_pairs: int,
-              rng: np.random.Generator) -> tuple[float, float]:
-    """One coarse round: period correction from pairs up to ``1/(8·spread)`` slots apart."""
-    n_max = max(1.0, 1.0 / (8.0 * spread))
-    ns, rs = [], []
-    for k in range(1, max_lag + 1):
-        d = t[k:] - t[:-k]
-        ok = d <= n_max * period
-        if not ok.any():
+def _pair_scan(t: np.ndarray, period: float, spread: float, rng: np.random.Generator, *,
+               grid: int = 129, pairs: int = 20_000) -> tuple[float, float, float]:
+    """One coarse-to-fine round: the period correction that best phases up detection pairs.
+
+    Pairs ``(t_j, t_j')`` with separations ``Δ`` spread uniformly up to ``L`` slots are scored
+    on a grid of relative corrections ``ε ∈ [−spread, spread]``: ``Σ cos(2π Δ / (P̂(1 + ε)))``
+    is largest where both tags of the signal pairs sit at the same slot phase. With ``L =
+    (grid − 1)/(16·spread)`` the grid step resolves the peak (width ``~1/L``); long
+    separations alias, but the sum over many different ``Δ`` leaves only the true peak.
+
+    Returns
+    -------
+    period : float
+        Corrected period.
+    spread : float
+        Remaining relative uncertainty (two grid steps).
+    significance : float
+        Peak score over the noise level ``sqrt(pairs)``.
+    """
+    n = t.size
+    span = float(t[-1] - t[0])
+    lag = min((grid - 1) / (16.0 * spread) * period, span)
+    anchors = rng.integers(0, n - 1, pairs)
+    target = t[anchors] + rng.random(pairs) * lag
+    # the last tag before the target: separations stay below L (no aliasing noise)
+    partner = np.searchsorted(t, target, side="right") - 1
+    ok = partner > anchors
+    if ok.sum() < pairs // 10:                   # sparse tags: take the first one after
+        partner = np.minimum(partner + 1, n - 1)
+        ok = partner > anchors
+    d = (t[partner] - t[anchors])[ok] / period
+    eps = np.linspace(-spread, spread, grid)
+    score = np.empty(grid)
+    for lo in range(0, grid, 32):
+        e = eps[lo:lo + 32, None]
+        score[lo:lo + 32] = np.cos(2 * np.pi * (d[None, :] / (1.0 + e))).sum(axis=1)
+    best = int(np.argmax(score))
+    shift = eps[best]
+    if 0 < best < grid - 1:                      # parabolic interpolation of the peak
+        y0, y1, y2 = score[best - 1:best + 2]
+        den = y0 - 2 * y1 + y2
+        if den < 0:
+            shift += 0.5 * (y0 - y2) / den * (eps[1] - eps[0])
+    sig = float(score[best]) / math.sqrt(max(d.size, 1))
+    return period * (1.0 + shift), 2 * (eps[1] - eps[0]), sig
+
+
+def _peak_sigma(dev: np.ndarray) -> float:
+    """RMS width (slots) of the arrival peak in ``dev`` (slot phases centred on the peak).
+
+    ``dev`` is a Gaussian peak on a uniform background (dark counts, background light). The
+    background density is measured away from the peak (``|dev| >= 1/4``) and its share of the
+    second moment inside ``|dev| < w`` removed; ``w`` then narrows to 5σ and the estimate is
+    repeated. Falls back to the MAD when the subtraction leaves nothing.
+    """
+    a = np.abs(dev)
+    central = dev[a < 0.25]
+    mad = float(np.median(np.abs(central - np.median(central)))) if central.size else 0.25
+    sd = max(1.4826 * mad, 1e-3)
+    density = np.count_nonzero(a >= 0.25) / 0.5          # background tags per unit slot
+    w = 0.25
+    for _ in range(4):
+        inside = a < w
+        bg = density * 2 * w
+        sig_n = np.count_nonzero(inside) - bg
+        if sig_n <= 10:
             break
-        d = d[ok]
-        n = np.rint(d / period)
-        good = n >= 1
-        ns.append(n[good])
-        rs.append(d[good] - n[good] * period)
-        if sum(x.size for x in ns) >= max_pairs:
+        var = (float(np.sum(dev[inside] ** 2)) - bg * w * w / 3) / sig_n
+        if var <= 0:
             break
-    if not ns:
-        return 0.0, math.inf
-    n = np.concatenate(ns)
-    r = np.concatenate(rs)
-    if n.size > max_pairs:
-        pick = rng.choice(n.size, max_pairs, replace=False)
-        n, r = n[pick], r[pick]
-    if n.size < 20:
-        return 0.0, math.inf
-    # iteratively clipped least squares through the origin: r = n * dp
-    clip = period / 4
-    dp = 0.0
-    for _ in range(8):
-        keep = np.abs(r - n * dp) < clip
-        if keep.sum() < 20:
-            return 0.0, math.inf
-        nk, rk = n[keep], r[keep]
-        dp = float(np.dot(nk, rk) / np.dot(nk, nk))
-        res = rk - nk * dp
-        sd = float(np.sqrt(np.mean(res ** 2)))
-        clip = max(4 * sd, period / 200)
-    err = sd / math.sqrt(float(np.dot(nk, nk)))
-    return dp, err
+        sd = max(math.sqrt(var), 1e-3)
+        w = min(0.25, 5 * sd)
+    return sd
 
 
 def _circular(phase: np.ndarray) -> complex:
@@ -184,23 +219,22 @@ def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift:
     period = float(nominal_period)
     duration = float(t[-1])
     if chunk_ticks is None:
-        chunk_ticks = 2e6 * period
-    # 1. coarse to fine from pairs, until a chunk's phase advance stays below a tenth of a slot
+        # 20 ms at 10 ns slots, longer when the rate is low (>= 16 tags per chunk on average)
+        chunk_ticks = max(2e6 * period, 16.0 * duration / t.size)
+    # 1. coarse to fine from detection pairs, until the phase advance over the whole run is
+    #    small (or the pairs span the whole run and cannot resolve more)
     spread = max_drift
-    for _ in range(12):
-        dp, err = _pair_fit(t, period, spread, max_lag=32, max_pairs=200_000, rng=rng)
-        if not math.isfinite(err):
+    for _ in range(10):
+        if spread * duration < 0.05 * period:
             break
-        period += dp
-        new_spread = max(6 * err / period, 1e-13)
-        if new_spread >= spread * 0.9:
-            spread = min(spread, new_spread)
+        period, new_spread, significance = _pair_scan(t, period, spread, rng)
+        if significance < 5.0:
+            raise TimingError("tags show no periodic arrival structure at the nominal slot "
+                              f"period (pair coherence {significance:.1f} sigma)")
+        if new_spread >= spread:
             break
         spread = new_spread
-        if spread * chunk_ticks < 0.1 * period:
-            break
-    chunk_ticks = min(chunk_ticks, max(0.1 * period / spread, 100 * period))
-    # 2. chunk phases, unwrap, weighted line fit (iterated once the period is refined)
+    # 2. chunk phases, weighted line fit (iterated once the period is refined)
     for _ in range(3):
         phase = np.mod(t / period, 1.0)
         idx = (t // chunk_ticks).astype(np.int64)
@@ -212,7 +246,13 @@ def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift:
         if use.sum() < 1:
             raise TimingError("no chunk holds enough tags to measure the arrival phase")
         z, mid, counts = z[use], mid[use], counts[use]
-        ph = np.unwrap(np.angle(z)) / (2 * np.pi)          # in slots
+        if spread * duration < 0.25 * period:
+            # the whole run stays within a quarter slot: phases relative to the common peak,
+            # no unwrapping (robust when chunks hold few signal tags)
+            ref = complex(z.sum())
+            ph = np.angle(z * np.conj(ref)) / (2 * np.pi) + np.angle(ref) / (2 * np.pi)
+        else:
+            ph = np.unwrap(np.angle(z)) / (2 * np.pi)      # in slots
         w = counts.astype(np.float64)
         if ph.size >= 2 and duration > 0:
             xm = float(np.average(mid, weights=w))
@@ -225,6 +265,7 @@ def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift:
         # phase(t) = a + b t (slots): peaks where t/period − b t is an integer
         period = period / (1.0 - b * period)
         resid = ph - (a + b * mid)
+        spread = min(spread, 4 * abs(b) * period + 1e-15)
         if abs(b) * max(duration, 1.0) < 1e-4:      # < 1e-4 slot over the whole span
             break
     # peak position relative to the refitted period
@@ -235,9 +276,7 @@ def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift:
                           f"({abs(zc):.3f} resultant)")
     peak = (np.angle(zc) / (2 * np.pi)) % 1.0
     dev = (phase - peak + 0.5) % 1.0 - 0.5                  # in slots, centred on the peak
-    central = dev[np.abs(dev) < 0.25]
-    mad = float(np.median(np.abs(central - np.median(central)))) if central.size else 0.25
-    sigma = max(1.4826 * mad * period, 1e-3 * period)
+    sigma = _peak_sigma(dev) * period
     # refine the peak with a trimmed mean around it
     core = dev[np.abs(dev) < 3 * sigma / period]
     if core.size:
