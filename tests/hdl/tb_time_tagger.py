@@ -132,7 +132,7 @@ class TaggerBench:
         dut.pins.value = 0
         self._ready.cancel()
         dut.o__ready.value = 1
-        await ClockCycles(dut.clk, FIFO_DEPTH + 8)
+        await ClockCycles(dut.clk, FIFO_DEPTH + 16)
         await ReadOnly()
         assert dut.o__valid.value == 0, "FIFO did not drain"
         lost_count = dut.lost_count.value.to_unsigned()
@@ -264,7 +264,7 @@ async def test_lost_saturation(dut):
     dut.o__ready.value = 1
     await ClockCycles(dut.clk, flowing)
     dut.pins.value = 0
-    await ClockCycles(dut.clk, FIFO_DEPTH + 8)
+    await ClockCycles(dut.clk, FIFO_DEPTH + 16)
     await ReadOnly()
     lost_count = dut.lost_count.value.to_unsigned()
     await RisingEdge(dut.clk)
