@@ -15,7 +15,8 @@ import pytest
 from mozi.host.cli import main
 from mozi.host.commands.demo import _summary
 from mozi.host.demo import RELAY_LINK, STORE_FILES, DemoConfig, run_demo
-from mozi.host.keystore import KeyStore
+from mozi.host.imagecrypt import otp_key_bits
+from mozi.host.keystore import DEFAULT_BLOCK_BITS, KeyStore
 from mozi.host.sample_images import SAMPLES
 
 LINK_KEYS = ("link", "sifted_bits", "qber_z", "qber_x", "final_key_bits", "ec_efficiency",
@@ -80,8 +81,15 @@ def test_images_decrypted_bit_exact(demo):
         cipher = (out / "images" / f"{im['name']}.mozi").read_bytes()
         assert cipher[:8] == b"MOZICRYP"
         assert original not in cipher
-    modes = {im["name"]: im["mode"] for im in doc["images"]}
-    assert modes == {"mozi-logo.png": "otp", "mozi-map.png": "aes-gcm"}
+    modes = {im["name"]: im for im in doc["images"]}
+    assert modes["mozi-map.png"]["mode"] == "aes-gcm"          # larger than any pass's key
+    # the map takes one key block first; the logo gets the one-time pad if the rest suffices
+    # (it does with the embedded defaults: ~36 kbit relayed in --quick mode)
+    logo = modes["mozi-logo.png"]
+    assert doc["relay_key_bits"] >= otp_key_bits(logo["bytes"]) + DEFAULT_BLOCK_BITS, \
+        "the quick demo no longer relays enough key for the logo's one-time pad"
+    assert logo["mode"] == "otp"
+    assert logo["key_bits_used"] == otp_key_bits(logo["bytes"])
 
 
 def test_output_files(demo):
