@@ -203,9 +203,11 @@ class AliceSifter(wiring.Component):
             # Beats are aligned to first_slot, not to 0: the lane is (s - pos_end) mod lanes.
             lane = Signal(lane_bits)
             m.d.comb += lane.eq(s[:lane_bits] - pos_end[:lane_bits])
-            beat = Signal(data.ArrayLayout(alice_record_layout, lanes))
-            m.d.comb += beat.eq(Mux(in_held, held, rec.payload.records))
-            record = beat[lane]
+            record = Signal(alice_record_layout)
+            with m.Switch(lane):
+                for k in range(lanes):
+                    with m.Case(k):
+                        m.d.comb += record.eq(Mux(in_held, held[k], rec.payload.records[k]))
         else:
             record = rec.payload.records[0]
 
