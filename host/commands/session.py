@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("alice", metavar="ALICE_JSON",
                         help="Alice's record of the pass (written by `mozi simulate`)")
     parser.add_argument("--link", required=True, metavar="NAME",
-                        help="link name stored with the keys, e.g. satellite-moscow")
+                        help="link name stored with the keys, e.g. sat-moscow")
     parser.add_argument("--store-alice", required=True, metavar="PATH", type=Path,
                         help="Alice's key store (SQLite; created if missing)")
     parser.add_argument("--store-bob", required=True, metavar="PATH", type=Path,
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the public randomness (default: fresh)")
     parser.add_argument("--device", default="model",
-                        help="device backend: model (numpy golden models; default)")
+                        help="device backend: model (golden models; default), rtl, serial:PORT")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout")
 
@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``mozi session``; see the module docstring for the exit status."""
     # imported here, not at module level: the CLI imports every command to build its parser,
     # and the session engine (scipy, the device models) is not needed for `mozi --help`
+    from mozi.host.device import open_device
     from mozi.host.keystore import KeyStore
     from mozi.host.session import SessionConfig, run_session
 
@@ -176,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
         config = SessionConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
         raise MoziError(f"bad session parameter: {exc}") from None
+
+    # an unavailable device fails here, before a key store is touched or progress is shown
+    open_device(config.device).close()
 
     paths = [args.store_alice, args.store_bob]
     if args.store_alice.resolve() == args.store_bob.resolve():

@@ -159,6 +159,8 @@ def test_truncated_ptu_file(sim_dir, tmp_path, capsys):
     (["--format", "mozi", "--channels", "0:H"], "applies only to PTU"),
     (["--eps-sec", "2"], "eps_sec"),
     (["--qber-threshold", "0"], "qber_threshold"),
+    (["--device", "serial:/dev/null"], "serial:/dev/null"),
+    (["--device", "fpga"], "unknown device"),
 ])
 def test_bad_options(sim_dir, tmp_path, capsys, extra, message):
     src = sim_dir / ("bob.ptu" if "0:H,1:Q" in extra else "bob.tags")
