@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 
+#: Largest union of candidate slots :func:`find_slot_shift` evaluates in one piece.
+_UNION_SLOTS = 8_000_000
+
+
 class TimingError(MoziError):
     """The slot clock cannot be recovered from the tags (too few or structureless tags)."""
 
@@ -447,18 +451,24 @@ def find_slot_shift(sample_slots: np.ndarray, sample_basis: np.ndarray, sample_b
         hi_shift = min(hi_shift, slot_range[1] - 1 - int(s.max()))
     if hi_shift < lo_shift:
         raise TimingError("no slot shift maps Bob's detections into Alice's records")
-    base = int(s.min()) + lo_shift
-    span = int(s.max()) - int(s.min()) + (hi_shift - lo_shift) + 1
-    a_basis, a_bit, _ = alice_choices(np.arange(base, base + span, dtype=np.int64))
     nshift = hi_shift - lo_shift + 1
     compared = np.zeros(nshift, np.int32)
     errors = np.zeros(nshift, np.int32)
-    rel = s - int(s.min())
-    for j in range(s.size):
-        sl = slice(int(rel[j]), int(rel[j]) + nshift)
-        m = a_basis[sl] == bb[j]
+    span = int(s.max()) - int(s.min()) + nshift
+    if span <= max(2 * nshift, _UNION_SLOTS):
+        # a tight sample: Alice's choices over the union of all candidate windows at once
+        base = int(s.min()) + lo_shift
+        a_basis, a_bit, _ = alice_choices(np.arange(base, base + span, dtype=np.int64))
+        rel = s - int(s.min())
+        windows = ((a_basis[r:r + nshift], a_bit[r:r + nshift]) for r in rel.tolist())
+    else:
+        # a sparse sample (low detection rate): one window of candidates per detection
+        offsets = np.arange(lo_shift, hi_shift + 1, dtype=np.int64)
+        windows = (alice_choices(int(x) + offsets)[:2] for x in s.tolist())
+    for j, (wb, wv) in enumerate(windows):
+        m = wb == bb[j]
         compared += m
-        errors += m & (a_bit[sl] != bv[j])
+        errors += m & (wv != bv[j])
     rate = np.where(compared > 0, errors / np.maximum(compared, 1), 1.0)
     best = int(np.argmin(rate))
     others = np.delete(rate, best)

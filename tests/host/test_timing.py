@@ -151,3 +151,13 @@ def test_low_rate_with_heavy_noise(rate, noise_hz, drift):
     assert np.unique(k[sig] - est.slot_of(ts[sig])).size == 1
     assert abs(est.drift - drift) < 1e-10
     assert 130 < est.sigma < 200          # background subtracted from the peak width
+
+
+def test_find_slot_shift_on_a_sparse_sample():
+    """Low rate: the sample spans far more slots than one union window (per-window path)."""
+    src = AliceSource(8)
+    rng = np.random.default_rng(8)
+    k = np.sort(rng.choice(10**9, 300, replace=False)) + 10**6
+    basis, bits = _detections(src, k, 0.02, seed=2)
+    res = find_slot_shift(k + 777, basis, bits, src.choices, center=0, max_shift=2000)
+    assert res.shift == -777 and res.candidates == 4001
