@@ -344,6 +344,9 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
     _r("RX_DETECTIONS", 0x0113, 64, "ro", "receiver", "Detections emitted (after merging)."),
     _r("RX_MULTI", 0x0114, 64, "ro", "receiver", "Detections with more than one click."),
     _r("RX_RANDOM_LEVEL", 0x0115, 32, "ro", "receiver", "Random words waiting in the FIFO."),
+    _r("RX_RANDOM_CAPACITY", 0x0116, 32, "ro", "receiver",
+       "Depth of the random-word FIFO: RANDOM_WORDS beyond it is TOO_LARGE, and a TAG_EVENTS "
+       "frame may carry at most this minus one events (each may need a word)."),
     _r("TX_RECORDS", 0x0200, 64, "ro", "transmitter", "Alice records loaded."),
     _r("TX_REPORTS", 0x0201, 64, "ro", "transmitter", "Bob reports sifted."),
     _r("TX_MATCHES", 0x0202, 64, "ro", "transmitter", "Reports whose basis matched Alice's."),

@@ -119,6 +119,8 @@ class ModelTransport(Transport):
         Width of the slot counter.
     record_capacity : int
         Alice records the sifter holds between two ``SIFT_REPORTS`` frames.
+    random_capacity : int
+        Depth of the basis decoder's random-word FIFO.
     toeplitz_max_bits : int
         Largest ``n + m - 1`` accepted by ``TOEPLITZ``.
     role : int
@@ -126,13 +128,17 @@ class ModelTransport(Transport):
     """
 
     def __init__(self, *, frac_bits: int = 16, slot_width: int = 48,
-                 record_capacity: int = 1 << 16, toeplitz_max_bits: int = 1 << 18,
+                 record_capacity: int = 1 << 16, random_capacity: int = 1 << 14,
+                 toeplitz_max_bits: int = 1 << 18,
                  role: int = _ROLE_RECEIVER | _ROLE_TRANSMITTER | _ROLE_HASHER):
         if not 0 <= frac_bits <= 24:
             raise ValueError(f"frac_bits must be in 0..24, not {frac_bits!r}")
         self.frac_bits = frac_bits
         self.slot_width = slot_width
         self.record_capacity = record_capacity
+        if random_capacity < 2:
+            raise ValueError(f"random_capacity must be at least 2, not {random_capacity!r}")
+        self.random_capacity = random_capacity
         self.toeplitz_max_bits = toeplitz_max_bits
         self.role = role
         self._in = b""
@@ -211,6 +217,7 @@ class ModelTransport(Transport):
                  "CTRL": 0, "SA_FRAC_BITS": self.frac_bits, "SA_PERIOD": self._period,
                  "SA_OFFSET": self._offset, "SA_WINDOW_START": self._window[0],
                  "SA_WINDOW_END": self._window[1], "RX_RANDOM_LEVEL": int(self._random.size),
+                 "RX_RANDOM_CAPACITY": self.random_capacity,
                  "TX_RECORD_CAPACITY": self.record_capacity,
                  "TH_MAX_BITS": self.toeplitz_max_bits}
         return fixed[name] if name in fixed else self._counters[name]
@@ -260,6 +267,9 @@ class ModelTransport(Transport):
         words = proto.unpack_words2(payload[4:], count)
         if len(payload) - 4 != (count + 3) // 4:
             raise _Fail(ErrorCode.BAD_REQUEST, "RANDOM_WORDS length does not match its count")
+        if self._random.size + count > self.random_capacity:
+            raise _Fail(ErrorCode.TOO_LARGE,
+                        f"random FIFO holds {self.random_capacity} words")
         self._random = np.concatenate([self._random, words])
         return proto.encode_frame(Opcode.ACK)
 
@@ -643,6 +653,15 @@ class ReceiverDriver(_Driver):
         self.frac_bits = self.read_register("SA_FRAC_BITS")
         self._random = RandomWordSource(random_seed)
         self._level = self.read_register("RX_RANDOM_LEVEL")
+        self.random_capacity = self.read_register("RX_RANDOM_CAPACITY")
+        #: Tag events per TAG_EVENTS frame: each may need one random word, and the device must
+        #: never wait for words while the host waits for its answer.
+        self.frame_events = min(MAX_EVENTS_PER_FRAME, self.random_capacity - 1)
+
+    def reset(self) -> None:
+        """Clear the device (``CTRL`` bit 0), including its random FIFO."""
+        super().reset()
+        self._level = self.read_register("RX_RANDOM_LEVEL")
 
     def configure(self, *, period: int, offset: int, window_start: int, window_end: int) -> None:
         """Program the SlotAssigner (all values in ``2**-frac_bits`` ticks).
@@ -682,12 +701,13 @@ class ReceiverDriver(_Driver):
             raise ValueError("timestamps must lie in [0, 2**48) ticks")
         parts = []
         n = ts.size
-        bounds = list(range(0, n, MAX_EVENTS_PER_FRAME)) or [0]
+        step = self.frame_events
+        bounds = list(range(0, n, step)) or [0]
         for i, lo in enumerate(bounds):
-            hi = min(n, lo + MAX_EVENTS_PER_FRAME)
+            hi = min(n, lo + step)
             need = (hi - lo) + 1
-            if self._level < need:
-                words = self._random.take(need - self._level + MAX_EVENTS_PER_FRAME)
+            if self._level < need:                     # top the FIFO up to its depth
+                words = self._random.take(self.random_capacity - self._level)
                 self.request(Opcode.RANDOM_WORDS,
                              struct.pack(">I", words.size) + proto.pack_words2(words), Opcode.ACK)
                 self._level += words.size

@@ -270,3 +270,25 @@ def test_register_width_is_enforced_by_the_device():
     assert e.value.code is ErrorCode.BAD_VALUE
     rx.write_register("SA_OFFSET", -(1 << 40))
     assert rx.read_register("SA_OFFSET") == -(1 << 40)
+
+
+@pytest.mark.parametrize("depth", [2, 5, 300])
+def test_small_random_fifo_never_underflows(depth):
+    """Frames shrink to the FIFO depth; results do not depend on it."""
+    rng = np.random.default_rng(depth)
+    ts, masks = _events(rng, 2000, 10**8)
+    period = 10_000 << FRAC
+    out = []
+    for t in (ModelTransport(random_capacity=depth), ModelTransport()):
+        rx = ReceiverDriver(t, random_seed=4)
+        assert rx.frame_events == min(7000, t.random_capacity - 1)
+        rx.configure(period=period, offset=0, window_start=0, window_end=period)
+        out.append(rx.process(ts, masks))
+        assert rx.read_register("RX_RANDOM_LEVEL") <= t.random_capacity
+    for f in ("slots", "basis", "bit", "multi"):
+        np.testing.assert_array_equal(getattr(out[0], f), getattr(out[1], f))
+    with pytest.raises(DeviceError) as e:
+        ReceiverDriver(ModelTransport(random_capacity=depth)).request(
+            Opcode.RANDOM_WORDS, struct.pack(">I", depth + 1) + proto.pack_words2(
+                np.zeros(depth + 1, np.uint8)), Opcode.ACK)
+    assert e.value.code is ErrorCode.TOO_LARGE
