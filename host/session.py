@@ -631,7 +631,12 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
                 "eps_cor": config.eps_cor, "session_seed": result.seed,
                 "qber_z": result.qber_z, "sifted_z_bits": n_z}
     store_alice.add_key(link, key_a, key_ids=ids, meta=key_meta)
-    store_bob.add_key(link, key_b, key_ids=ids_b, meta=key_meta)
+    try:
+        store_bob.add_key(link, key_b, key_ids=ids_b, meta=key_meta)
+    except BaseException:
+        # never leave a key at one end only: Alice's copy is erased (marked consumed)
+        store_alice.consume_many(ids, purpose="discarded: the peer could not store the key")
+        raise
     result.final_key_bits = int(fk.length)
     result.key_ids = list(ids)
     step("storage", t0)

@@ -137,3 +137,22 @@ def test_unusable_input_raises(slice30, tmp_path):
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SessionConfig(**bad)
+
+
+class _FailingStore:
+    """A key store whose writes fail (disk full, locked …)."""
+
+    def add_key(self, *args, **kwargs):
+        from mozi.host.errors import KeyStoreError
+        raise KeyStoreError("disk full")
+
+
+def test_a_key_never_stays_at_one_end_only(slice30, tmp_path):
+    tags, alice, _ = slice30
+    sa = KeyStore(tmp_path / "a.db")
+    with pytest.raises(MoziError, match="disk full"):
+        run_session(tags, alice, link="x", store_alice=sa, store_bob=_FailingStore(),
+                    config=SessionConfig(seed=5))
+    records = sa.list()
+    assert records and all(r.state == "consumed" for r in records)
+    assert all(sa.get(r.key_id).bits is None for r in records)
