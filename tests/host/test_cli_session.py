@@ -19,6 +19,10 @@ from mozi.sim.tagfile import write_tags
 
 from tests.host.test_ptu import HYDRAHARP2_T2, hydraharp2_records, write_ptu
 
+# one worker runs the whole module under `pytest -n 2 --dist loadgroup`, so the module-scoped
+# fixture (a simulated run) is built once
+pytestmark = pytest.mark.xdist_group("mozi-session")
+
 SEED = 4242
 WINDOW = (120.0, 150.0)        # seconds of the 2017 pass, around its closest approach
 SESSION_SEED = "17"

@@ -19,6 +19,10 @@ from mozi.host.imagecrypt import otp_key_bits
 from mozi.host.keystore import DEFAULT_BLOCK_BITS, KeyStore
 from mozi.host.sample_images import SAMPLES
 
+# one worker runs the whole module under `pytest -n 2 --dist loadgroup`, so the module-scoped
+# fixture (a simulated run) is built once
+pytestmark = pytest.mark.xdist_group("mozi-demo")
+
 LINK_KEYS = ("link", "sifted_bits", "qber_z", "qber_x", "final_key_bits", "ec_efficiency",
              "aborted")
 IMAGE_KEYS = ("name", "bytes", "mode", "decrypted_identical")
