@@ -199,6 +199,28 @@ def _pass_rows(doc: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+_FK_HEAD = ["link", "n_Z", "s_Z,0 (lower)", "s_Z,1 (lower)", "φ_Z (upper)", "λ_EC",
+            "ℓ (bits)"]
+
+
+def _fk_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for link in doc.get("links", []):
+        fk = link.get("finite_key")
+        if not fk:
+            continue
+
+        def num(key: str, fk=fk) -> str:
+            v = fk.get(key)
+            return "–" if v is None else f"{float(v):,.0f}"
+
+        phi = fk.get("phi_z")
+        rows.append([str(link.get("link")), num("n_z_total"), num("s_z0"), num("s_z1"),
+                     "–" if phi is None else f"{100.0 * float(phi):.2f} %",
+                     num("lambda_ec"), num("length")])
+    return rows
+
+
 _LINK_HEAD = ["link", "detections", "sifted bits", "QBER Z", "QBER X", "EC efficiency f",
               "secret key bits", "status"]
 _IMAGE_HEAD = ["image", "bytes", "mode", "decrypted identical"]
@@ -250,6 +272,9 @@ def render_markdown(doc: Mapping[str, Any], *, plot_name: str | None = REPORT_FI
     parts += ["## Links", "", _md_table(_LINK_HEAD, _link_rows(doc)), ""]
     if _pass_rows(doc):
         parts += ["## Passes", "", _md_table(_PASS_HEAD, _pass_rows(doc)), ""]
+    if _fk_rows(doc):
+        parts += ["## Finite-key analysis (Lim et al. 2014)", "",
+                  _md_table(_FK_HEAD, _fk_rows(doc)), ""]
     if "relay_key_bits" in doc:
         parts += ["## Trusted relay", "",
                   f"The satellite announced K_SM ⊕ K_SU; Moscow and Urumqi now share "
@@ -309,6 +334,9 @@ def render_html(doc: Mapping[str, Any], *, png: bytes | None = None) -> str:
     parts += ["<h2>Links</h2>", _html_table(_LINK_HEAD, _link_rows(doc))]
     if _pass_rows(doc):
         parts += ["<h2>Passes</h2>", _html_table(_PASS_HEAD, _pass_rows(doc))]
+    if _fk_rows(doc):
+        parts += ["<h2>Finite-key analysis (Lim et al. 2014)</h2>",
+                  _html_table(_FK_HEAD, _fk_rows(doc))]
     if "relay_key_bits" in doc:
         parts += ["<h2>Trusted relay</h2>",
                   f"<p>The satellite announced K<sub>SM</sub> ⊕ K<sub>SU</sub>; Moscow and "

@@ -32,7 +32,9 @@ def _doc():
              "place": "Zvenigorod (Moscow)",
              "pass": {"max_elevation_deg": 55.0, "min_distance_km": 598.2,
                       "loss_db_range": [28.1, 39.9], "duration_s": 40.0, "full_pass_s": 345.5},
-             "wall_time_s": {"simulate": 1.25, "post_process": 6.5}},
+             "wall_time_s": {"simulate": 1.25, "post_process": 6.5},
+             "finite_key": {"n_z_total": 300000, "s_z0": 0.0, "s_z1": 94327.2, "phi_z": 0.0614,
+                            "lambda_ec": 24880, "length": 150000}},
             {"link": "satellite-urumqi", "detections": 1000, "sifted_bits": 500,
              "qber_z": 0.25, "qber_x": 0.27, "ec_efficiency": None, "final_key_bits": 0,
              "aborted": True, "abort_reason": "QBER 25.00 % above threshold 11.00 %",
@@ -64,6 +66,7 @@ def test_markdown_content():
     assert "| micius-256x64.png | 2,048 | otp | yes |" in md
     assert "![sifted rate, QBER and key](report.png)" in md
     assert "decrypted bit-exact" in md
+    assert "| satellite-moscow | 300,000 | 0 | 94,327 | 6.14 % | 24,880 | 150,000 |" in md
     assert ("| satellite-moscow | Zvenigorod (Moscow) | 55° | 598 km | 28.1–39.9 dB | 40 of 346 s "
             "| 1.2 s | 6.5 s |") in md
 
@@ -81,7 +84,8 @@ def test_html_escapes_and_embeds_plot():
     assert "Mozi demo &lt;test&gt;" in page
     assert "<test>" not in page
     assert "data:image/png;base64,iVBORw0KGgpyZXN0" in page
-    assert page.count("<tr>") == 3 + 2 + 1 + 1   # 3 header rows, 2 links, 1 pass, 1 image
+    # 4 header rows, 2 links, 1 pass, 1 finite-key row, 1 image
+    assert page.count("<tr>") == 4 + 2 + 1 + 1 + 1
 
 
 def test_write_report(tmp_path):
