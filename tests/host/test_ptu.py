@@ -263,3 +263,20 @@ def test_agrees_with_ptufile_decoder_on_short_gaps(tmp_path, rectype, wrap, make
     tags = read_ptu(path)
     np.testing.assert_array_equal(tags.timestamps_ps, ref["time"].astype(np.int64))
     np.testing.assert_array_equal(tags.channels, ref["channel"])
+
+
+def test_hydraharp_v1_single_period_overflows(tmp_path):
+    # HydraHarp V1 T2: every overflow record adds one period of 33,552,000 ticks (its time
+    # field carries no count)
+    wrap = 33_552_000
+    ticks = [7, wrap + 5, 3 * wrap + 11, 3 * wrap + 12]
+    words, period = [], 0
+    for t, ch in zip(ticks, [0, 1, 2, 3], strict=True):
+        while t // wrap > period:
+            words.append((1 << 31) | (0x3F << 25) | 1)
+            period += 1
+        words.append((ch << 25) | (t % wrap))
+    path = write_ptu(tmp_path / "hh1.ptu", 0x00010204, 1e-12, np.array(words, "<u4"))
+    tags = read_ptu(path)
+    np.testing.assert_array_equal(tags.timestamps_ps, ticks)
+    assert tags.metadata["record_type"] == "HydraHarpT2"
