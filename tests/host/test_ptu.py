@@ -273,7 +273,7 @@ def test_hydraharp_v1_single_period_overflows(tmp_path):
     words, period = [], 0
     for t, ch in zip(ticks, [0, 1, 2, 3], strict=True):
         while t // wrap > period:
-            words.append((1 << 31) | (0x3F << 25) | 1)
+            words.append((1 << 31) | (0x3F << 25) | 5)     # time field ignored in V1
             period += 1
         words.append((ch << 25) | (t % wrap))
     path = write_ptu(tmp_path / "hh1.ptu", 0x00010204, 1e-12, np.array(words, "<u4"))
