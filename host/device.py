@@ -276,6 +276,8 @@ class ModelTransport(Transport):
     def _tag_events(self, payload: bytes) -> bytes:
         if not payload:
             raise _Fail(ErrorCode.BAD_REQUEST, "TAG_EVENTS needs a flags byte")
+        if payload[0] & 0xFE:
+            raise _Fail(ErrorCode.BAD_REQUEST, "TAG_EVENTS flags: reserved bits set")
         last = bool(payload[0] & 1)
         ts, masks, lost = proto.decode_tag_events(payload[1:])
         slots, in_window = model.assign_slots(

@@ -90,7 +90,10 @@ class SessionConfig:
     max_drift : float
         Largest relative clock drift searched for.
     max_slot_shift : int
-        Slot alignment candidates ``±max_slot_shift`` around the clocks' common epoch.
+        Slot alignment candidates ``±max_slot_shift`` around ``alignment_center``.
+    alignment_center : int
+        Expected ``Alice's slot − Bob's slot`` (0 when both clocks count slots from the same
+        epoch, as with GPS-disciplined clocks; set it when Bob's tags start elsewhere).
     alignment_sample : int
         Detections Bob discloses for the alignment (removed from the key).
     auth_tag_bits : int
@@ -112,6 +115,7 @@ class SessionConfig:
     window_sigmas: float = 3.0
     max_drift: float = 2e-4
     max_slot_shift: int = 1 << 16
+    alignment_center: int = 0
     alignment_sample: int = 512
     auth_tag_bits: int = 64
     auth_bootstrap_bits: int = 1 << 17
@@ -511,7 +515,8 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     s_basis = np.frombuffer(payload, np.uint8, n, 8 * n)
     s_bits = np.frombuffer(payload, np.uint8, n, 9 * n)
     try:
-        align = tm.find_slot_shift(s_slots, s_basis, s_bits, source.choices, center=0,
+        align = tm.find_slot_shift(s_slots, s_basis, s_bits, source.choices,
+                                   center=config.alignment_center,
                                    max_shift=config.max_slot_shift, slot_range=slot_range,
                                    max_error=max(0.3, config.qber_threshold + 0.15))
         ch_a.send("align-shift", struct.pack(">q", align.shift))

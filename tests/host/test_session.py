@@ -156,3 +156,17 @@ def test_a_key_never_stays_at_one_end_only(slice30, tmp_path):
     records = sa.list()
     assert records and all(r.state == "consumed" for r in records)
     assert all(sa.get(r.key_id).bits is None for r in records)
+
+
+def test_alignment_center_for_tags_from_another_epoch(tmp_path):
+    tags, alice, _ = _simulate(135.0, 143.0, seed=21)
+    late = TagData(tags.timestamps_ps + 10**12, tags.channels)      # Bob's clock 1 s ahead
+    sa, sb = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
+    lost = run_session(late, alice, link="x", store_alice=sa, store_bob=sb,
+                       config=SessionConfig(seed=1))
+    assert lost.aborted and "alignment" in lost.abort_reason
+    found = run_session(late, alice, link="x", store_alice=sa, store_bob=sb,
+                        config=SessionConfig(seed=1, alignment_center=-10**8))
+    # Bob counts slots of his (0.05 ppm fast) period: the extra second is 10^8 − 5 of them
+    assert found.alignment["shift"] == -(10**8 - 5) - 100
+    assert found.qber_x < 0.02
