@@ -196,12 +196,12 @@ def estimate_timing(timestamps: np.ndarray, nominal_period: float, *, max_drift:
     max_drift : float
         Largest relative clock drift searched for.
     chunk_ticks : float, optional
-        Chunk length of the phase fit (default: 20 ms worth of nominal periods at 10 ns, i.e.
-        ``2e6`` nominal periods, shortened if the data are shorter).
+        Chunk length of the phase fit (default: ``2e6`` nominal periods — 20 ms at 10 ns —
+        or longer so that a chunk holds 16 tags on average).
     min_chunk_events : int
         Chunks with fewer tags are skipped.
     seed : int
-        Seed of the pair subsampling.
+        Seed of the random pair selection.
 
     Returns
     -------
