@@ -12,9 +12,11 @@ an unknown offset. Nothing but the tags is needed to find ``P`` and ``c`` modulo
    fine, until the phase advance over the whole run is below 0.05 slot or the pairs span the
    whole run).
 2. **Phase per chunk.** Timestamps are folded modulo ``P̂`` in chunks of time; the circular
-   mean of each chunk is the arrival phase of the signal; the chunk phases are unwrapped and a
-   line is fitted (weighted by the counts): its slope corrects the period, its intercept gives
-   ``c``. The jitter ``σ`` comes from the folded residues around the fitted peak.
+   mean of each chunk is the arrival phase of the signal. Chunk phases are taken relative to
+   the common peak when the whole run stays within a quarter slot (else unwrapped) and a line
+   is fitted (weighted by the counts): its slope corrects the period. The peak of all folded
+   tags gives ``c``; the jitter ``σ`` is the second moment around it with the uniform
+   background (dark counts) subtracted.
 3. **SlotAssigner registers.** Slots are cut so the peak sits in the middle of a slot
    (``slot start = c − P/2 + k·P``); the acceptance window is ``±window_sigmas·σ`` around
    it. Registers are fixed-point (``frac_bits``) and are recomputed per block of events from the
