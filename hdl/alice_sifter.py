@@ -97,6 +97,20 @@ def sift_result_layout(slot_width: int = 48) -> data.StructLayout:
     })
 
 
+def _saturating_counter(m: Module, output, increment) -> None:
+    """Drive ``output`` with a count of the clocks where ``increment`` is high, saturating.
+
+    The counter is one bit wider than ``output``; its top bit, once set, stops it and forces
+    the output to all ones. So the enable comes straight from a flip-flop instead of a wide
+    AND of the counter bits (which limited Fmax on the iCE40).
+    """
+    width = len(output)
+    count = Signal(width + 1)
+    with m.If(increment & ~count[width]):
+        m.d.sync += count.eq(count + 1)
+    m.d.comb += output.eq(count[:width] | count[width].replicate(width))
+
+
 class AliceSifter(wiring.Component):
     """Merge-join of Alice's record stream with Bob's reports, exactly as ``sift_alice``.
 
@@ -263,8 +277,8 @@ class AliceSifter(wiring.Component):
             m.d.sync += self.error.eq(1)
             with m.If(~self.error):
                 m.d.sync += self.error_code.eq(code)
-            with m.If(~self.dropped.all()):
-                m.d.sync += self.dropped.eq(self.dropped + 1)
+
+        _saturating_counter(m, self.dropped, rep.valid & reject)
 
         # Block bookkeeping.
         rec_done_next = rec_done | (rec_fire & rec.payload.last)

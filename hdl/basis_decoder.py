@@ -22,6 +22,20 @@ def _saturating_add(a, b, width: int):
     return Mux(total[width], (1 << width) - 1, total[:width])
 
 
+def _saturating_counter(m: Module, output, increment) -> None:
+    """Drive ``output`` with a count of the clocks where ``increment`` is high, saturating.
+
+    The counter is one bit wider than ``output``; its top bit, once set, stops it and forces
+    the output to all ones. So the enable comes straight from a flip-flop instead of a wide
+    AND of the counter bits (which limited Fmax on the iCE40).
+    """
+    width = len(output)
+    count = Signal(width + 1)
+    with m.If(increment & ~count[width]):
+        m.d.sync += count.eq(count + 1)
+    m.d.comb += output.eq(count[:width] | count[width].replicate(width))
+
+
 class BasisDecoder(wiring.Component):
     """Detector mask → Bob's basis and bit, one event per clock, exactly as ``decode_basis``.
 
@@ -123,6 +137,5 @@ class BasisDecoder(wiring.Component):
                 ]
             with m.Else():
                 m.d.sync += carry.eq(lost)
-                with m.If(~self.dropped.all()):
-                    m.d.sync += self.dropped.eq(self.dropped + 1)
+        _saturating_counter(m, self.dropped, fire & ~valid)
         return m
