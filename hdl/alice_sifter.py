@@ -304,8 +304,10 @@ class AliceSifter(wiring.Component):
                 self.o.payload.last.eq(rep.payload.last),
                 prev.eq(s),
                 have_prev.eq(1),
-                lo.eq(s + 1),
             ]
+            if lane_bits:
+                m.d.sync += lo.eq(s + 1)
+            # (with one lane an answer always consumes its beat, and pos_end == s + 1)
         m.d.comb += self.first_slot.ready.eq(fresh)
         with m.If(fresh & self.first_slot.valid):
             m.d.sync += [
