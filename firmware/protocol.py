@@ -325,7 +325,8 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
     _r("ROLE", 0x0002, 8, "ro", "device",
        "Implemented blocks: bit 0 receiver, bit 1 transmitter, bit 2 Toeplitz hasher."),
     _r("CTRL", 0x0003, 8, "rw", "device",
-       "Write 1 to bit 0: clear counters, merge state, random FIFO and record memory."),
+       "Write 1 to bit 0: clear counters, merge state, random FIFO and record memory, and "
+       "set SA_PERIOD to one tick, SA_OFFSET to 0 and the window to the whole slot."),
     _r("SA_FRAC_BITS", 0x0100, 8, "ro", "receiver",
        "Fractional bits of the SlotAssigner's fixed-point registers (elaboration parameter)."),
     _r("SA_PERIOD", 0x0101, 32, "rw", "receiver",

@@ -655,28 +655,42 @@ class ReceiverDriver(_Driver):
         self.frac_bits = self.read_register("SA_FRAC_BITS")
         self._random = RandomWordSource(random_seed)
         self._level = self.read_register("RX_RANDOM_LEVEL")
+        self._shape = (self.read_register("SA_PERIOD"), self.read_register("SA_WINDOW_START"),
+                       self.read_register("SA_WINDOW_END"))
         self.random_capacity = self.read_register("RX_RANDOM_CAPACITY")
         #: Tag events per TAG_EVENTS frame: each may need one random word, and the device must
         #: never wait for words while the host waits for its answer.
         self.frame_events = min(MAX_EVENTS_PER_FRAME, self.random_capacity - 1)
 
+    def write_register(self, name: str, value: int) -> None:
+        """Write a register by name (a direct SlotAssigner write invalidates the cache)."""
+        if name in ("SA_PERIOD", "SA_WINDOW_START", "SA_WINDOW_END"):
+            self._shape = None
+        super().write_register(name, value)
+
     def reset(self) -> None:
         """Clear the device (``CTRL`` bit 0), including its random FIFO."""
         super().reset()
         self._level = self.read_register("RX_RANDOM_LEVEL")
+        self._shape = (self.read_register("SA_PERIOD"), self.read_register("SA_WINDOW_START"),
+                       self.read_register("SA_WINDOW_END"))
 
     def configure(self, *, period: int, offset: int, window_start: int, window_end: int) -> None:
         """Program the SlotAssigner (all values in ``2**-frac_bits`` ticks).
 
-        The order of writes keeps ``0 <= start < end <= period`` true at every step.
+        The order of writes keeps ``0 <= start < end <= period`` true at every step; period and
+        window are written only when they change (the per-block update is then one write).
         """
         if not 0 <= window_start < window_end <= period:
             raise ValueError("window must satisfy 0 <= window_start < window_end <= period")
-        self.write_register("SA_WINDOW_START", 0)
-        self.write_register("SA_WINDOW_END", 1)
-        self.write_register("SA_PERIOD", period)
-        self.write_register("SA_WINDOW_END", window_end)
-        self.write_register("SA_WINDOW_START", window_start)
+        shape = (period, window_start, window_end)
+        if shape != self._shape:
+            self.write_register("SA_WINDOW_START", 0)
+            self.write_register("SA_WINDOW_END", 1)
+            self.write_register("SA_PERIOD", period)
+            self.write_register("SA_WINDOW_END", window_end)
+            self.write_register("SA_WINDOW_START", window_start)
+        self._shape = shape
         self.write_register("SA_OFFSET", offset)
 
     def process(self, timestamps: np.ndarray, masks: np.ndarray, *, last: bool = True,

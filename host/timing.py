@@ -306,7 +306,9 @@ def slot_blocks(timestamps: np.ndarray, timing: TimingEstimate, *, frac_bits: in
     A block ends after ``max_events`` tags or ``max_slots`` slots, and only at a gap of more
     than two slots between tags (so no slot's clicks are split between blocks). Each block's
     timestamps are rebased to its first tag; its ``offset`` places slot boundaries half a
-    period before each peak, computed from the exact clock model.
+    period before each peak, exact (from the clock model) at the block's middle slot. The
+    fixed-point period is off by up to ``2**-(frac_bits+1)`` tick per slot, so blocks are also
+    kept short enough that this drifts by less than ``0.1·σ`` at either end.
 
     Parameters
     ----------
@@ -345,6 +347,11 @@ def slot_blocks(timestamps: np.ndarray, timing: TimingEstimate, *, frac_bits: in
     we = min(period_fp, int(math.ceil(period_fp / 2 + half)))
     if we <= ws:
         we = ws + 1
+    # the fixed-point period is off by `err` ticks per slot; offsets are exact at each block's
+    # middle slot, so a block of n slots drifts by ±n/2·err: keep that below 0.1 σ
+    err = abs(period_fp / scale - P)
+    if err > 0:
+        max_slots = max(1, min(max_slots, int(2 * 0.1 * timing.sigma / err)))
     gaps = np.flatnonzero(np.diff(t) > 2 * P) + 1            # allowed block starts
     blocks = []
     start = 0
@@ -363,8 +370,9 @@ def slot_blocks(timestamps: np.ndarray, timing: TimingEstimate, *, frac_bits: in
         base = int(t[start])
         first_edge = timing.offset - P / 2                     # start of slot 0 (ticks)
         s_b = int(math.floor((base - first_edge) / P))
-        edge = first_edge + s_b * P                            # start of slot s_b
-        offset_fp = int(round((edge - base) * scale))
+        mid = (int(math.floor((int(t[stop - 1]) - first_edge) / P)) - s_b) // 2
+        edge_mid = first_edge + (s_b + mid) * P                # start of the middle slot
+        offset_fp = int(round((edge_mid - base) * scale)) - mid * period_fp
         blocks.append(SlotBlock(start=start, stop=stop, base_tick=base, slot_base=s_b,
                                 period=period_fp, offset=offset_fp, window_start=ws,
                                 window_end=we))

@@ -292,3 +292,34 @@ def test_small_random_fifo_never_underflows(depth):
             Opcode.RANDOM_WORDS, struct.pack(">I", depth + 1) + proto.pack_words2(
                 np.zeros(depth + 1, np.uint8)), Opcode.ACK)
     assert e.value.code is ErrorCode.TOO_LARGE
+
+
+class _Counting(ModelTransport):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.opcodes = []
+
+    def write(self, data):
+        frames, _ = proto.decode_frames(data)
+        self.opcodes += [f.opcode for f in frames]
+        super().write(data)
+
+
+def test_configure_rewrites_only_the_offset_when_the_shape_is_unchanged():
+    t = _Counting()
+    rx = ReceiverDriver(t)
+    period = 1000 << FRAC
+    rx.configure(period=period, offset=0, window_start=10, window_end=period - 10)
+    t.opcodes.clear()
+    rx.configure(period=period, offset=-5, window_start=10, window_end=period - 10)
+    assert t.opcodes == [Opcode.WRITE_REG]
+    assert rx.read_register("SA_OFFSET") == -5
+    rx.write_register("SA_WINDOW_END", 20)          # a direct write invalidates the cache
+    t.opcodes.clear()
+    rx.configure(period=period, offset=-5, window_start=10, window_end=period - 10)
+    assert t.opcodes.count(Opcode.WRITE_REG) > 1
+    assert rx.read_register("SA_WINDOW_END") == period - 10
+    rx.reset()
+    assert rx.read_register("SA_PERIOD") == 1 << FRAC
+    rx.configure(period=period, offset=0, window_start=10, window_end=period - 10)
+    assert rx.read_register("SA_PERIOD") == period

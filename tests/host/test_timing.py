@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from mozi.host.device import ReceiverDriver, open_device
+from mozi.host.device import ModelTransport, ReceiverDriver, open_device
 from mozi.host.timing import (
     TimingError,
     alignment_sample,
@@ -161,3 +161,20 @@ def test_find_slot_shift_on_a_sparse_sample():
     basis, bits = _detections(src, k, 0.02, seed=2)
     res = find_slot_shift(k + 777, basis, bits, src.choices, center=0, max_shift=2000)
     assert res.shift == -777 and res.candidates == 4001
+
+
+def test_blocks_absorb_fixed_point_rounding_of_the_period():
+    """With few fractional bits the period is off by up to 1/32 tick per slot: blocks shrink."""
+    ts, k = synth(seed=6, dur_s=0.3, drift=3e-6)
+    est = estimate_timing(ts, T)
+    frac = 4
+    blocks = slot_blocks(ts, est, frac_bits=frac)
+    err = abs(blocks[0].period / (1 << frac) - est.period)
+    assert err > 1e-3                         # the coarse period really is off
+    for b in blocks:
+        span = (ts[b.stop - 1] - ts[b.start]) / est.period
+        assert span * err / 2 <= 0.1 * est.sigma + err
+    rx = ReceiverDriver(ModelTransport(frac_bits=frac), random_seed=0)
+    det = rx.run_blocks(ts, np.ones(ts.size, np.uint8), blocks)
+    sig = k >= 0
+    assert np.isin(est.slot_of(ts[sig]), det.slots).mean() > 0.99
