@@ -1,6 +1,7 @@
 """The cores placed by :mod:`bench.synth`, with the parameters each row uses."""
 
 from mozi.firmware.receiver import ReceiverCores
+from mozi.hdl.alice_sifter import AliceSifter
 from mozi.hdl.basis_decoder import BasisDecoder
 from mozi.hdl.slot_assigner import SlotAssigner
 from mozi.hdl.time_tagger import TimeTagger
@@ -16,6 +17,9 @@ CORES = [
              note="sequential divider: 4 + 2k clocks per event"),
     CoreSpec("BasisDecoder", lambda: BasisDecoder(),
              params={"slot_width": 48}, note="one event per clock"),
+    CoreSpec("AliceSifter", lambda: AliceSifter(lanes=4), devices=("ecp5-85f",),
+             params={"slot_width": 48, "lanes": 4},
+             note="1 + B + R' + E clocks per block of B beats: ~lanes slots per clock"),
     CoreSpec("ReceiverCores", lambda: ReceiverCores(phases=2), devices=("ice40up5k",),
              params={"phases": 2}, note="tagger + slot assigner + decoder, must reach 48 MHz"),
 ]

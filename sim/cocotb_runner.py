@@ -106,6 +106,7 @@ def run_cocotb(
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(
         test_module=test_module,
+        hdl_toplevel_lang="verilog",
         hdl_toplevel=toplevel,
         testcase=testcase,
         seed=int(seed) if seed else None,
