@@ -456,10 +456,10 @@ async def test_boundaries_always_ready(dut):
     pyrng, rng = seeded(1)
     regs = register_sets()[0]
     ticks = 1500 * PHASES
-    clicks = [(0, 0), (1, 1)] + boundary_clicks(40) \
-        + slot_clicks(rng, ticks, regs, p_slot=0.05, p_multi=0.3, p_spread=0.5,
-                      p_outside=0.3)
-    clicks = [(t, ch) for t, ch in clicks if t < ticks]
+    quiet_until = 110 * PHASES              # the boundary clicks alone before this tick
+    clicks = [(0, 0), (1, 1)] + boundary_clicks(40) + [
+        c for c in slot_clicks(rng, ticks, regs, p_slot=0.05, p_multi=0.3, p_spread=0.5,
+                               p_outside=0.3) if quiet_until <= c[0] < ticks]
     samples = to_samples(levels_from_clicks(rng, ticks, clicks, max_pulse=1))
     ref = ref_receiver(samples, regs)
     rand = [pyrng.randrange(4) for _ in range(len(ref.merged_slots) + 8)]
@@ -470,6 +470,12 @@ async def test_boundaries_always_ready(dut):
     # slot 0 (offset 13.7 ticks) and are rejected; with PHASES == 2 they share clock 0
     assert (int(ref.timestamps[0]), int(ref.masks[0])) == (0, 0b11 if PHASES > 1 else 0b01)
     assert not ref.in_window[0]
+    q, c = PHASES, 40 // PHASES + 1
+    events = set(zip(ref.timestamps.tolist(), ref.masks.tolist(), strict=True))
+    for anchor in ((c * q, 0b0011), ((c + 8) * q - 1, 0b0100), ((c + 8) * q, 0b1000),
+                   ((c + 20) * q + q // 2, 0b1111), ((c + 40) * q, 0b1100),
+                   ((c + 60) * q + q - 1, 0b0011)):
+        assert anchor in events, f"boundary event {anchor} missing from the tagger model"
     assert res.rejected_count >= 1
     assert any(d[3] for d in res.got), "no multi-click reached the output"
 
@@ -516,13 +522,16 @@ async def test_timestamp_wrap(dut):
     pyrng, rng = seeded(3)
     regs = register_sets()[0]
     ticks = (1 << TS_WIDTH) + 1500 * PHASES
-    clicks = slot_clicks(rng, ticks, regs, p_slot=0.02, p_multi=0.1, p_spread=0.3,
+    clicks = slot_clicks(rng, ticks, regs, p_slot=0.06, p_multi=0.2, p_spread=0.3,
                          p_outside=0.2)
     # the slot grid keeps counting in the clicks, but timestamps wrap: after the wrap the
     # model's slots restart from the wrapped timestamp
     samples = to_samples(levels_from_clicks(rng, ticks, clicks))
     ref = ref_receiver(samples, regs)
-    assert np.any(np.diff(ref.timestamps.astype(np.int64)) < 0), "no timestamp wrap"
+    ts_back = np.diff(ref.timestamps.astype(np.int64)) < 0
+    slot_back = np.diff(ref.merged_slots.astype(np.int64)) < 0
+    assert ts_back.sum() == 1, "no timestamp wrap"
+    assert slot_back.sum() >= 2, "no slot wrap besides the one at the timestamp wrap"
     rand = [pyrng.randrange(4) for _ in range(len(ref.merged_slots) + 8)]
     res = await bench.run(samples, regs, rand, rng=pyrng, p_rand=0.8,
                           ready_pattern=stall_pattern(pyrng, 0.8, 8),
