@@ -18,25 +18,28 @@ forward (summed, saturating) onto the next event the core emits, so no loss is h
 Division
 --------
 The quotient is computed exactly by a sequential restoring divider whose datapath is only
-``period_width + 1`` bits wide, and which only divides the *new* part of the phase. The core
+``period_width + 2`` bits wide, and which only divides the *new* part of the phase. The core
 keeps the absolute start of the slot of the last event it divided, ``start = offset + q_prev *
 period`` (in ``2**-frac_bits`` ticks), with ``q_prev``. When the next event has the same
 ``period`` and ``offset`` and ``timestamp * 2**frac_bits >= start`` (the normal case:
 timestamps are monotonic), it divides ``x = timestamp * 2**frac_bits - start`` and adds the
 quotient to ``q_prev``; otherwise it divides ``x = phase`` from scratch. The divider shifts
 ``x`` right until it is below ``period`` (``k`` shifts, ``k`` = bit length of the quotient),
-then shifts the ``k`` bits back in, one restoring step per clock. Timing per event, from its
-handshake on ``i`` to the next handshake (output not stalled):
+then brings the ``k`` bits back in, one restoring step per two clocks (trial subtraction, then
+select). Timing per event, from its handshake on ``i`` to the next handshake (output not
+stalled), available as :attr:`SlotAssigner.base_cycles` and :attr:`SlotAssigner.reject_cycles`:
 
-* ``6 + 2 k`` clocks with ``k = bit_length(x // period)``: 6 clocks for an event in the slot
-  of the previous one, about ``6 + 2 log2(gap / period)`` for a gap between detections, at
-  most ``6 + 2 (timestamp_width + frac_bits + 1)`` for the first event or after a register
-  change;
-* 3 clocks for an event before slot 0 (``phase < 0``) or with ``period = 0``.
+* ``base_cycles + 3 k`` clocks with ``k = bit_length(x // period)`` — ``16 + 3 k`` for the
+  receiver's widths (48-bit timestamps and slots, 16 fractional bits): 16 clocks for an event
+  in the slot of the previous one, about ``16 + 3 log2(gap / period)`` for a gap between
+  detections, at most ``16 + 3 * 65`` for the first event or after a register change;
+* ``reject_cycles`` (8) for an event before slot 0 (``phase < 0``) or with ``period = 0``.
 
 Exact for arbitrary gaps; wrap-around of the timestamp simply takes the from-scratch path.
-Every wide (``timestamp_width + frac_bits + 2``-bit) subtraction is split over two clocks so
-that no carry chain is longer than about half of it (iCE40 timing).
+The schedule is built for the iCE40UP5K at 48 MHz: every carry chain is at most :data:`CHAIN`
+bits and ends in a register of its own, wide subtractions and the slot sum are computed in
+chunks over several clocks (registered borrows), comparisons are split in halves, the restoring
+step uses a carry-select subtractor, and the FSM only selects between registered flags.
 """
 
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -55,6 +58,63 @@ def _check_int(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
     return value
+
+
+#: Longest carry chain the core builds, in bits (48 MHz on an iCE40UP5K needs short chains:
+#: routing in and out of a chain costs as much as a dozen carry steps).
+CHAIN = 16
+#: Comparisons wider than this are split in two halves compared in parallel.
+COMPARE = 12
+
+
+def _ge(a, b):
+    """``a >= b`` (unsigned, equal widths) as parallel half-width comparisons."""
+    w = len(a)
+    if w <= COMPARE:
+        return a >= b
+    h = w // 2
+    return (a[h:] > b[h:]) | ((a[h:] == b[h:]) & _ge(a[:h], b[:h]))
+
+
+def _sub_select(a, b):
+    """``a - b`` (unsigned, equal widths, one extra borrow bit on top) by carry select.
+
+    The high half is computed for both possible borrows in parallel with the low half, so
+    the longest carry chain is half the width.
+    """
+    w = len(a)
+    h = w // 2
+    low = a[:h] - b[:h]
+    high0 = a[h:] - b[h:]
+    high1 = a[h:] - b[h:] - 1
+    return Cat(low[:h], Mux(low[h], high1, high0)[:w - h + 1])
+
+
+def _chunked(m: Module, a, b, width: int, *, sub: bool, name: str):
+    """``a - b`` (or ``a + b``) mod ``2**width`` in chunks of at most :data:`CHAIN` bits.
+
+    Chunk ``i`` is a register written on every clock from chunk ``i - 1``'s registered
+    carry, so the result is valid ``n`` clocks after ``a`` and ``b`` settle. Returns
+    ``(result, n)``.
+    """
+    n = -(-width // CHAIN)
+    step = -(-width // n)
+    a, b = a.as_unsigned(), b.as_unsigned()
+    parts, carry = [], None
+    for i in range(n):
+        lo_b, hi_b = i * step, min(width, (i + 1) * step)
+        w = hi_b - lo_b
+        part = Signal(w, name=f"{name}{i}")
+        total = (a[lo_b:hi_b] - b[lo_b:hi_b]) if sub else (a[lo_b:hi_b] + b[lo_b:hi_b])
+        if carry is not None:
+            total = (total - carry) if sub else (total + carry)
+        m.d.sync += part.eq(total[:w])
+        if i + 1 < n:
+            nxt = Signal(name=f"{name}{i}_carry")
+            m.d.sync += nxt.eq(total[w])        # borrow (sub) or carry (add)
+            carry = nxt
+        parts.append(part)
+    return Cat(*parts), n
 
 
 def _sat_lost(total):
@@ -104,12 +164,12 @@ class SlotAssigner(wiring.Component):
     Notes
     -----
     Registers are sampled when an event is accepted on ``i``, so the host may reprogram them
-    at any time; each event uses one consistent set. Throughput: ``6 + 2 k`` clocks per event
-    (see the module docstring).
+    at any time; each event uses one consistent set. Throughput: ``base_cycles + 3 k`` clocks
+    per event (see the module docstring).
     """
 
     def __init__(self, *, timestamp_width: int = 48, slot_width: int = 48, frac_bits: int = 16,
-                 channels: int = 4, period_width: int = 32, rejected_width: int = 32):
+                 channels: int = 4, period_width: int = 24, rejected_width: int = 32):
         self.timestamp_width = _check_int("timestamp_width", timestamp_width, 1)
         self.slot_width = _check_int("slot_width", slot_width, 1)
         self.frac_bits = _check_int("frac_bits", frac_bits, 0)
@@ -117,6 +177,13 @@ class SlotAssigner(wiring.Component):
         self.period_width = _check_int("period_width", period_width, 1)
         self.rejected_width = _check_int("rejected_width", rejected_width, 1)
         self.offset_width = timestamp_width + frac_bits + 1
+        w_phase = timestamp_width + frac_bits + 2
+        self._n_sub = max(-(-w_phase // CHAIN), 2) + 1
+        self._n_sum = max(-(-w_phase // CHAIN), -(-slot_width // CHAIN) + 2)
+        #: Clocks per event with a quotient of bit length ``k``: ``base_cycles + 3 * k``.
+        self.base_cycles = 5 + self._n_sub + self._n_sum
+        #: Clocks per event rejected before the division (``phase < 0`` or ``period = 0``).
+        self.reject_cycles = 2 + self._n_sub
         super().__init__({
             "i": In(stream.Signature(tag_event_layout(timestamp_width, channels))),
             "o": Out(stream.Signature(slot_event_layout(slot_width, channels))),
@@ -133,8 +200,10 @@ class SlotAssigner(wiring.Component):
         F, S, PW = self.frac_bits, self.slot_width, self.period_width
         # signed width holding timestamp * 2**F - offset, and - start, exactly
         W = self.timestamp_width + F + 2
-        H = (W + 1) // 2            # wide subtractions: low H bits, then the rest
         X = W - 1                   # width of a non-negative dividend
+
+        # Timing discipline (iCE40): every carry chain ends in a register of its own, written
+        # on every clock (no multiplexer after the chain); the FSM only copies registers.
 
         # --- the event being processed (latched on the input handshake) ---------------------
         ts_f = Signal(W)            # timestamp * 2**F, zero-extended
@@ -144,21 +213,33 @@ class SlotAssigner(wiring.Component):
         offset_l = Signal(signed(self.offset_width))
         ws_l = Signal(PW)
         we_l = Signal(PW)
-        fast_ok = Signal()          # base valid, with this period and offset
 
         # --- the base of the incremental division -------------------------------------------
         base_valid = Signal()
         start = Signal(signed(W))   # absolute start of the last divided event's slot
         q_prev = Signal(S)
+        period_b = Signal(PW)
+        offset_b = Signal(signed(self.offset_width))
 
-        # --- two-clock subtractions: xa = ts_f - start, xb = ts_f - offset ------------------
-        xa_lo = Signal(H)
-        xa_borrow = Signal()
-        xb_lo = Signal(H)
-        xb_borrow = Signal()
+        # --- chunked subtractions xa = ts_f - start, xb = ts_f - offset, and checks --------
         offset_w = Signal(W)
         m.d.comb += offset_w.eq(offset_l)           # sign-extended to W bits
-        start_w = start.as_unsigned()
+        xa, n_sub = _chunked(m, ts_f, start, W, sub=True, name="xa")
+        xb, _ = _chunked(m, ts_f, offset_w, W, sub=True, name="xb")
+        same_period, same_off_lo, same_off_hi, period_nz = Signal(), Signal(), Signal(), Signal()
+        fast_ok = Signal()
+        oh = self.offset_width // 2
+        m.d.sync += [
+            same_period.eq(period_l == period_b),
+            same_off_lo.eq(offset_l[:oh] == offset_b[:oh]),
+            same_off_hi.eq(offset_l[oh:] == offset_b[oh:]),
+            period_nz.eq(period_l != 0),
+            fast_ok.eq(base_valid & same_period & same_off_lo & same_off_hi),
+        ]
+        use_a, use_b = Signal(), Signal()          # SELECT's decision, registered
+        m.d.sync += [use_a.eq(fast_ok & ~xa[-1]), use_b.eq(period_nz & ~xb[-1])]
+        n_sub = max(n_sub, 2) + 1   # fast_ok takes two clocks, the decision one more
+        assert n_sub == self._n_sub
 
         # --- divider -------------------------------------------------------------------------
         t = Signal(X)               # the dividend shifted right; then the partial remainder
@@ -166,31 +247,80 @@ class SlotAssigner(wiring.Component):
         q = Signal(S)
         qb = Signal(S)
         k = Signal(range(X + 1))
+        k_zero = Signal()
+        # "t >= period << 1" style checks, registered: for t and for t >> 1
+        cond_t, cond_t1 = Signal(), Signal()
+        t1 = t >> 1
+        m.d.sync += [
+            cond_t.eq((t[PW:] != 0) | _ge(t[:PW], period_l)),
+            cond_t1.eq((t1[PW:] != 0) | _ge(t1[:PW], period_l)),
+        ]
+        r2 = Cat(lo[-1], t[:PW])                    # partial remainder * 2 + next bit
+        trial = Signal(PW + 2)                      # r2 - period, top bit = borrow
+        m.d.sync += trial.eq(_sub_select(r2, Cat(period_l, 0)))
+
+        # --- slot, window and next base, registered ------------------------------------------
+        residue = t[:PW]
         residue_w = Signal(W)
-        m.d.comb += residue_w.eq(t[:PW])            # the remainder, in SUM and DONE
+        m.d.comb += residue_w.eq(residue)
+        slot, n_slot = _chunked(m, qb, q, S, sub=False, name="slot")
+        new_start, n_new = _chunked(m, ts_f, residue_w, W, sub=True, name="start_new")
+        win_ge, win_lt = Signal(), Signal()
+        m.d.sync += [win_ge.eq(_ge(residue, ws_l)), win_lt.eq(~_ge(residue, we_l))]
+        n_sum = max(n_new, n_slot + 2)  # + 2: the slot comparison and the decision below
+        assert n_sum == self._n_sum
 
         # --- merge stage and output ----------------------------------------------------------
-        slot_r = Signal(S)
-        in_win = Signal()
-        new_lo = Signal(H)
-        new_borrow = Signal()
         held_valid = Signal()
         held = Signal(self.o.payload.shape())
         lost_acc = Signal(LOST_WIDTH)
+        lost_new, lost_merged = Signal(LOST_WIDTH), Signal(LOST_WIDTH)
+        same_slot = Signal()
+        accept, merge, displace, fresh, stall = (Signal(name=n) for n in (
+            "accept", "merge", "displace", "fresh", "stall"))
+        m.d.sync += [
+            lost_new.eq(_sat_lost(ev_lost + lost_acc)),
+            lost_merged.eq(_sat_lost(held.lost + lost_new)),
+            same_slot.eq(held.slot == slot),
+            # DONE's decisions, from registers only (stall: may have to wait for the output)
+            accept.eq(win_ge & win_lt),
+            merge.eq(win_ge & win_lt & held_valid & same_slot),
+            displace.eq(held_valid & ~same_slot),     # a new slot pushes the held event out
+            fresh.eq(win_ge & win_lt & ~(held_valid & same_slot)),
+            stall.eq(win_ge & win_lt & held_valid & ~same_slot),
+        ]
+        # rejected_count: two halves, the carry and the saturation precomputed (rejections
+        # are at least four clocks apart, so these flags are never stale when used)
+        rej_max = (1 << self.rejected_width) - 1
+        rej_full = Signal()
+        rw_lo = (self.rejected_width + 1) // 2
+        rej_lo = self.rejected_count[:rw_lo]
+        rej_hi = self.rejected_count[rw_lo:]
+        rej_lo_full = Signal()
+        m.d.sync += [rej_full.eq(self.rejected_count == rej_max),
+                     rej_lo_full.eq(rej_lo == (1 << rw_lo) - 1)]
+        wait = Signal(range(max(n_sub, n_sum) + 1))
         flush_pending = Signal()
         out_free = Signal()
         m.d.comb += out_free.eq(~self.o.valid | self.o.ready)
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
+        with m.If(out_free):        # the payload follows `held` while nothing is offered
+            m.d.sync += self.o.payload.eq(held)
+
+        rej_pulse = Signal()        # counted one clock after the decision (short paths)
+        m.d.sync += rej_pulse.eq(0)
+        with m.If(rej_pulse & ~rej_full):
+            m.d.sync += rej_lo.eq(rej_lo + 1)
+            if len(rej_hi):
+                with m.If(rej_lo_full):
+                    m.d.sync += rej_hi.eq(rej_hi + 1)
 
         def reject():
-            rej_max = (1 << self.rejected_width) - 1
-            with m.If(self.rejected_count != rej_max):
-                m.d.sync += self.rejected_count.eq(self.rejected_count + 1)
-            m.d.sync += lost_acc.eq(_sat_lost(lost_acc + ev_lost))
+            m.d.sync += [rej_pulse.eq(1), lost_acc.eq(lost_new)]
 
-        def emit_held():
-            m.d.sync += [self.o.payload.eq(held), self.o.valid.eq(1)]
+        def emit_held():            # only when out_free: the payload is loaded above
+            m.d.sync += self.o.valid.eq(1)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -211,46 +341,45 @@ class SlotAssigner(wiring.Component):
                             offset_l.eq(self.offset),
                             ws_l.eq(self.window_start),
                             we_l.eq(self.window_end),
-                            fast_ok.eq(base_valid & (self.period == period_l)
-                                       & (self.offset == offset_l)),
+                            wait.eq(n_sub - 1),
                         ]
-                        m.next = "SUB_LO"
+                        m.next = "SUB"
 
-            with m.State("SUB_LO"):
-                diff_a = ts_f[:H] - start_w[:H]
-                diff_b = ts_f[:H] - offset_w[:H]
-                m.d.sync += [
-                    xa_lo.eq(diff_a[:H]), xa_borrow.eq(diff_a[H]),
-                    xb_lo.eq(diff_b[:H]), xb_borrow.eq(diff_b[H]),
-                ]
-                m.next = "SUB_HI"
+            with m.State("SUB"):               # xa, xb chunk by chunk; fast_ok
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 0):
+                    m.next = "SELECT"
 
-            with m.State("SUB_HI"):
-                xa_hi = (ts_f[H:] - start_w[H:] - xa_borrow)[:W - H]
-                xb_hi = (ts_f[H:] - offset_w[H:] - xb_borrow)[:W - H]
-                m.d.sync += [lo.eq(0), q.eq(0), k.eq(0)]
-                with m.If(fast_ok & ~xa_hi[-1]):
-                    m.d.sync += [t.eq(Cat(xa_lo, xa_hi)), qb.eq(q_prev)]
-                    m.next = "SHIFT"
-                with m.Elif(~xb_hi[-1] & (period_l != 0)):
-                    m.d.sync += [t.eq(Cat(xb_lo, xb_hi)), qb.eq(0)]
-                    m.next = "SHIFT"
+            with m.State("SELECT"):
+                m.d.sync += [lo.eq(0), q.eq(0), k.eq(0), k_zero.eq(1)]
+                with m.If(use_a):
+                    m.d.sync += [t.eq(xa), qb.eq(q_prev)]
+                    m.next = "COND"
+                with m.Elif(use_b):
+                    m.d.sync += [t.eq(xb), qb.eq(0)]
+                    m.next = "COND"
                 with m.Else():                      # phase < 0, or no period
                     reject()
                     m.d.sync += base_valid.eq(0)
                     m.next = "IDLE"
 
+            with m.State("COND"):              # cond_t of the loaded t
+                m.next = "SHIFT"
+
             with m.State("SHIFT"):
-                with m.If((t[PW:] != 0) | (t[:PW] >= period_l)):
-                    m.d.sync += [t.eq(t >> 1), lo.eq(Cat(lo[1:], t[0])), k.eq(k + 1)]
-                with m.Elif(k == 0):
+                with m.If(Mux(k_zero, cond_t, cond_t1)):
+                    m.d.sync += [t.eq(t1), lo.eq(Cat(lo[1:], t[0])), k.eq(k + 1),
+                                 k_zero.eq(0)]
+                with m.Elif(k_zero):
+                    m.d.sync += wait.eq(n_sum - 1)
                     m.next = "SUM"
                 with m.Else():
-                    m.next = "RESTORE"
+                    m.next = "TRIAL"
+
+            with m.State("TRIAL"):             # trial = r2 - period
+                m.next = "RESTORE"
 
             with m.State("RESTORE"):
-                r2 = Cat(lo[-1], t[:PW])            # partial remainder * 2 + next bit
-                trial = r2 - period_l
                 fits = ~trial[-1]
                 m.d.sync += [
                     t.eq(Mux(fits, trial[:PW + 1], r2)),
@@ -259,46 +388,39 @@ class SlotAssigner(wiring.Component):
                     k.eq(k - 1),
                 ]
                 with m.If(k == 1):
+                    m.d.sync += wait.eq(n_sum - 1)
                     m.next = "SUM"
+                with m.Else():
+                    m.next = "TRIAL"
 
-            with m.State("SUM"):
-                residue = t[:PW]
-                new_diff = ts_f[:H] - residue_w[:H]
-                m.d.sync += [
-                    slot_r.eq(qb + q),
-                    in_win.eq((residue >= ws_l) & (residue < we_l)),
-                    new_lo.eq(new_diff[:H]),
-                    new_borrow.eq(new_diff[H]),
-                ]
-                m.next = "DONE"
+            with m.State("SUM"):               # slot and next start chunk by chunk, window
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 0):
+                    m.next = "DONE"
 
             with m.State("DONE"):
-                new_hi = (ts_f[H:] - residue_w[H:] - new_borrow)[:W - H]
-                m.d.sync += [start.eq(Cat(new_lo, new_hi)), q_prev.eq(slot_r),
-                             base_valid.eq(1)]
-                with m.If(~in_win):
+                m.d.sync += [start.eq(new_start), q_prev.eq(slot),
+                             period_b.eq(period_l), offset_b.eq(offset_l), base_valid.eq(1)]
+                with m.If(~accept):
                     reject()
+                with m.If(merge):
+                    m.d.sync += [
+                        held.mask.eq(held.mask | ev_mask),
+                        held.lost.eq(lost_merged),
+                        lost_acc.eq(0),
+                    ]
+                with m.If(fresh & (~displace | out_free)):
+                    with m.If(displace):
+                        emit_held()
+                    m.d.sync += [
+                        held_valid.eq(1),
+                        held.slot.eq(slot),
+                        held.mask.eq(ev_mask),
+                        held.lost.eq(lost_new),
+                        lost_acc.eq(0),
+                    ]
+                with m.If(~stall | out_free):   # else wait for room on the output
                     m.next = "IDLE"
-                with m.Else():
-                    with m.If(held_valid & (held.slot == slot_r)):
-                        m.d.sync += [
-                            held.mask.eq(held.mask | ev_mask),
-                            held.lost.eq(_sat_lost(held.lost + ev_lost + lost_acc)),
-                            lost_acc.eq(0),
-                        ]
-                        m.next = "IDLE"
-                    with m.Elif(~held_valid | out_free):
-                        with m.If(held_valid):
-                            emit_held()
-                        m.d.sync += [
-                            held_valid.eq(1),
-                            held.slot.eq(slot_r),
-                            held.mask.eq(ev_mask),
-                            held.lost.eq(_sat_lost(ev_lost + lost_acc)),
-                            lost_acc.eq(0),
-                        ]
-                        m.next = "IDLE"
-                    # else: wait in DONE for room on the output
 
         with m.If(self.flush):
             m.d.sync += flush_pending.eq(1)

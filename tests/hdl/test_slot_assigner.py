@@ -39,6 +39,8 @@ def test_defaults_elaborate():
     assert sa.i.payload.shape() == tag_event_layout(48, 4)
     assert sa.o.payload.shape() == slot_event_layout(48, 4)
     assert len(sa.offset) == 48 + 16 + 1 and sa.offset.shape().signed
+    assert len(sa.period) == 24
+    assert (sa.base_cycles, sa.reject_cycles) == (16, 8)   # as measured by the cocotb suite
     assert "module" in rtlil.convert(SlotAssigner(), name="slot_assigner")
 
 
