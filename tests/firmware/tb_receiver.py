@@ -13,12 +13,16 @@ clock boundary), random words on ``rand`` with random gaps, random ``ready`` bac
 handshakes. Checker: the detections in order, then ``lost_count``, ``rejected_count`` and
 ``dropped_count``.
 
-Without a forced stall nothing may be lost, so the output must equal the model exactly. One
-case stalls ``o`` long enough to overflow the tagger FIFO; there every tagger event lies in a
-slot of its own, so the delivered detections must be a subsequence of the model's, each with an
-in-band ``lost`` count that explains the model events missing before it, and the in-band counts
-must sum to ``lost_count``. Run through ``tests/firmware/test_receiver.py``; the seed is
-printed by cocotb (``COCOTB_RANDOM_SEED``) and replayed with ``SEED=<n>``.
+A drift-correction case reprograms ``period`` and ``offset`` in a quiet gap between two blocks
+(slot numbers continue). Without a forced stall nothing may be lost, so the output must equal
+the model exactly. One case stalls ``o`` long enough to overflow the tagger FIFO; there every
+tagger event lies in a slot of its own, so the delivered detections must be a subsequence of the
+model's, each with an in-band ``lost`` count that explains the model events missing before it,
+and the in-band counts must sum to ``lost_count`` (a drop with no later event cannot be
+reported in-band: the stimulus ends with a sparse tail that enters the drained FIFO).
+
+Run through ``tests/firmware/test_receiver.py``; the seed is printed by cocotb
+(``COCOTB_RANDOM_SEED``) and replayed with ``SEED=<n>``.
 """
 
 from __future__ import annotations
@@ -266,12 +270,17 @@ class ReceiverBench:
         dut.o__ready.value = 0
         dut.rand__valid.value = 0
         dut.rand__payload.value = 0
+        self.set_regs(regs)
+        await ClockCycles(dut.clk, 3)
+
+    def set_regs(self, regs: Regs) -> None:
+        """Drive the register ports (offset as two's complement)."""
+        dut = self.dut
         dut.dead_time.value = regs.dead_time
         dut.period.value = regs.period
         dut.offset.value = regs.offset & ((1 << OFFSET_WIDTH) - 1)
         dut.window_start.value = regs.window_start
         dut.window_end.value = regs.window_end
-        await ClockCycles(dut.clk, 3)
 
     async def _monitor(self) -> None:
         dut = self.dut
@@ -332,8 +341,11 @@ class ReceiverBench:
 
     async def run(self, samples: np.ndarray, regs: Regs, rand: list[int], *,
                   ready_pattern, rng: random.Random, p_rand: float,
-                  expect: int | None = None, drain_limit: int = 40_000) -> Result:
+                  expect: int | None = None, drain_limit: int = 40_000,
+                  updates: dict[int, Regs] | None = None) -> Result:
         """Reset, drive ``samples`` (cycle 0 = first clock out of reset), drain, flush.
+
+        ``updates`` maps a cycle to the registers written on it (host drift correction).
 
         ``expect`` (the number of detections when nothing is lost) lets the drain wait for
         the outputs before the quiet period; the flush follows once the pipeline is idle, so
@@ -345,10 +357,13 @@ class ReceiverBench:
         self._tasks.append(cocotb.start_soon(self._drive_rand(rand, rng, p_rand)))
         self._start_ready(ready_pattern)
         dut.rst.value = 0
+        updates = updates or {}
         for n, word in enumerate(encode(samples)):
             if n:
                 await RisingEdge(dut.clk)
             dut.pins.value = word
+            if n in updates:
+                self.set_regs(updates[n])
         await RisingEdge(dut.clk)
         dut.pins.value = 0
         # drain with random backpressure still on: every event but the held one comes out
@@ -513,6 +528,54 @@ async def test_random_traffic_backpressure(dut):
     assert totals["rejected"] > 0, "no out-of-window event exercised"
     assert totals["cross"] > 0, "no cross-basis multi-click exercised"
     assert phases_seen == set(range(PHASES)), f"edges only on phases {phases_seen}"
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def test_drift_update_in_gap(dut):
+    """The host reprograms period and offset between blocks, keeping slot numbers continuous.
+
+    The update falls in a quiet gap (the chain is idle), so the events before it use the old
+    registers and those after it the new ones; ``offset = B - S * period_new`` with ``B`` the
+    start of slot ``S`` under the old registers.
+    """
+    bench = ReceiverBench(dut)
+    pyrng, rng = seeded(5)
+    old = register_sets()[1]
+    new_period = old.period + 2 * (1 << FRAC) // 7         # the clock drifted by 2/7 tick
+    half = 3000 * PHASES                                    # ticks of each block
+    gap = 1500 * PHASES                                     # quiet ticks around the update
+    change = half + gap // 2
+    S = math.ceil(((change << FRAC) - old.offset) / old.period)     # first slot after it
+    B = old.offset + S * old.period
+    new = Regs(new_period, B - S * new_period, old.window_start * new_period // old.period,
+               old.window_end * new_period // old.period, old.dead_time)
+    new.check()
+    ticks = 2 * half + gap
+    kw = dict(p_slot=old.period_ticks / (40 * PHASES), p_multi=0.3, p_spread=0.5,
+              p_outside=0.25)
+    clicks = [c for c in slot_clicks(rng, ticks, old, **kw) if c[0] < half] \
+        + [c for c in slot_clicks(rng, ticks, new, **kw) if c[0] >= half + gap]
+    samples = to_samples(levels_from_clicks(rng, ticks, clicks))
+    ts, masks = tag_edges(samples, phases=PHASES, dead_time=old.dead_time, width=TS_WIDTH)
+    after = ts >= change
+    slots, ok = np.zeros(ts.size, np.uint64), np.zeros(ts.size, bool)
+    for regs, sel in ((old, ~after), (new, after)):
+        slots[sel], ok[sel] = assign_slots(
+            ts[sel], period=regs.period, offset=regs.offset, window_start=regs.window_start,
+            window_end=regs.window_end, frac_bits=FRAC, slot_width=SLOT_WIDTH)
+    merged_slots, merged_masks = merge_slot_events(slots, masks, ok)
+    ref = Reference(ts, masks, slots, ok, merged_slots, merged_masks)
+    assert after.any() and (~after).any()
+    assert np.all(slots[after & ok].astype(np.int64) >= S), "slot numbering not continuous"
+    assert np.all(np.diff(merged_slots.astype(np.int64)) > 0), "slots not increasing"
+    stale = ref_receiver(samples, old)
+    assert (stale.merged_slots.tolist(), stale.merged_masks.tolist()) \
+        != (merged_slots.tolist(), merged_masks.tolist()), "the update changes nothing"
+    rand = [pyrng.randrange(4) for _ in range(len(merged_slots) + 8)]
+    res = await bench.run(samples, old, rand, rng=pyrng, p_rand=0.7,
+                          ready_pattern=stall_pattern(pyrng, 0.7, 10),
+                          expect=len(merged_slots), updates={change // PHASES: new})
+    check_exact(dut, ref, res, rand, "drift update")
 
 
 @cocotb.test(timeout_time=200, timeout_unit="ms", skip=TS_WIDTH > 16)
