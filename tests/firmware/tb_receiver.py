@@ -78,6 +78,7 @@ class Regs:
         return regs
 
     def check(self) -> None:
+        """Assert the settings fit the ports and satisfy the model's preconditions."""
         assert 0 < self.period < (1 << PERIOD_WIDTH)
         assert -(1 << (OFFSET_WIDTH - 1)) <= self.offset < (1 << (OFFSET_WIDTH - 1))
         assert 0 <= self.window_start < self.window_end <= self.period
@@ -85,10 +86,12 @@ class Regs:
 
     @property
     def period_ticks(self) -> float:
+        """The period in ticks."""
         return self.period / (1 << FRAC)
 
     @property
     def offset_ticks(self) -> float:
+        """The start of slot 0 in ticks."""
         return self.offset / (1 << FRAC)
 
 
@@ -234,6 +237,8 @@ def stall_pattern(rng: random.Random, p_ready: float, max_run: int):
 
 @dataclass
 class Result:
+    """What one run delivered: detections, random words taken and the three counters."""
+
     got: list[tuple[int, int, int, int, int]]
     rand_taken: int
     lost_count: int
@@ -459,6 +464,7 @@ def register_sets() -> list[Regs]:
 
 
 def seeded(offset: int) -> tuple[random.Random, np.random.Generator]:
+    """Python and numpy generators from the cocotb seed (printed) plus ``offset``."""
     seed = cocotb.RANDOM_SEED + offset
     cocotb.log.info("rng seed %d (COCOTB_RANDOM_SEED %d)", seed, cocotb.RANDOM_SEED)
     return random.Random(seed), np.random.default_rng(seed)
