@@ -551,7 +551,7 @@ async def test_drift_update_in_gap(dut):
     half = 3000 * PHASES                                    # ticks of each block
     gap = 1500 * PHASES                                     # quiet ticks around the update
     change = half + gap // 2
-    S = math.ceil(((change << FRAC) - old.offset) / old.period)     # first slot after it
+    S = -(((change << FRAC) - old.offset) // -old.period)          # first slot after it
     B = old.offset + S * old.period
     new = Regs(new_period, B - S * new_period, old.window_start * new_period // old.period,
                old.window_end * new_period // old.period, old.dead_time)
