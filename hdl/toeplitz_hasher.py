@@ -19,8 +19,10 @@ re-aligned to ``n mod lanes`` so that every later read is one aligned word. The 
 window register of the seed slides *down* by ``lanes`` bits per consumed ``x`` beat, while
 ``tile`` accumulators (rows ``p*tile … p*tile+tile-1`` of pass ``p``) XOR in every selected
 window. ``x`` is written into a second memory as it streams during pass 0 (so the first pass
-costs nothing extra) and replayed from it for passes ``1 … ceil(m/tile) - 1``. After each
-pass the accumulators shift out on ``y`` and are left cleared.
+costs nothing extra) and replayed from it for passes ``1 … ceil(m/tile) - 1``. Both buffers
+are read through a prefetching streamer (memory → two registers → FIFO) so that block-RAM
+clock-to-out never shares a clock period with the datapath. After each pass the
+accumulators shift out on ``y`` and are left cleared.
 
 Cycle count of a job when every stream is always valid/ready (verified by the testbench)::
 
@@ -110,11 +112,12 @@ def job_cycles(n: int, m: int, *, lanes: int, tile: int) -> int:
 class _LaneBuffer(wiring.Component):
     """Buffer memory with a registered write port and a prefetching read streamer.
 
-    With ``sliced`` the memory is one :class:`~amaranth.lib.memory.Memory` per lane, so that a
-    wide and deep buffer maps onto narrow, deep block RAMs with small output multiplexers
-    instead of a long cascade of wide ones; otherwise it is one ``lanes``-bit memory. Read
-    data passes two registers before a small FIFO, so block-RAM clock-to-out and routing
-    across the RAM columns never share a clock period with the consumer's logic.
+    With ``sliced`` the memory is one 1-bit :class:`~amaranth.lib.memory.Memory` per lane and
+    ``bank_depth`` words (one ECP5 block RAM each at 16384), every bank with its own output
+    register, so that block-RAM clock-to-out (≈ 6 ns on ECP5, no output register is inferred)
+    only has to reach a neighbouring flip-flop; otherwise it is one ``lanes``-bit memory. The
+    bank multiplexer and a second register follow, then a small FIFO, so no memory path shares
+    a clock period with the consumer's logic.
 
     Ports
     -----
@@ -136,10 +139,11 @@ class _LaneBuffer(wiring.Component):
     FIFO_DEPTH = 8
     LATENCY = 3  # issue → memory data → register → register → FIFO write
 
-    def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool):
+    def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool, bank_depth: int):
         self.lanes = lanes
         self.depth = depth
         self.sliced = sliced
+        self.bank_depth = bank_depth
         aw = max(ceil_log2(depth), 1)
         super().__init__({
             "w_addr": In(aw),
@@ -165,33 +169,61 @@ class _LaneBuffer(wiring.Component):
         r_addr = Signal.like(self.start_addr)
         left = Signal.like(self.count)
         down = Signal()
-        r_data = Signal(L)
-        slices = [(lane, 1) for lane in range(L)] if self.sliced else [(0, L)]
-        for start, width in slices:
-            mem = Memory(shape=width, depth=self.depth, init=[])
-            m.submodules[f"mem{start}"] = mem
+        # Read pipeline: memory data (1) → q1 (2) → q2 (3) → FIFO. A sliced buffer is made
+        # of banks of bank_depth words per lane, each one block RAM with its own q1 register
+        # beside it; the bank multiplexer sits between q1 and q2.
+        q2 = Signal(L)
+        if self.sliced:
+            bank_bits = ceil_log2(self.bank_depth)
+            banks = -(-self.depth // self.bank_depth)
+            hi = Signal(max(len(r_addr) - bank_bits, 1))
+            hi_d1, hi_d2 = Signal.like(hi), Signal.like(hi)
+            m.d.comb += hi.eq(r_addr[bank_bits:])
+            m.d.sync += [hi_d1.eq(hi), hi_d2.eq(hi_d1)]
+            for lane in range(L):
+                q1s = []
+                for bank in range(banks):
+                    depth = min(self.bank_depth, self.depth - bank * self.bank_depth)
+                    mem = Memory(shape=1, depth=depth, init=[])
+                    m.submodules[f"mem{lane}_{bank}"] = mem
+                    wp = mem.write_port()
+                    rp = mem.read_port()
+                    q1 = Signal(name=f"q1_{lane}_{bank}")
+                    m.d.comb += [
+                        wp.addr.eq(w_addr[:bank_bits]),
+                        wp.data.eq(w_data[lane]),
+                        wp.en.eq(w_en & (w_addr[bank_bits:] == bank)),
+                        rp.addr.eq(r_addr[:bank_bits]),
+                    ]
+                    m.d.sync += q1.eq(rp.data)
+                    q1s.append(q1)
+                with m.Switch(hi_d2):
+                    for bank, q1 in enumerate(q1s):
+                        with m.Case(bank):
+                            m.d.sync += q2[lane].eq(q1)
+                    with m.Default():
+                        m.d.sync += q2[lane].eq(0)
+        else:
+            mem = Memory(shape=L, depth=self.depth, init=[])
+            m.submodules.mem = mem
             wp = mem.write_port()
             rp = mem.read_port()
+            q1 = Signal(L)
             m.d.comb += [
                 wp.addr.eq(w_addr),
-                wp.data.eq(w_data[start:start + width]),
+                wp.data.eq(w_data),
                 wp.en.eq(w_en),
                 rp.addr.eq(r_addr),
-                r_data[start:start + width].eq(rp.data),
             ]
+            m.d.sync += [q1.eq(rp.data), q2.eq(q1)]
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=L, depth=self.FIFO_DEPTH)
         valid = Signal(self.LATENCY)   # issued 1, 2, 3 cycles ago
-        q1, q2 = Signal(L), Signal(L)
         issue = Signal()
         in_flight = valid[0] + valid[1] + valid[2]
         m.d.comb += issue.eq((left != 0) & ~self.flush &
                              (fifo.level + in_flight < self.FIFO_DEPTH))
-        m.d.sync += [
-            valid.eq(Cat(issue, valid[:-1])),
-            q1.eq(r_data),
-            q2.eq(q1),
-        ]
+        m.d.sync += valid.eq(Cat(issue, valid[:-1]))
         with m.If(self.start):
             m.d.sync += [
                 r_addr.eq(self.start_addr),
@@ -236,6 +268,9 @@ class ToeplitzHasher(wiring.Component):
         small output multiplexers, for the best Fmax) rather than one ``lanes``-bit memory.
         ``None`` (default) slices when the ``x`` buffer is deeper than :attr:`SLICE_DEPTH`
         words (one 512 × 36 block RAM of an ECP5).
+    bank_depth : int
+        With ``slice_memory``, words per memory bank (a power of two; 16384 = one ECP5
+        DP16KD in 16384 × 1 mode). Each bank has its own output register.
 
     Ports
     -----
@@ -258,7 +293,7 @@ class ToeplitzHasher(wiring.Component):
     """
 
     def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
-                 slice_memory: bool | None = None):
+                 slice_memory: bool | None = None, bank_depth: int = 16384):
         for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
                             ("max_m", max_m)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -267,6 +302,10 @@ class ToeplitzHasher(wiring.Component):
             raise ValueError(f"lanes must be a power of two from 1 to 64, not {lanes}")
         if tile % lanes:
             raise ValueError(f"tile must be a multiple of lanes ({lanes}), not {tile}")
+        if not isinstance(bank_depth, int) or isinstance(bank_depth, bool) or bank_depth < 1:
+            raise TypeError(f"bank_depth must be a positive integer, not {bank_depth!r}")
+        if bank_depth & (bank_depth - 1):
+            raise ValueError(f"bank_depth must be a power of two, not {bank_depth}")
         if slice_memory is None:
             slice_memory = lanes > 1 and -(-max_n // lanes) > self.SLICE_DEPTH
         elif not isinstance(slice_memory, bool):
@@ -276,6 +315,7 @@ class ToeplitzHasher(wiring.Component):
         self.max_n = max_n
         self.max_m = max_m
         self.slice_memory = slice_memory
+        self.bank_depth = bank_depth
         super().__init__({
             "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
             "seed": In(stream.Signature(bits_layout(lanes))),
@@ -297,8 +337,9 @@ class ToeplitzHasher(wiring.Component):
         s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
 
         sliced = self.slice_memory
-        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, sliced)
-        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + K, sliced)
+        banks = self.bank_depth
+        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, sliced, banks)
+        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + K, sliced, banks)
 
         # Job registers.
         n = Signal.like(self.cfg.payload.n)

