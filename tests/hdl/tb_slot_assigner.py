@@ -26,7 +26,7 @@ TS_WIDTH = P.get("timestamp_width", 48)
 SLOT_WIDTH = P.get("slot_width", 48)
 FRAC = P.get("frac_bits", 16)
 CHANNELS = P.get("channels", 4)
-PERIOD_WIDTH = P.get("period_width", 32)
+PERIOD_WIDTH = P.get("period_width", 24)
 REJ_WIDTH = P.get("rejected_width", 32)
 OFFSET_WIDTH = TS_WIDTH + FRAC + 1
 LOST_MAX = (1 << LOST_WIDTH) - 1
@@ -309,6 +309,27 @@ async def test_lost_across_rejection(dut):
     bench.check(rejected)
     assert rejected == 1
     assert bench.got == [(3, 5, 21), (4, 8, 0)]
+
+
+@cocotb.test(timeout_time=50, timeout_unit="ms")
+async def test_offset_change_in_high_bits(dut):
+    """An offset change in its top bits only must not reuse the previous division."""
+    bench = SlotBench(dut)
+    await bench.reset()
+    dut.o__ready.value = 1
+    r0 = base_regs()
+    full = Regs(r0.period, 0, 0, r0.period)
+    bench.set_regs(regs_placing(full, 100, 5, slot=2))
+    await bench.send(Event(100, 1, 0))
+    shifted = Regs(full.period, bench.regs.offset - (1 << (OFFSET_WIDTH - 4)), 0, full.period)
+    bench.set_regs(shifted)
+    await bench.send(Event(101, 2, 0))
+    bench.set_regs(Regs(full.period + (1 << (PERIOD_WIDTH - 2)), shifted.offset, 0,
+                        full.period + (1 << (PERIOD_WIDTH - 2))))
+    await bench.send(Event(102, 4, 0))
+    rejected = await bench.finish()
+    bench.check(rejected)
+    assert len(bench.got) == 3 and bench.got[0][0] == 2
 
 
 @cocotb.test(timeout_time=50, timeout_unit="ms")

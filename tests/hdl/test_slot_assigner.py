@@ -15,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable
 # 16 fractional bits), and narrow widths where timestamps and slots wrap within the test and
 # the rejected counter saturates.
 PARAMS = [
-    {"timestamp_width": 48, "slot_width": 48, "frac_bits": 16, "channels": 4},
+    {"timestamp_width": 48, "slot_width": 48, "frac_bits": 16, "channels": 4, "period_width": 24},
     {"timestamp_width": 12, "slot_width": 6, "frac_bits": 3, "channels": 4,
      "period_width": 10, "rejected_width": 4},
 ]
