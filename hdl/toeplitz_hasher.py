@@ -172,12 +172,15 @@ class _LaneBuffer(wiring.Component):
         # Read pipeline: memory data (1) → q1 (2) → q2 (3) → FIFO. A sliced buffer is made
         # of banks of bank_depth words per lane, each one block RAM with its own q1 register
         # beside it; the bank multiplexer sits between q1 and q2.
-        q2 = Signal(L)
+        # Data registers need no reset (``valid`` says what they hold), which keeps a LUT out
+        # of the path from each block RAM to its register.
+        q2 = Signal(L, reset_less=True)
         if self.sliced:
             bank_bits = ceil_log2(self.bank_depth)
             banks = -(-self.depth // self.bank_depth)
             hi = Signal(max(len(r_addr) - bank_bits, 1))
-            hi_d1, hi_d2 = Signal.like(hi), Signal.like(hi)
+            hi_d1 = Signal.like(hi, reset_less=True)
+            hi_d2 = Signal.like(hi, reset_less=True)
             m.d.comb += hi.eq(r_addr[bank_bits:])
             m.d.sync += [hi_d1.eq(hi), hi_d2.eq(hi_d1)]
             for lane in range(L):
@@ -188,7 +191,7 @@ class _LaneBuffer(wiring.Component):
                     m.submodules[f"mem{lane}_{bank}"] = mem
                     wp = mem.write_port()
                     rp = mem.read_port()
-                    q1 = Signal(name=f"q1_{lane}_{bank}")
+                    q1 = Signal(name=f"q1_{lane}_{bank}", reset_less=True)
                     m.d.comb += [
                         wp.addr.eq(w_addr[:bank_bits]),
                         wp.data.eq(w_data[lane]),
@@ -208,7 +211,7 @@ class _LaneBuffer(wiring.Component):
             m.submodules.mem = mem
             wp = mem.write_port()
             rp = mem.read_port()
-            q1 = Signal(L)
+            q1 = Signal(L, reset_less=True)
             m.d.comb += [
                 wp.addr.eq(w_addr),
                 wp.data.eq(w_data),

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """ToeplitzHasher: parameter checks, and the cocotb suite under Verilator per parameter set."""
 
 import pytest
