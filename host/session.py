@@ -52,7 +52,12 @@ from mozi.host.device import (
     open_device,
 )
 from mozi.host.errors import ProtocolAbort
-from mozi.host.finite_key import DecoyStatistics, FiniteKeyParams, finite_key_length
+from mozi.host.finite_key import (
+    DecoyStatistics,
+    FiniteKeyParams,
+    binary_entropy,
+    finite_key_length,
+)
 from mozi.host.keystore import new_key_ids
 from mozi.host.privacy import privacy_amplify, random_seed_bits
 from mozi.host.sifting import run_sifting
@@ -358,8 +363,13 @@ def _seed_bits(seed: int | None, n: int) -> np.ndarray | None:
 
 
 def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
-             known: np.ndarray) -> list[dict]:
-    """Per-bin sifted rate (kbit/s) and QBER of the sifted detections (both bases)."""
+             known: np.ndarray, slot_range: tuple[int, int] | None = None) -> list[dict]:
+    """Per-bin sifted rate (kbit/s) and QBER of the sifted detections (both bases).
+
+    A bin only partly inside the processed slot range (the first and last bins of a pass or
+    of a slice) is divided by the time it covers, not by the whole bin, so the rate does not
+    dip at the ends; ``duration_s`` says how long each bin covers.
+    """
     if slots.size == 0:
         return []
     t = slots / rate
@@ -369,15 +379,16 @@ def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
     n = np.bincount(idx, minlength=nb)
     k = np.bincount(idx, weights=known, minlength=nb)
     e = np.bincount(idx, weights=errors & known, minlength=nb)
+    starts = (b0 + np.arange(nb)) * bin_s
+    ends = starts + bin_s
+    if slot_range is not None:
+        starts = np.maximum(starts, slot_range[0] / rate)
+        ends = np.minimum(ends, slot_range[1] / rate)
+    covered = np.maximum(ends - starts, 0.0)
     return [{"t_s": round((b0 + i) * bin_s, 3),
-             "sifted_kbps": round(float(n[i]) / bin_s / 1e3, 4),
+             "duration_s": round(float(covered[i]), 3),
+             "sifted_kbps": round(float(n[i]) / covered[i] / 1e3, 4),
              "qber": round(float(e[i] / k[i]), 6) if k[i] else None} for i in range(nb)]
-
-
-def _h(p: float) -> float:
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
 
 
 def run_session(tags, alice, *, link: str, store_alice, store_bob,
@@ -557,7 +568,8 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     def profile(z_err: np.ndarray, z_known: bool) -> list[dict]:
         errs = np.concatenate([z_err, x_err])[order]
         known = np.concatenate([np.full(n_z, z_known), np.ones(n_x, bool)])[order]
-        return _profile(config.profile_bin_s, rate, all_slots[order], errs, known)
+        return _profile(config.profile_bin_s, rate, all_slots[order], errs, known,
+                        slot_range)
 
     result.profile = profile(np.zeros(n_z, bool), False)
     t0 = step("sifting", t0)
@@ -579,7 +591,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     flips = bob_key != b_sift.key
     result.ec_leaked_bits = int(ec.leaked_bits)
     result.qber_z = int(flips.sum()) / n_z
-    h = _h(result.qber_z)
+    h = binary_entropy(result.qber_z)
     result.ec_efficiency = ec.leaked_bits / (n_z * h) if h > 0 else None
     result.profile = profile(flips, True)
     t0 = step("error correction", t0)

@@ -170,3 +170,14 @@ def test_alignment_center_for_tags_from_another_epoch(tmp_path):
     # Bob counts slots of his (0.05 ppm fast) period: the extra second is 10^8 − 5 of them
     assert found.alignment["shift"] == -(10**8 - 5) - 100
     assert found.qber_x < 0.02
+
+
+def test_profile_divides_partial_bins_by_the_time_they_cover():
+    from mozi.host.session import _profile
+    rate = 1000.0                               # slots per second
+    slots = np.arange(5_000, 25_000, 2)         # 500 detections/s from t = 5 s to t = 25 s
+    flags = np.zeros(slots.size, bool)
+    points = _profile(10.0, rate, slots, flags, flags, (5_000, 25_000))
+    assert [p["t_s"] for p in points] == [0.0, 10.0, 20.0]
+    assert [p["duration_s"] for p in points] == [5.0, 10.0, 5.0]
+    assert [p["sifted_kbps"] for p in points] == [0.5, 0.5, 0.5]
