@@ -20,13 +20,13 @@ window register of the seed slides *down* by ``lanes`` bits per consumed ``x`` b
 ``tile`` accumulators (rows ``p*tile … p*tile+tile-1`` of pass ``p``) XOR in every selected
 window. ``x`` is written into a second memory as it streams during pass 0 (so the first pass
 costs nothing extra) and replayed from it for passes ``1 … ceil(m/tile) - 1``. Both buffers
-are read through a prefetching streamer (memory → two registers → FIFO) so that block-RAM
+are read through a prefetching streamer (memory → three registers → FIFO) so that block-RAM
 clock-to-out never shares a clock period with the datapath. After each pass the
 accumulators shift out on ``y`` and are left cleared.
 
 Cycle count of a job when every stream is always valid/ready (verified by the testbench)::
 
-    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 8)
+    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 9)
 
 counted from the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, inclusive,
 with ``passes = ceil(m / tile)``.
@@ -102,11 +102,11 @@ def job_cycles(n: int, m: int, *, lanes: int, tile: int) -> int:
     """Cycles of one successful job with every stream always valid/ready.
 
     From the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, both included.
-    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 8)`` with
+    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 9)`` with
     ``passes = ceil(m/tile)``; the testbench checks the RTL against it.
     """
     passes = -(-m // tile)
-    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 8)
+    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 9)
 
 
 class _LaneBuffer(wiring.Component):
@@ -137,7 +137,7 @@ class _LaneBuffer(wiring.Component):
     """
 
     FIFO_DEPTH = 8
-    LATENCY = 3  # issue → memory data → register → register → FIFO write
+    LATENCY = 4  # issue → memory data → 3 registers → FIFO write
 
     def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool, bank_depth: int):
         self.lanes = lanes
@@ -169,9 +169,10 @@ class _LaneBuffer(wiring.Component):
         r_addr = Signal.like(self.start_addr)
         left = Signal.like(self.count)
         down = Signal()
-        # Read pipeline: memory data (1) → q1 (2) → q2 (3) → FIFO. A sliced buffer is made
-        # of banks of bank_depth words per lane, each one block RAM with its own q1 register
-        # beside it; the bank multiplexer sits between q1 and q2.
+        # Read pipeline: memory data (1) → q1 (2) → q1b (3) → q2 (4) → FIFO. A sliced buffer
+        # is made of banks of bank_depth words per lane, each one block RAM with its own q1
+        # and q1b registers (two hops to cross the chip from a block RAM, whose clock-to-out
+        # alone takes most of a period); the bank multiplexer sits between q1b and q2.
         # Data registers need no reset (``valid`` says what they hold), which keeps a LUT out
         # of the path from each block RAM to its register.
         q2 = Signal(L, reset_less=True)
@@ -181,8 +182,9 @@ class _LaneBuffer(wiring.Component):
             hi = Signal(max(len(r_addr) - bank_bits, 1))
             hi_d1 = Signal.like(hi, reset_less=True)
             hi_d2 = Signal.like(hi, reset_less=True)
+            hi_d3 = Signal.like(hi, reset_less=True)
             m.d.comb += hi.eq(r_addr[bank_bits:])
-            m.d.sync += [hi_d1.eq(hi), hi_d2.eq(hi_d1)]
+            m.d.sync += [hi_d1.eq(hi), hi_d2.eq(hi_d1), hi_d3.eq(hi_d2)]
             for lane in range(L):
                 q1s = []
                 for bank in range(banks):
@@ -192,15 +194,16 @@ class _LaneBuffer(wiring.Component):
                     wp = mem.write_port()
                     rp = mem.read_port()
                     q1 = Signal(name=f"q1_{lane}_{bank}", reset_less=True)
+                    q1b = Signal(name=f"q1b_{lane}_{bank}", reset_less=True)
                     m.d.comb += [
                         wp.addr.eq(w_addr[:bank_bits]),
                         wp.data.eq(w_data[lane]),
                         wp.en.eq(w_en & (w_addr[bank_bits:] == bank)),
                         rp.addr.eq(r_addr[:bank_bits]),
                     ]
-                    m.d.sync += q1.eq(rp.data)
-                    q1s.append(q1)
-                with m.Switch(hi_d2):
+                    m.d.sync += [q1.eq(rp.data), q1b.eq(q1)]
+                    q1s.append(q1b)
+                with m.Switch(hi_d3):
                     for bank, q1 in enumerate(q1s):
                         with m.Case(bank):
                             m.d.sync += q2[lane].eq(q1)
@@ -212,18 +215,19 @@ class _LaneBuffer(wiring.Component):
             wp = mem.write_port()
             rp = mem.read_port()
             q1 = Signal(L, reset_less=True)
+            q1b = Signal(L, reset_less=True)
             m.d.comb += [
                 wp.addr.eq(w_addr),
                 wp.data.eq(w_data),
                 wp.en.eq(w_en),
                 rp.addr.eq(r_addr),
             ]
-            m.d.sync += [q1.eq(rp.data), q2.eq(q1)]
+            m.d.sync += [q1.eq(rp.data), q1b.eq(q1), q2.eq(q1b)]
 
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=L, depth=self.FIFO_DEPTH)
-        valid = Signal(self.LATENCY)   # issued 1, 2, 3 cycles ago
+        valid = Signal(self.LATENCY)   # issued 1 … LATENCY cycles ago
         issue = Signal()
-        in_flight = valid[0] + valid[1] + valid[2]
+        in_flight = sum(valid[i] for i in range(self.LATENCY))
         m.d.comb += issue.eq((left != 0) & ~self.flush &
                              (fifo.level + in_flight < self.FIFO_DEPTH))
         m.d.sync += valid.eq(Cat(issue, valid[:-1]))

@@ -45,10 +45,10 @@ def test_defaults_and_ports():
 
 def test_job_cycles_formula():
     # cfg 1 + seed beats + seed flush 1 + status 1, and per pass: start 1, seed prefetch
-    # latency 5, fill tile/lanes + 1, x beats, settle 1, dump tile/lanes
-    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 5 + 2 + 1 + 1 + 1)
+    # latency 6, fill tile/lanes + 1, x beats, settle 1, dump tile/lanes
+    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 6 + 2 + 1 + 1 + 1)
     assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
-        3 + 34375 + 196 * (31250 + 32 + 8)
+        3 + 34375 + 196 * (31250 + 32 + 9)
     assert ToeplitzStatus.OK.value == 0
 
 
