@@ -34,6 +34,7 @@ reports; on every other block the answers are bit-exact with it.
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
+from mozi.hdl.common import saturating_counter
 
 __all__ = [
     "AliceSifter",
@@ -95,20 +96,6 @@ def sift_result_layout(slot_width: int = 48) -> data.StructLayout:
         "intensity": 2,
         "last": 1,
     })
-
-
-def _saturating_counter(m: Module, output, increment) -> None:
-    """Drive ``output`` with a count of the clocks where ``increment`` is high, saturating.
-
-    The counter is one bit wider than ``output``; its top bit, once set, stops it and forces
-    the output to all ones. So the enable comes straight from a flip-flop instead of a wide
-    AND of the counter bits (which limited Fmax on the iCE40).
-    """
-    width = len(output)
-    count = Signal(width + 1)
-    with m.If(increment & ~count[width]):
-        m.d.sync += count.eq(count + 1)
-    m.d.comb += output.eq(count[:width] | count[width].replicate(width))
 
 
 class AliceSifter(wiring.Component):
@@ -278,7 +265,7 @@ class AliceSifter(wiring.Component):
             with m.If(~self.error):
                 m.d.sync += self.error_code.eq(code)
 
-        _saturating_counter(m, self.dropped, rep.valid & reject)
+        saturating_counter(m, self.dropped, rep.valid & reject)
 
         # Block bookkeeping.
         rec_done_next = rec_done | (rec_fire & rec.payload.last)

@@ -10,6 +10,7 @@ mask, so the gateware and the host stay in lockstep with the random source.
 from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+from mozi.hdl.common import saturating_counter
 
 from .layouts import LOST_WIDTH, detection_layout, slot_event_layout
 
@@ -20,20 +21,6 @@ def _saturating_add(a, b, width: int):
     """``min(a + b, 2**width - 1)`` for two ``width``-bit values."""
     total = a + b
     return Mux(total[width], (1 << width) - 1, total[:width])
-
-
-def _saturating_counter(m: Module, output, increment) -> None:
-    """Drive ``output`` with a count of the clocks where ``increment`` is high, saturating.
-
-    The counter is one bit wider than ``output``; its top bit, once set, stops it and forces
-    the output to all ones. So the enable comes straight from a flip-flop instead of a wide
-    AND of the counter bits (which limited Fmax on the iCE40).
-    """
-    width = len(output)
-    count = Signal(width + 1)
-    with m.If(increment & ~count[width]):
-        m.d.sync += count.eq(count + 1)
-    m.d.comb += output.eq(count[:width] | count[width].replicate(width))
 
 
 class BasisDecoder(wiring.Component):
@@ -137,5 +124,5 @@ class BasisDecoder(wiring.Component):
                 ]
             with m.Else():
                 m.d.sync += carry.eq(lost)
-        _saturating_counter(m, self.dropped, fire & ~valid)
+        saturating_counter(m, self.dropped, fire & ~valid)
         return m

@@ -45,19 +45,12 @@ step uses a carry-select subtractor, and the FSM only selects between registered
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+from mozi.hdl.common import check_int
 from mozi.hdl.layouts import LOST_WIDTH, slot_event_layout, tag_event_layout
 
 __all__ = ["SlotAssigner"]
 
 _LOST_MAX = (1 << LOST_WIDTH) - 1
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-    return value
 
 
 #: Longest carry chain the core builds, in bits (48 MHz on an iCE40UP5K needs short chains:
@@ -170,12 +163,12 @@ class SlotAssigner(wiring.Component):
 
     def __init__(self, *, timestamp_width: int = 48, slot_width: int = 48, frac_bits: int = 16,
                  channels: int = 4, period_width: int = 24, rejected_width: int = 32):
-        self.timestamp_width = _check_int("timestamp_width", timestamp_width, 1)
-        self.slot_width = _check_int("slot_width", slot_width, 1)
-        self.frac_bits = _check_int("frac_bits", frac_bits, 0)
-        self.channels = _check_int("channels", channels, 1)
-        self.period_width = _check_int("period_width", period_width, 1)
-        self.rejected_width = _check_int("rejected_width", rejected_width, 1)
+        self.timestamp_width = check_int("timestamp_width", timestamp_width, 1)
+        self.slot_width = check_int("slot_width", slot_width, 1)
+        self.frac_bits = check_int("frac_bits", frac_bits, 0)
+        self.channels = check_int("channels", channels, 1)
+        self.period_width = check_int("period_width", period_width, 1)
+        self.rejected_width = check_int("rejected_width", rejected_width, 1)
         self.offset_width = timestamp_width + frac_bits + 1
         w_phase = timestamp_width + frac_bits + 2
         self._n_sub = max(-(-w_phase // CHAIN), 2) + 1

@@ -33,19 +33,12 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
+from mozi.hdl.common import check_int
 from mozi.hdl.layouts import LOST_WIDTH, tag_event_layout
 
 __all__ = ["TimeTagger"]
 
 _PHASES = (1, 2, 4, 8)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-    return value
 
 
 class TimeTagger(wiring.Component):
@@ -88,18 +81,18 @@ class TimeTagger(wiring.Component):
     def __init__(self, *, channels: int = 4, phases: int = 1, timestamp_width: int = 48,
                  dead_time_width: int = 16, fifo_depth: int = 256,
                  lost_count_width: int = 32):
-        self.channels = _check_int("channels", channels, 1)
+        self.channels = check_int("channels", channels, 1)
         if isinstance(phases, bool) or not isinstance(phases, int):
             raise TypeError(f"phases must be an integer, not {phases!r}")
         if phases not in _PHASES:
             raise ValueError(f"phases must be one of {_PHASES}, not {phases!r}")
         self.phases = phases
         self.phase_bits = phases.bit_length() - 1
-        self.timestamp_width = _check_int("timestamp_width", timestamp_width,
+        self.timestamp_width = check_int("timestamp_width", timestamp_width,
                                           self.phase_bits + 1)
-        self.dead_time_width = _check_int("dead_time_width", dead_time_width, 1)
-        self.fifo_depth = _check_int("fifo_depth", fifo_depth, 2)
-        self.lost_count_width = _check_int("lost_count_width", lost_count_width, 1)
+        self.dead_time_width = check_int("dead_time_width", dead_time_width, 1)
+        self.fifo_depth = check_int("fifo_depth", fifo_depth, 2)
+        self.lost_count_width = check_int("lost_count_width", lost_count_width, 1)
         self.event_layout = tag_event_layout(timestamp_width, channels)
         super().__init__({
             "pins": In(channels * phases),

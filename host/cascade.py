@@ -49,6 +49,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from mozi.sim.model import as_bits
 
 __all__ = [
     "SCHEDULES",
@@ -62,14 +63,6 @@ SCHEDULES = ("demystifying", "original")
 
 _MIN_QBER = 1e-5
 
-
-def _as_bits(a, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D bit array")
-    if a.size and (a.min() < 0 or a.max() > 1):
-        raise ValueError(f"{name} must hold only 0 and 1")
-    return a.astype(np.uint8, copy=False)
 
 
 def _h(p: float) -> float:
@@ -135,7 +128,7 @@ class AliceParityOracle:
     """
 
     def __init__(self, bits) -> None:
-        self._bits = _as_bits(bits, "bits").copy()
+        self._bits = as_bits(bits, "bits").copy()
         self._prefix: list[np.ndarray] = []
         self.leaked_bits = 0
         self.messages = 0
@@ -419,8 +412,8 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
     -------
     CascadeResult
     """
-    a = _as_bits(alice_bits, "alice_bits")
-    b = _as_bits(bob_bits, "bob_bits").copy()
+    a = as_bits(alice_bits, "alice_bits")
+    b = as_bits(bob_bits, "bob_bits").copy()
     if a.shape != b.shape:
         raise ValueError(f"keys differ in length: {a.size} and {b.size} bits")
     n = b.size
@@ -442,7 +435,7 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
         passes=len(sizes) if n else 0,
         messages=oracle.messages - messages0,
         n=int(n),
-        initial_errors=int(np.count_nonzero(a != _as_bits(bob_bits, "bob_bits"))),
+        initial_errors=int(np.count_nonzero(a != as_bits(bob_bits, "bob_bits"))),
         flipped_bits=bob.flipped,
         block_sizes=tuple(sizes),
     )

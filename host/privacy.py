@@ -23,6 +23,7 @@ import secrets
 
 import numpy as np
 import scipy.fft
+from mozi.sim.model import as_bits
 
 __all__ = ["MAX_FFT", "privacy_amplify", "random_seed_bits", "toeplitz_hash_fft"]
 
@@ -32,14 +33,6 @@ MAX_FFT = 1 << 22
 #: Below this many multiply-accumulates the direct packed method is faster than an FFT.
 _DIRECT_LIMIT = 1 << 16
 
-
-def _as_bits(a, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D bit array")
-    if a.size and (a.min() < 0 or a.max() > 1):
-        raise ValueError(f"{name} must hold only 0 and 1")
-    return a.astype(np.uint8, copy=False)
 
 
 def random_seed_bits(length: int) -> np.ndarray:
@@ -132,8 +125,8 @@ def toeplitz_hash_fft(x, s, m: int, *, max_fft: int = MAX_FFT) -> np.ndarray:
     ValueError
         Non-bit input, ``n < 1``, ``m < 1`` or a seed of the wrong length.
     """
-    x = _as_bits(x, "x")
-    s = _as_bits(s, "s")
+    x = as_bits(x, "x")
+    s = as_bits(s, "s")
     m = int(m)
     n = x.size
     if m < 1 or n < 1:
@@ -172,7 +165,7 @@ def privacy_amplify(
     ValueError
         ``final_length`` outside ``[1, n]`` or a seed of the wrong length.
     """
-    key = _as_bits(key_bits, "key_bits")
+    key = as_bits(key_bits, "key_bits")
     n = key.size
     m = int(final_length)
     if not 1 <= m <= n:
@@ -180,5 +173,5 @@ def privacy_amplify(
     if seed_bits is None:
         seed = random_seed_bits(n + m - 1)
     else:
-        seed = _as_bits(seed_bits, "seed_bits")
+        seed = as_bits(seed_bits, "seed_bits")
     return toeplitz_hash_fft(key, seed, m), seed

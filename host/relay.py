@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mozi.host.errors import FileFormatError, KeyStoreError
 from mozi.host.keystore import KeyStore, block_sizes, new_key_ids
+from mozi.sim.model import as_bits
 
 __all__ = [
     "RelayAnnouncement",
@@ -43,14 +44,6 @@ _ANN_MAGIC = b"MZRL"
 _ANN_HEAD = struct.Struct(">4sQIHHHdd")
 
 
-def _bits(a, name: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D bit array")
-    if a.size and (a.min() < 0 or a.max() > 1):
-        raise ValueError(f"{name} must hold only 0 and 1")
-    return a.astype(np.uint8, copy=False)
-
 
 def relay_announcement(k_sm, k_su) -> np.ndarray:
     """What the satellite publishes: ``K_SM ⊕ K_SU``.
@@ -64,7 +57,7 @@ def relay_announcement(k_sm, k_su) -> np.ndarray:
     -------
     uint8 bit array
     """
-    a, b = _bits(k_sm, "k_sm"), _bits(k_su, "k_su")
+    a, b = as_bits(k_sm, "k_sm"), as_bits(k_su, "k_su")
     if a.size != b.size:
         raise ValueError(f"relayed keys must have equal lengths, not {a.size} and {b.size}")
     return a ^ b
@@ -85,7 +78,7 @@ def derive_relayed_key(k_su, announcement) -> np.ndarray:
     uint8 bit array
         ``K_SM``.
     """
-    a, b = _bits(k_su, "k_su"), _bits(announcement, "announcement")
+    a, b = as_bits(k_su, "k_su"), as_bits(announcement, "announcement")
     if a.size != b.size:
         raise ValueError(f"announcement has {b.size} bits, the key {a.size}")
     return a ^ b

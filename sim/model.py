@@ -26,6 +26,7 @@ __all__ = [
     "INTENSITY_SIGNAL",
     "INTENSITY_VACUUM",
     "alice_record",
+    "as_bits",
     "assign_slots",
     "decode_basis",
     "merge_slot_events",
@@ -43,7 +44,11 @@ INTENSITY_DECOY = 1
 INTENSITY_VACUUM = 2
 
 
-def _bits(a, name: str) -> np.ndarray:
+def as_bits(a, name: str) -> np.ndarray:
+    """Check that ``a`` is a 1-D array of 0/1 and return it as ``uint8`` (no copy if it is).
+
+    Raises ``ValueError`` naming ``name`` otherwise. Shared by every API that takes bits.
+    """
     a = np.asarray(a)
     if a.ndim != 1:
         raise ValueError(f"{name} must be a 1-D bit array")
@@ -393,8 +398,8 @@ def toeplitz_hash(x: np.ndarray, s: np.ndarray, m: int) -> np.ndarray:
     reversed seed window ``s[i : i + n]``. Computed here with packed 64-bit words in
     O(n·m/64), exact and simple; fast versions live in the host (FFT) and the gateware.
     """
-    x = _bits(x, "x")
-    s = _bits(s, "s")
+    x = as_bits(x, "x")
+    s = as_bits(s, "s")
     n = x.size
     if m < 1 or n < 1:
         raise ValueError("n and m must be positive")
