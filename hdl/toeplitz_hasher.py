@@ -361,7 +361,8 @@ class ToeplitzHasher(wiring.Component):
         phase_cnt = Signal(range(T // L + 2))         # fill / dump beats
         first_pass = Signal()
         tile_word = Signal(range(-(-self.max_m // L) + T // L + 1))  # p * tile / L
-        rows_left = Signal(range(self.max_m + 1))     # output rows not yet emitted
+        y_beats = Signal(range(-(-self.max_m // L) + 1))  # y beats not yet emitted
+        y_rem = Signal(range(L)) if L > 1 else Const(0, 1)  # m mod L: lanes of the last beat
         # Datapath.
         window = Signal(T + 2 * L)
         acc = Signal(T)
@@ -417,10 +418,11 @@ class ToeplitzHasher(wiring.Component):
         # Output: L rows per beat, rows past m read as 0.
         lane_ok = Signal(L)
         for lane in range(L):
-            m.d.comb += lane_ok[lane].eq(Const(lane, len(rows_left)) < rows_left)
+            m.d.comb += lane_ok[lane].eq((y_beats != 1) | (y_rem == 0) |
+                                         (Const(lane, lg + 1) < y_rem))
         m.d.comb += [
             self.y.payload.data.eq(acc[:L] & lane_ok),
-            self.y.payload.last.eq(rows_left <= L),
+            self.y.payload.last.eq(y_beats == 1),
             self.status.payload.status.eq(err),
         ]
 
@@ -440,10 +442,10 @@ class ToeplitzHasher(wiring.Component):
                         x_cnt.eq(0),
                         first_pass.eq(1),
                         tile_word.eq(0),
-                        rows_left.eq(cfg.m),
+                        y_beats.eq((cfg.m + (L - 1)) >> lg),
                     ]
                     if L > 1:
-                        m.d.sync += r.eq(cfg.n[:lg])
+                        m.d.sync += [r.eq(cfg.n[:lg]), y_rem.eq(cfg.m[:lg])]
                     with m.If((cfg.n == 0) | (cfg.n > self.max_n)):
                         m.d.sync += err.eq(ToeplitzStatus.BAD_N)
                     with m.Elif((cfg.m == 0) | (cfg.m > self.max_m)):
@@ -546,7 +548,7 @@ class ToeplitzHasher(wiring.Component):
                 m.next = "DUMP"
 
             with m.State("DUMP"):
-                emit = (err == ToeplitzStatus.OK) & (rows_left != 0)
+                emit = (err == ToeplitzStatus.OK) & (y_beats != 0)
                 m.d.comb += [
                     self.y.valid.eq(emit),
                     dump.eq(~emit | self.y.ready),
@@ -554,7 +556,7 @@ class ToeplitzHasher(wiring.Component):
                 with m.If(dump):
                     m.d.sync += phase_cnt.eq(phase_cnt + 1)
                     with m.If(emit):
-                        m.d.sync += rows_left.eq(Mux(rows_left > L, rows_left - L, 0))
+                        m.d.sync += y_beats.eq(y_beats - 1)
                     with m.If(phase_cnt == T // L - 1):
                         m.d.sync += [
                             first_pass.eq(0),
@@ -562,7 +564,7 @@ class ToeplitzHasher(wiring.Component):
                         ]
                         with m.If(err != ToeplitzStatus.OK):
                             m.next = "FLUSH"
-                        with m.Elif(rows_left <= L):
+                        with m.Elif((y_beats == 0) | (y_beats == 1)):
                             m.next = "STATUS"
                         with m.Else():
                             m.next = "PASS"
