@@ -352,7 +352,8 @@ class ToeplitzHasher(wiring.Component):
         n = Signal.like(self.cfg.payload.n)
         err = Signal(ToeplitzStatus)
         n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
-        s_beats = Signal(range(s_depth + 2))          # ceil((n + m - 1) / L)
+        n_last = Signal(range(x_depth + 2))           # ceil(n / L) - 1: index of x's last beat
+        s_last = Signal(range(s_depth + 2))           # ceil((n + m - 1) / L) - 1, the seed's
         r = Signal(range(L)) if L > 1 else Const(0, 1)  # n mod L: seed re-alignment
         # Per-stream counters.
         s_cnt = Signal(range(s_depth + 2))
@@ -399,7 +400,7 @@ class ToeplitzHasher(wiring.Component):
         last_lane_ok = Signal(L)
         rem = n[:lg] if L > 1 else Const(0, 1)
         for lane in range(L):
-            m.d.comb += last_lane_ok[lane].eq((x_cnt != n_beats - 1) | (rem == 0) |
+            m.d.comb += last_lane_ok[lane].eq((x_cnt != n_last) | (rem == 0) |
                                               (Const(lane, lg + 1) < rem))
         m.d.comb += [
             x_buf.w_addr.eq(x_cnt),
@@ -436,7 +437,8 @@ class ToeplitzHasher(wiring.Component):
                     m.d.sync += [
                         n.eq(cfg.n),
                         n_beats.eq((cfg.n + (L - 1)) >> lg),
-                        s_beats.eq((cfg.n + cfg.m + (L - 2)) >> lg),
+                        n_last.eq(((cfg.n + (L - 1)) >> lg) - 1),
+                        s_last.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 1),
                         s_cnt.eq(0),
                         s_prev.eq(0),
                         x_cnt.eq(0),
@@ -457,7 +459,7 @@ class ToeplitzHasher(wiring.Component):
             with m.State("SEED"):
                 m.d.comb += self.seed.ready.eq(1)
                 with m.If(self.seed.valid):
-                    final = s_cnt == s_beats - 1
+                    final = s_cnt == s_last
                     ok = err == ToeplitzStatus.OK
                     m.d.comb += s_buf.w_en.eq(ok)
                     m.d.sync += [
@@ -508,7 +510,7 @@ class ToeplitzHasher(wiring.Component):
                         m.next = "RUN"
 
             with m.State("RUN"):
-                final = x_cnt == n_beats - 1
+                final = x_cnt == n_last
                 with m.If(first_pass):
                     m.d.comb += [
                         self.x.ready.eq(s_buf.o.valid),
