@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from mozi.hdl.alice_sifter import SiftError
 from mozi.sim.cocotb_runner import test_params
 from mozi.sim.model import alice_record, sift_alice
+
+from tests.hdl.streams import drive, monitor, reset, start_clock
 
 PARAMS = test_params()
 SLOT_WIDTH = PARAMS.get("slot_width", 48)
@@ -97,55 +98,10 @@ def unpack_answer(word: int) -> tuple[int, int, int, int, int]:
     return slot, word & 1, (word >> 1) & 1, (word >> 2) & 3, (word >> 4) & 1
 
 
-def start_clock(dut) -> None:
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-
-
-async def reset(dut) -> None:
-    """Hold ``rst`` for two clocks with every stream idle (called at a rising edge)."""
-    dut.rst.value = 1
-    for name in ("first_slot", "records", "reports"):
-        getattr(dut, f"{name}__valid").value = 0
-    dut.o__ready.value = 0
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-
-
-async def drive(dut, name: str, words: list[int], rng: random.Random, p_valid: float) -> None:
-    """Source for stream ``name``: each word waits a random gap, then is held until taken."""
-    valid = getattr(dut, f"{name}__valid")
-    payload = getattr(dut, f"{name}__payload")
-    ready = getattr(dut, f"{name}__ready")
-    for word in words:
-        while rng.random() >= p_valid:
-            valid.value = 0
-            await RisingEdge(dut.clk)
-        valid.value = 1
-        payload.value = word
-        while True:
-            await ReadOnly()
-            taken = bool(ready.value)
-            await RisingEdge(dut.clk)
-            if taken:
-                break
-    valid.value = 0
-
-
-async def monitor(dut, got: list[int], rng: random.Random, p_ready: float) -> None:
-    """Sink for ``o`` with random backpressure; appends every transferred payload."""
-    while True:
-        dut.o__ready.value = int(rng.random() < p_ready)
-        await ReadOnly()
-        if dut.o__valid.value and dut.o__ready.value:
-            got.append(int(dut.o__payload.value))
-        await RisingEdge(dut.clk)
-
-
 async def run_blocks(dut, blocks: list[Block], rng: random.Random, *, p_hdr=1.0, p_rec=1.0,
                      p_rep=1.0, p_out=1.0) -> None:
     """Stream ``blocks`` through a freshly reset core and check answers and error outputs."""
-    await reset(dut)
+    await reset(dut, ('first_slot', 'records', 'reports'), ('o',))
     cocotb.log.info("%d blocks, %d records, %d reports; p_valid hdr/rec/rep %.2f/%.2f/%.2f, "
                     "p_ready %.2f", len(blocks), sum(b.records.size for b in blocks),
                     sum(len(b.slots) for b in blocks), p_hdr, p_rec, p_rep, p_out)
@@ -158,7 +114,7 @@ async def run_blocks(dut, blocks: list[Block], rng: random.Random, *, p_hdr=1.0,
         cocotb.start_soon(drive(dut, "reports", [w for b in blocks for w in b.reports()], rng,
                                 p_rep)),
     ]
-    sink = cocotb.start_soon(monitor(dut, got, rng, p_out))
+    sink = cocotb.start_soon(monitor(dut, "o", got, rng, p_out))
     for d in drivers:
         await d
     await ClockCycles(dut.clk, 8 if p_out == 1.0 else 40)  # drain; nothing more may appear
@@ -307,7 +263,7 @@ async def test_slots_per_clock(dut):
     gen = np.random.default_rng(rng.getrandbits(32))
     for beats, p_detect in ((2048 // LANES, 0.01), (1024 // LANES, 0.3)):
         blk = random_block(gen, beats, p_detect, first=1 << 20)
-        await reset(dut)
+        await reset(dut, ('first_slot', 'records', 'reports'), ('o',))
         beat_words, report_words = blk.beats(), blk.reports()
         dut.first_slot__valid.value = 1
         dut.first_slot__payload.value = blk.first

@@ -12,11 +12,12 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from mozi.hdl.layouts import LOST_WIDTH
 from mozi.sim.cocotb_runner import test_params
 from mozi.sim.model import decode_basis
+
+from tests.hdl.streams import drive, monitor, reset, start_clock
 
 PARAMS = test_params()
 SLOT_WIDTH = PARAMS.get("slot_width", 48)
@@ -50,54 +51,9 @@ def unpack_detection(word: int) -> tuple[int, int, int, int, int]:
     return slot, word & 1, (word >> 1) & 1, (word >> 2) & 1, (word >> 3) & LOST_MAX
 
 
-def start_clock(dut) -> None:
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-
-
-async def reset(dut) -> None:
-    """Hold ``rst`` for two clocks with every stream idle (called at a rising edge)."""
-    dut.rst.value = 1
-    dut.i__valid.value = 0
-    dut.rand__valid.value = 0
-    dut.o__ready.value = 0
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-
-
-async def drive(dut, name: str, words: list[int], rng: random.Random, p_valid: float) -> None:
-    """Source for stream ``name``: each word waits a random gap, then is held until taken."""
-    valid = getattr(dut, f"{name}__valid")
-    payload = getattr(dut, f"{name}__payload")
-    ready = getattr(dut, f"{name}__ready")
-    for word in words:
-        while rng.random() >= p_valid:
-            valid.value = 0
-            await RisingEdge(dut.clk)
-        valid.value = 1
-        payload.value = word
-        while True:
-            await ReadOnly()
-            taken = bool(ready.value)
-            await RisingEdge(dut.clk)
-            if taken:
-                break
-    valid.value = 0
-
-
-async def monitor(dut, got: list[int], rng: random.Random, p_ready: float) -> None:
-    """Sink for ``o`` with random backpressure; appends every transferred payload."""
-    while True:
-        dut.o__ready.value = int(rng.random() < p_ready)
-        await ReadOnly()
-        if dut.o__valid.value and dut.o__ready.value:
-            got.append(int(dut.o__payload.value))
-        await RisingEdge(dut.clk)
-
-
 async def run_case(dut, slots, masks, lost, rand, rng, *, p_in=1.0, p_rand=1.0, p_out=1.0):
     """Drive one event sequence through a freshly reset core and check it in order."""
-    await reset(dut)
+    await reset(dut, ('i', 'rand'), ('o',))
     cocotb.log.info("%d events, p_valid(i)=%.2f p_valid(rand)=%.2f p_ready(o)=%.2f",
                     len(slots), p_in, p_rand, p_out)
     expected = ref_decode(slots, masks, lost, rand)
@@ -106,7 +62,7 @@ async def run_case(dut, slots, masks, lost, rand, rng, *, p_in=1.0, p_rand=1.0, 
                                                                         strict=True)]
     d_in = cocotb.start_soon(drive(dut, "i", events, rng, p_in))
     d_rand = cocotb.start_soon(drive(dut, "rand", [int(r) for r in rand], rng, p_rand))
-    sink = cocotb.start_soon(monitor(dut, got, rng, p_out))
+    sink = cocotb.start_soon(monitor(dut, "o", got, rng, p_out))
     await d_in
     await d_rand
     await ClockCycles(dut.clk, 8 if p_out == 1.0 else 40)  # drain; nothing more may appear
@@ -180,7 +136,7 @@ async def test_one_event_per_clock(dut):
     """With every stream valid and ready, N events take N clocks (+1 of output latency)."""
     start_clock(dut)
     await RisingEdge(dut.clk)
-    await reset(dut)
+    await reset(dut, ('i', 'rand'), ('o',))
     n = 200
     dut.i__valid.value = 1
     dut.rand__valid.value = 1
