@@ -13,11 +13,13 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.triggers import ReadOnly, RisingEdge
 from mozi.hdl.toeplitz_hasher import ToeplitzStatus, job_cycles
 from mozi.sim.cocotb_runner import test_params
 from mozi.sim.model import toeplitz_hash
+
+from tests.hdl import streams
+from tests.hdl.streams import drive, start_clock
 
 PARAMS = test_params()
 LANES = PARAMS.get("lanes", 8)
@@ -85,35 +87,9 @@ class Jobs:
 
 
 async def reset(dut) -> None:
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for name in ("cfg", "seed", "x"):
-        getattr(dut, f"{name}__valid").value = 0
-    dut.y__ready.value = 0
-    dut.status__ready.value = 0
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
-
-
-async def drive(dut, name: str, words: list[int], rng: random.Random, p_valid: float) -> None:
-    """Source for stream ``name``: each word waits a random gap, then is held until taken."""
-    valid = getattr(dut, f"{name}__valid")
-    payload = getattr(dut, f"{name}__payload")
-    ready = getattr(dut, f"{name}__ready")
-    for word in words:
-        while rng.random() >= p_valid:
-            valid.value = 0
-            await RisingEdge(dut.clk)
-        valid.value = 1
-        payload.value = word
-        while True:
-            await ReadOnly()
-            taken = bool(ready.value)
-            await RisingEdge(dut.clk)
-            if taken:
-                break
-    valid.value = 0
+    """Start the clock and reset the core with every stream idle."""
+    start_clock(dut)
+    await streams.reset(dut, ("cfg", "seed", "x"), ("y", "status"))
 
 
 async def check(dut, name: str, expected: list[int], rng: random.Random, p_ready: float,

