@@ -5,6 +5,7 @@ from mozi.hdl.alice_sifter import AliceSifter
 from mozi.hdl.basis_decoder import BasisDecoder
 from mozi.hdl.slot_assigner import SlotAssigner
 from mozi.hdl.time_tagger import TimeTagger
+from mozi.hdl.toeplitz_hasher import ToeplitzHasher
 
 from bench.synth import CoreSpec
 
@@ -22,4 +23,12 @@ CORES = [
              note="1 + B + R' + E clocks per block of B beats: ~lanes slots per clock"),
     CoreSpec("ReceiverCores", lambda: ReceiverCores(phases=2), devices=("ice40up5k",),
              params={"phases": 2}, note="tagger + slot assigner + decoder, must reach 48 MHz"),
+    CoreSpec("ToeplitzHasher",
+             lambda: ToeplitzHasher(lanes=32, tile=256, max_n=10**6, max_m=10**5),
+             devices=("ecp5-85f",),
+             params={"lanes": 32, "tile": 256, "max_n": 10**6, "max_m": 10**5},
+             note="3 + ceil((n+m-1)/lanes) + ceil(m/tile)·(ceil(n/lanes) + 2·tile/lanes + 9)"),
+    CoreSpec("ToeplitzHasherDefault", lambda: ToeplitzHasher(), devices=("ice40up5k",),
+             params={"lanes": 8, "tile": 64, "max_n": 4096, "max_m": 1024},
+             note="small configuration for an iCE40 receiver"),
 ]
