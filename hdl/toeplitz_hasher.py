@@ -26,7 +26,7 @@ accumulators shift out on ``y`` and are left cleared.
 
 Cycle count of a job when every stream is always valid/ready (verified by the testbench)::
 
-    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 9)
+    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 10)
 
 counted from the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, inclusive,
 with ``passes = ceil(m / tile)``.
@@ -102,11 +102,69 @@ def job_cycles(n: int, m: int, *, lanes: int, tile: int) -> int:
     """Cycles of one successful job with every stream always valid/ready.
 
     From the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, both included.
-    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 9)`` with
+    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 10)`` with
     ``passes = ceil(m/tile)``; the testbench checks the RTL against it.
     """
     passes = -(-m // tile)
-    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 9)
+    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 10)
+
+
+def toeplitz_block(w, x, *, base: int, gate, cat, bind=lambda v: v):
+    """Product of a square Toeplitz block with a vector, by Karatsuba-style splitting.
+
+    With ``k = len(x)`` and ``len(w) = 2k - 1`` returns ``out`` (``k`` bits) with
+    ``out[t] = XOR_l x[l] & w[t - l + k - 1]``. Works on anything that slices and XORs like a
+    bit vector; ``gate(v, b)`` is ``v`` AND the single bit ``b``, ``cat(lo, hi)`` joins two
+    vectors and ``bind(v)`` names an intermediate (a wire in gateware, so that it is built
+    once however often it is sliced), so the same code builds gateware (Amaranth values) and
+    is checked with numpy.
+
+    Blocks of ``k <= base`` (or odd ``k``) are computed directly, ``k**2`` AND terms. A larger
+    block splits in two halves (``A`` the diagonal sub-blocks, ``B`` above, ``C`` below)::
+
+        [out0]   [A B] [x0]      P0 = A (x0 + x1)      out0 = P0 + P1
+        [out1] = [C A] [x1]      P1 = (B + A) x1       out1 = P0 + P2
+                                 P2 = (C + A) x0
+
+    where every sum of two Toeplitz blocks is again Toeplitz (its seed is the XOR of theirs),
+    so three half-size products replace four: ``d`` levels cost ``(3/4)**d`` of the AND terms
+    plus ``O(k)`` XORs per level.
+    """
+    k = len(x)
+    if k <= base or k % 2:
+        out = None
+        for lane in range(k):
+            term = gate(w[k - 1 - lane:2 * k - 1 - lane], x[lane])
+            out = term if out is None else out ^ term
+        return bind(out)
+    h = k // 2
+    a, b, c = w[h:h + k - 1], w[:k - 1], w[k:2 * k - 1]
+    x0, x1 = x[:h], x[h:]
+    ops = {"base": base, "gate": gate, "cat": cat, "bind": bind}
+    p0 = toeplitz_block(a, bind(x0 ^ x1), **ops)
+    p1 = toeplitz_block(bind(b ^ a), x1, **ops)
+    p2 = toeplitz_block(bind(c ^ a), x0, **ops)
+    return bind(cat(p0 ^ p1, p0 ^ p2))
+
+
+def _below(value, width: int):
+    """``width`` bits, bit ``i`` set when ``i < value``: a thermometer code made of equality
+    decoders (small LUTs) rather than ``width`` magnitude comparators (carry chains)."""
+    bits = len(value)
+    if bits <= 4:
+        return Cat(*[Cat(*[value == j for j in range(i + 1, 2 ** bits)]).any()
+                     for i in range(width)])
+    lo_bits = bits // 2
+    lo, hi = value[:lo_bits], value[lo_bits:]
+    lo_below = _below(lo, 2 ** lo_bits)
+    hi_below = _below(hi, 2 ** (bits - lo_bits))
+    return Cat(*[hi_below[i >> lo_bits] | ((hi == (i >> lo_bits)) & lo_below[i & ~(-1 << lo_bits)])
+                 for i in range(width)])
+
+
+def _last_beat_mask(rem, lanes: int):
+    """Valid lanes of a packet's last beat when its length is ``rem`` (mod ``lanes``)."""
+    return Mux(rem == 0, ~0, _below(rem, lanes))
 
 
 class _LaneBuffer(wiring.Component):
@@ -261,7 +319,7 @@ class ToeplitzHasher(wiring.Component):
     Parameters
     ----------
     lanes : int
-        Input (and output) bits per clock: a power of two from 1 to 64.
+        Input (and output) bits per clock: a power of two from 1 to 256.
     tile : int
         Number of accumulators, i.e. output rows computed per pass over ``x``; a multiple of
         ``lanes``. A job makes ``ceil(m / tile)`` passes.
@@ -278,6 +336,11 @@ class ToeplitzHasher(wiring.Component):
     bank_depth : int
         With ``slice_memory``, words per memory bank (a power of two; 16384 = one ECP5
         DP16KD in 16384 × 1 mode). Each bank has its own output register.
+    karatsuba_base : int
+        The ``tile × lanes`` product is computed as ``tile / lanes`` square Toeplitz blocks,
+        each split by :func:`toeplitz_block` until it is at most ``karatsuba_base`` lanes
+        wide: ``lanes = 2**d · karatsuba_base`` costs ``(3/4)**d`` of the ``tile · lanes``
+        AND terms of the direct product, plus a few XORs per level.
 
     Ports
     -----
@@ -300,19 +363,23 @@ class ToeplitzHasher(wiring.Component):
     """
 
     def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
-                 slice_memory: bool | None = None, bank_depth: int = 16384):
+                 slice_memory: bool | None = None, bank_depth: int = 16384,
+                 karatsuba_base: int = 16):
         for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
                             ("max_m", max_m)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TypeError(f"{name} must be a positive integer, not {value!r}")
-        if lanes & (lanes - 1) or lanes > 64:
-            raise ValueError(f"lanes must be a power of two from 1 to 64, not {lanes}")
+        if lanes & (lanes - 1) or lanes > 256:
+            raise ValueError(f"lanes must be a power of two from 1 to 256, not {lanes}")
         if tile % lanes:
             raise ValueError(f"tile must be a multiple of lanes ({lanes}), not {tile}")
         if not isinstance(bank_depth, int) or isinstance(bank_depth, bool) or bank_depth < 1:
             raise TypeError(f"bank_depth must be a positive integer, not {bank_depth!r}")
         if bank_depth & (bank_depth - 1):
             raise ValueError(f"bank_depth must be a power of two, not {bank_depth}")
+        if not isinstance(karatsuba_base, int) or isinstance(karatsuba_base, bool) \
+                or karatsuba_base < 1:
+            raise TypeError(f"karatsuba_base must be a positive integer, not {karatsuba_base!r}")
         if slice_memory is None:
             slice_memory = lanes > 1 and -(-max_n // lanes) > self.SLICE_DEPTH
         elif not isinstance(slice_memory, bool):
@@ -323,6 +390,7 @@ class ToeplitzHasher(wiring.Component):
         self.max_m = max_m
         self.slice_memory = slice_memory
         self.bank_depth = bank_depth
+        self.karatsuba_base = karatsuba_base
         super().__init__({
             "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
             "seed": In(stream.Signature(bits_layout(lanes))),
@@ -360,10 +428,12 @@ class ToeplitzHasher(wiring.Component):
         s_prev = Signal(L)                            # previous seed beat (re-alignment)
         x_cnt = Signal(range(x_depth + 2))
         phase_cnt = Signal(range(T // L + 2))         # fill / dump beats
+        settled = Signal()                            # second cycle of SETTLE
         first_pass = Signal()
         tile_word = Signal(range(-(-self.max_m // L) + T // L + 1))  # p * tile / L
         y_beats = Signal(range(-(-self.max_m // L) + 1))  # y beats not yet emitted
-        y_rem = Signal(range(L)) if L > 1 else Const(0, 1)  # m mod L: lanes of the last beat
+        x_last_mask = Signal(L)                       # lanes of x's last beat inside n
+        y_last_mask = Signal(L)                       # lanes of y's last beat inside m
         # Datapath.
         window = Signal(T + 2 * L)
         acc = Signal(T)
@@ -385,12 +455,21 @@ class ToeplitzHasher(wiring.Component):
 
         # Accumulators. x_reg holds the beat consumed one cycle earlier, when the window
         # was one chunk higher: acc[t] ^= XOR_l x[l] & s[D + t - l] = window[t - l + 2L - 1].
-        terms = [window[2 * L - 1 - l:2 * L - 1 - l + T] & x_reg[l].replicate(T)
-                 for l in range(L)]
-        mac = terms[0]
-        for term in terms[1:]:
-            mac = mac ^ term
-        m.d.sync += x_reg.eq(Mux(consume, x_data, 0))
+        # Rows jL … jL+L-1 are one square Toeplitz block whose seed is
+        # window[jL + L : jL + 3L - 1]. The product is registered (mac) before it is
+        # accumulated, so the block's XOR network has a clock period to itself.
+        def bind(value):
+            wire = Signal(len(value))
+            m.d.comb += wire.eq(value)
+            return wire
+
+        blocks = [toeplitz_block(window[j * L + L:j * L + 3 * L - 1], x_reg,
+                                 base=self.karatsuba_base,
+                                 gate=lambda v, b: v & b.replicate(len(v)),
+                                 cat=lambda lo, hi: Cat(lo, hi), bind=bind)
+                  for j in range(T // L)]
+        mac = Signal(T)
+        m.d.sync += [x_reg.eq(Mux(consume, x_data, 0)), mac.eq(Cat(*blocks))]
         with m.If(dump):
             m.d.sync += acc.eq(acc >> L)
         with m.Else():
@@ -398,10 +477,7 @@ class ToeplitzHasher(wiring.Component):
 
         # x buffer: written while the first pass streams, replayed by later passes.
         last_lane_ok = Signal(L)
-        rem = n[:lg] if L > 1 else Const(0, 1)
-        for lane in range(L):
-            m.d.comb += last_lane_ok[lane].eq((x_cnt != n_last) | (rem == 0) |
-                                              (Const(lane, lg + 1) < rem))
+        m.d.comb += last_lane_ok.eq(Mux(x_cnt == n_last, x_last_mask, ~0))
         m.d.comb += [
             x_buf.w_addr.eq(x_cnt),
             x_buf.w_data.eq(x_data),
@@ -417,12 +493,8 @@ class ToeplitzHasher(wiring.Component):
         ]
 
         # Output: L rows per beat, rows past m read as 0.
-        lane_ok = Signal(L)
-        for lane in range(L):
-            m.d.comb += lane_ok[lane].eq((y_beats != 1) | (y_rem == 0) |
-                                         (Const(lane, lg + 1) < y_rem))
         m.d.comb += [
-            self.y.payload.data.eq(acc[:L] & lane_ok),
+            self.y.payload.data.eq(acc[:L] & Mux(y_beats == 1, y_last_mask, ~0)),
             self.y.payload.last.eq(y_beats == 1),
             self.status.payload.status.eq(err),
         ]
@@ -447,7 +519,13 @@ class ToeplitzHasher(wiring.Component):
                         y_beats.eq((cfg.m + (L - 1)) >> lg),
                     ]
                     if L > 1:
-                        m.d.sync += [r.eq(cfg.n[:lg]), y_rem.eq(cfg.m[:lg])]
+                        m.d.sync += [
+                            r.eq(cfg.n[:lg]),
+                            x_last_mask.eq(_last_beat_mask(cfg.n[:lg], L)),
+                            y_last_mask.eq(_last_beat_mask(cfg.m[:lg], L)),
+                        ]
+                    else:
+                        m.d.sync += [x_last_mask.eq(1), y_last_mask.eq(1)]
                     with m.If((cfg.n == 0) | (cfg.n > self.max_n)):
                         m.d.sync += err.eq(ToeplitzStatus.BAD_N)
                     with m.Elif((cfg.m == 0) | (cfg.m > self.max_m)):
@@ -545,9 +623,11 @@ class ToeplitzHasher(wiring.Component):
                     m.next = "SETTLE"
 
             with m.State("SETTLE"):
-                # the last consumed beat reaches the accumulators in this cycle
-                m.d.sync += phase_cnt.eq(0)
-                m.next = "DUMP"
+                # the last consumed beat reaches mac in the first cycle of SETTLE and the
+                # accumulators in the second
+                m.d.sync += [settled.eq(~settled), phase_cnt.eq(0)]
+                with m.If(settled):
+                    m.next = "DUMP"
 
             with m.State("DUMP"):
                 emit = (err == ToeplitzStatus.OK) & (y_beats != 0)

@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """ToeplitzHasher: parameter checks, and the cocotb suite under Verilator per parameter set."""
 
+import numpy as np
 import pytest
-from mozi.hdl.toeplitz_hasher import ToeplitzHasher, ToeplitzStatus, job_cycles
+from mozi.hdl.toeplitz_hasher import ToeplitzHasher, ToeplitzStatus, job_cycles, toeplitz_block
 from mozi.sim.cocotb_runner import run_cocotb
 
 pytestmark = pytest.mark.cocotb
@@ -10,17 +11,32 @@ pytestmark = pytest.mark.cocotb
 # lanes 1/8/32; tile/lanes of 6, 3 and 1 (not powers of two, and the one-chunk edge);
 # max_n not a multiple of lanes. The lanes-1 and lanes-8 sets force the bit-sliced buffers
 # that large configurations get by default; lanes 1 with tiny banks (3 for x, 4 for the seed)
-# so that the bank multiplexers are exercised.
+# so that the bank multiplexers are exercised. The Karatsuba split of the tile product runs
+# two levels deep at lanes 8 and three at lanes 32.
 PARAMS = [
     {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23, "slice_memory": True, "bank_depth": 16},
-    {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True},
-    {"lanes": 32, "tile": 32, "max_n": 301, "max_m": 100},
+    {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True,
+     "karatsuba_base": 2},
+    {"lanes": 32, "tile": 32, "max_n": 301, "max_m": 100, "karatsuba_base": 4},
 ]
 
 
 @pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"lanes{p['lanes']}-tile{p['tile']}")
 def test_toeplitz_hasher_rtl(params):
     run_cocotb(ToeplitzHasher(**params), "tests.hdl.tb_toeplitz_hasher", params=params)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6, 8, 64, 256])
+@pytest.mark.parametrize("base", [1, 2, 8, 32])
+def test_toeplitz_block_matches_direct_product(k, base):
+    # the same splitting the gateware is built from, on numpy bits, against the definition
+    rng = np.random.default_rng(1000 * k + base)
+    w = rng.integers(0, 2, 2 * k - 1).astype(bool)
+    x = rng.integers(0, 2, k).astype(bool)
+    got = toeplitz_block(w, x, base=base, gate=lambda v, b: v & b,
+                         cat=lambda lo, hi: np.concatenate([lo, hi]))
+    matrix = np.array([[w[t - lane + k - 1] for lane in range(k)] for t in range(k)])
+    assert np.array_equal(got, (matrix.astype(int) @ x.astype(int)) % 2 == 1)
 
 
 def test_memory_slicing_default():
@@ -43,10 +59,10 @@ def test_defaults_and_ports():
 
 def test_job_cycles_formula():
     # cfg 1 + seed beats + seed flush 1 + status 1, and per pass: start 1, seed prefetch
-    # latency 6, fill tile/lanes + 1, x beats, settle 1, dump tile/lanes
-    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 6 + 2 + 1 + 1 + 1)
+    # latency 6, fill tile/lanes + 1, x beats, settle 2, dump tile/lanes
+    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 6 + 2 + 1 + 2 + 1)
     assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
-        3 + 34375 + 196 * (31250 + 32 + 9)
+        3 + 34375 + 196 * (31250 + 32 + 10)
     assert ToeplitzStatus.OK.value == 0
 
 
@@ -55,7 +71,7 @@ def test_job_cycles_formula():
     ({"lanes": 8.0}, TypeError),
     ({"lanes": True}, TypeError),
     ({"lanes": 3, "tile": 6}, ValueError),
-    ({"lanes": 128, "tile": 128}, ValueError),
+    ({"lanes": 512, "tile": 512}, ValueError),
     ({"lanes": 8, "tile": 12}, ValueError),
     ({"tile": -8}, TypeError),
     ({"max_n": 0}, TypeError),
@@ -63,6 +79,8 @@ def test_job_cycles_formula():
     ({"slice_memory": 1}, TypeError),
     ({"bank_depth": 0}, TypeError),
     ({"bank_depth": 12}, ValueError),
+    ({"karatsuba_base": 0}, TypeError),
+    ({"karatsuba_base": 2.0}, TypeError),
 ])
 def test_rejects_bad_parameters(kwargs, exc):
     with pytest.raises(exc):
