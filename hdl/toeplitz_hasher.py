@@ -109,6 +109,54 @@ def job_cycles(n: int, m: int, *, lanes: int, tile: int) -> int:
     return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 10)
 
 
+def _splits(k: int, base: int) -> bool:
+    return k > base and k % 2 == 0
+
+
+def split_seed(w, k: int, *, base: int, bind=lambda v: v) -> list:
+    """Seeds of the leaf blocks of a ``k × k`` Toeplitz block with seed ``w`` (see
+    :func:`toeplitz_block`), in the order :func:`combine_leaves` expects."""
+    if not _splits(k, base):
+        return [w]
+    h = k // 2
+    a, b, c = w[h:h + k - 1], w[:k - 1], w[k:2 * k - 1]
+    return (split_seed(a, h, base=base, bind=bind)
+            + split_seed(bind(b ^ a), h, base=base, bind=bind)
+            + split_seed(bind(c ^ a), h, base=base, bind=bind))
+
+
+def split_x(x, k: int, *, base: int, bind=lambda v: v) -> list:
+    """The vectors the leaf blocks of :func:`split_seed` multiply, in the same order."""
+    if not _splits(k, base):
+        return [x]
+    h = k // 2
+    x0, x1 = x[:h], x[h:]
+    return (split_x(bind(x0 ^ x1), h, base=base, bind=bind)
+            + split_x(x1, h, base=base, bind=bind)
+            + split_x(x0, h, base=base, bind=bind))
+
+
+def leaf_product(w, x, *, gate):
+    """Direct product of a square Toeplitz block (seed ``w``) with ``x``: ``k**2`` AND terms."""
+    k = len(x)
+    out = None
+    for lane in range(k):
+        term = gate(w[k - 1 - lane:2 * k - 1 - lane], x[lane])
+        out = term if out is None else out ^ term
+    return out
+
+
+def combine_leaves(products: list, k: int, *, base: int, cat, bind=lambda v: v):
+    """The ``k``-bit block product from its leaf products (consumed from the front)."""
+    if not _splits(k, base):
+        return products.pop(0)
+    h = k // 2
+    p0 = combine_leaves(products, h, base=base, cat=cat, bind=bind)
+    p1 = combine_leaves(products, h, base=base, cat=cat, bind=bind)
+    p2 = combine_leaves(products, h, base=base, cat=cat, bind=bind)
+    return bind(cat(p0 ^ p1, p0 ^ p2))
+
+
 def toeplitz_block(w, x, *, base: int, gate, cat, bind=lambda v: v):
     """Product of a square Toeplitz block with a vector, by Karatsuba-style splitting.
 
@@ -128,23 +176,15 @@ def toeplitz_block(w, x, *, base: int, gate, cat, bind=lambda v: v):
 
     where every sum of two Toeplitz blocks is again Toeplitz (its seed is the XOR of theirs),
     so three half-size products replace four: ``d`` levels cost ``(3/4)**d`` of the AND terms
-    plus ``O(k)`` XORs per level.
+    plus ``O(k)`` XORs per level. The three steps (:func:`split_seed` and :func:`split_x`, the
+    :func:`leaf_product` of each leaf, :func:`combine_leaves`) are separate functions so that
+    the gateware can register between them.
     """
     k = len(x)
-    if k <= base or k % 2:
-        out = None
-        for lane in range(k):
-            term = gate(w[k - 1 - lane:2 * k - 1 - lane], x[lane])
-            out = term if out is None else out ^ term
-        return bind(out)
-    h = k // 2
-    a, b, c = w[h:h + k - 1], w[:k - 1], w[k:2 * k - 1]
-    x0, x1 = x[:h], x[h:]
-    ops = {"base": base, "gate": gate, "cat": cat, "bind": bind}
-    p0 = toeplitz_block(a, bind(x0 ^ x1), **ops)
-    p1 = toeplitz_block(bind(b ^ a), x1, **ops)
-    p2 = toeplitz_block(bind(c ^ a), x0, **ops)
-    return bind(cat(p0 ^ p1, p0 ^ p2))
+    seeds = split_seed(w, k, base=base, bind=bind)
+    xs = split_x(x, k, base=base, bind=bind)
+    products = [bind(leaf_product(ws, xv, gate=gate)) for ws, xv in zip(seeds, xs, strict=True)]
+    return combine_leaves(products, k, base=base, cat=cat, bind=bind)
 
 
 def _below(value, width: int):
@@ -456,20 +496,56 @@ class ToeplitzHasher(wiring.Component):
         # Accumulators. x_reg holds the beat consumed one cycle earlier, when the window
         # was one chunk higher: acc[t] ^= XOR_l x[l] & s[D + t - l] = window[t - l + 2L - 1].
         # Rows jL … jL+L-1 are one square Toeplitz block whose seed is
-        # window[jL + L : jL + 3L - 1]. The product is registered (mac) before it is
-        # accumulated, so the block's XOR network has a clock period to itself.
+        # window[jL + L : jL + 3L - 1]; its Karatsuba split is computed in three register
+        # stages' worth of logic:
+        #   1. the leaf seeds and leaf x vectors (XORs of seed and x bits) are registered.
+        #      As the window slides by one block per shift, block j's leaf seeds are block
+        #      j-1's of the cycle before: they are computed once, for the block entering at
+        #      the bottom, and then shift along a register chain with the window;
+        #   2. the leaf products and their recombination are registered in mac;
+        #   3. mac is accumulated.
+        # The staging adds no latency: the leaf registers are functions of window and x_reg
+        # maintained alongside them.
         def bind(value):
             wire = Signal(len(value))
             m.d.comb += wire.eq(value)
             return wire
 
-        blocks = [toeplitz_block(window[j * L + L:j * L + 3 * L - 1], x_reg,
-                                 base=self.karatsuba_base,
-                                 gate=lambda v, b: v & b.replicate(len(v)),
-                                 cat=lambda lo, hi: Cat(lo, hi), bind=bind)
-                  for j in range(T // L)]
+        base = self.karatsuba_base
+        gate = lambda v, b: v & b.replicate(len(v))  # noqa: E731
+        x_next = Mux(consume, x_data, 0)
+        m.d.sync += x_reg.eq(x_next)
+        if _splits(L, base):
+            # the seed of block 0 after a shift is window[0 : 2L-1] before it
+            entering = split_seed(window[:2 * L - 1], L, base=base, bind=bind)
+            widths = [len(v) for v in entering]
+            leaf_seeds = [Signal(sum(widths), name=f"leaf_seeds{j}") for j in range(T // L)]
+            with m.If(shift):
+                m.d.sync += leaf_seeds[0].eq(Cat(*entering))
+                m.d.sync += [leaf_seeds[j].eq(leaf_seeds[j - 1]) for j in range(1, T // L)]
+            x_leaves = split_x(x_next, L, base=base, bind=bind)
+            leaf_x = Signal(sum(len(v) for v in x_leaves))
+            m.d.sync += leaf_x.eq(Cat(*x_leaves))
+
+            def unpack(vector, sizes):
+                parts, pos = [], 0
+                for size in sizes:
+                    parts.append(vector[pos:pos + size])
+                    pos += size
+                return parts
+
+            xs = unpack(leaf_x, [len(v) for v in x_leaves])
+            blocks = []
+            for j in range(T // L):
+                products = [bind(leaf_product(ws, xv, gate=gate))
+                            for ws, xv in zip(unpack(leaf_seeds[j], widths), xs, strict=True)]
+                blocks.append(combine_leaves(products, L, base=base,
+                                             cat=lambda lo, hi: Cat(lo, hi), bind=bind))
+        else:
+            blocks = [leaf_product(window[j * L + L:j * L + 3 * L - 1], x_reg, gate=gate)
+                      for j in range(T // L)]
         mac = Signal(T)
-        m.d.sync += [x_reg.eq(Mux(consume, x_data, 0)), mac.eq(Cat(*blocks))]
+        m.d.sync += mac.eq(Cat(*blocks))
         with m.If(dump):
             m.d.sync += acc.eq(acc >> L)
         with m.Else():
