@@ -38,11 +38,15 @@ stalled), available as :attr:`SlotAssigner.base_cycles` and :attr:`SlotAssigner.
 Exact for arbitrary gaps; wrap-around of the timestamp simply takes the from-scratch path.
 The schedule is built for the iCE40UP5K at 48 MHz: every carry chain is at most :data:`CHAIN`
 bits and ends in a register of its own, wide subtractions and the slot sum are computed in
-chunks over several clocks (registered borrows), comparisons are split in halves, the restoring
-step uses a carry-select subtractor, and the FSM only selects between registered flags.
+chunks over several clocks (registered borrows), wide comparisons are computed over two clocks
+from registered chunk flags (the divider's "t >= period" speculatively, on the value t will
+have two clocks later), the restoring step uses a carry-select subtractor on a registered
+``~period``, and the controller is one-hot with every decision one LUT over flip-flops. The
+output register counts as free only once ``o.valid`` is low, so the consumer's ``ready``
+reaches nothing but ``o.valid``.
 """
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from mozi.hdl.common import check_int
@@ -60,27 +64,87 @@ CHAIN = 16
 COMPARE = 12
 
 
-def _ge(a, b):
-    """``a >= b`` (unsigned, equal widths) as parallel half-width comparisons."""
-    w = len(a)
+def _ge_stage1(v, pn):
+    """First half of ``v >= p``, given ``pn = ~p`` (``v`` at least as wide): four flags.
+
+    ``(v[w:] != 0, high half of v[:w] > p's, high halves equal, low half of v[:w] >= p's)``
+    with ``w = len(pn)``; :func:`_ge_stage2` combines them. The comparisons are carry-outs
+    of ``v + ~p`` (+ 1), so with ``~p`` in a register each is one bare carry chain.
+    """
+    w = len(pn)
+    hz = v[w:].any() if len(v) > w else Const(0)
     if w <= COMPARE:
-        return a >= b
+        return Cat(hz, _carry_out(v[:w], pn, 1), Const(0), Const(0))
     h = w // 2
-    return (a[h:] > b[h:]) | ((a[h:] == b[h:]) & _ge(a[:h], b[:h]))
+    return Cat(hz, _carry_out(v[h:w], pn[h:], 0), v[h:w] == ~pn[h:],
+               _carry_out(v[:h], pn[:h], 1))
 
 
-def _sub_select(a, b):
-    """``a - b`` (unsigned, equal widths, one extra borrow bit on top) by carry select.
+def _carry_out(a, b, cin: int):
+    """The carry out of ``a + b + cin`` (equal widths): ``a > ~b`` or, with ``cin``,
+    ``a >= ~b``."""
+    w = len(a)
+    if cin:
+        return (Cat(Const(1, 1), a) + Cat(Const(1, 1), b))[w + 1]
+    return (a.as_unsigned() + b.as_unsigned())[w]
+
+
+def _ge_stage2(g):
+    """``v >= p`` from the registered flags of :func:`_ge_stage1`."""
+    return g[0] | g[1] | (g[2] & g[3])
+
+
+def _ge_pipelined(m: Module, a, b, *, name: str):
+    """``a >= b`` (unsigned, equal widths), registered twice: valid two clocks after ``a``
+    and ``b`` settle. The first register holds ``>`` and ``==`` of chunks of at most 8 bits,
+    the second their combination."""
+    w = len(a)
+    n = -(-w // 8)
+    step = -(-w // n)
+    gts, eqs = [], []
+    for i in range(n):
+        lo_b, hi_b = i * step, min(w, (i + 1) * step)
+        gt, eq = Signal(name=f"{name}_gt{i}"), Signal(name=f"{name}_eq{i}")
+        m.d.sync += [gt.eq(a[lo_b:hi_b] > b[lo_b:hi_b]), eq.eq(a[lo_b:hi_b] == b[lo_b:hi_b])]
+        gts.append(gt)
+        eqs.append(eq)
+    ge = Signal(name=name)
+    acc = 1                                 # the empty low part: equal, so ">="
+    for gt, eq in zip(gts, eqs, strict=True):
+        acc = gt | (eq & acc)
+    m.d.sync += ge.eq(acc)
+    return ge
+
+
+def _chunks(a, b, size: int = 8):
+    """Pairs of corresponding slices of ``a`` and ``b`` (equal widths), ``size`` bits each."""
+    return [(a.as_unsigned()[i:i + size], b.as_unsigned()[i:i + size])
+            for i in range(0, len(a), size)]
+
+
+def _all_pipelined(m: Module, flags, *, name: str):
+    """AND of ``flags``, registered twice: the flags, then their AND."""
+    flags_r = Signal(len(flags), name=f"{name}_parts")
+    result = Signal(name=name)
+    m.d.sync += [flags_r.eq(flags), result.eq(flags_r.all())]
+    return result
+
+
+def _sub_select(a, bn):
+    """``a - b`` given ``bn = ~b`` (equal widths; one extra borrow bit on top), carry select.
 
     The high half is computed for both possible borrows in parallel with the low half, so
-    the longest carry chain is half the width.
+    the longest carry chain is half the width; ``a - b = a + ~b + 1``, and with ``~b`` from
+    a register every chain is a bare adder.
     """
     w = len(a)
     h = w // 2
-    low = a[:h] - b[:h]
-    high0 = a[h:] - b[h:]
-    high1 = a[h:] - b[h:] - 1
-    return Cat(low[:h], Mux(low[h], high1, high0)[:w - h + 1])
+    one = Const(1, 1)
+    low = (Cat(one, a[:h]) + Cat(one, bn[:h]))[1:]          # carry on top: no borrow
+    high0 = (Cat(one, a[h:]) + Cat(one, bn[h:]))[1:]        # a - b, no borrow from below
+    high1 = a[h:].as_unsigned() + bn[h:]                     # a - b - 1
+    high = Mux(low[h], high0, high1)
+    return Cat(low[:h], high[:w - h], ~high[w - h])
 
 
 def _chunked(m: Module, a, b, width: int, *, sub: bool, name: str):
@@ -171,8 +235,8 @@ class SlotAssigner(wiring.Component):
         self.rejected_width = check_int("rejected_width", rejected_width, 1)
         self.offset_width = timestamp_width + frac_bits + 1
         w_phase = timestamp_width + frac_bits + 2
-        self._n_sub = max(-(-w_phase // CHAIN), 2) + 1
-        self._n_sum = max(-(-w_phase // CHAIN), -(-slot_width // CHAIN) + 2)
+        self._n_sub = max(-(-w_phase // CHAIN), 3) + 1
+        self._n_sum = max(-(-w_phase // CHAIN), -(-slot_width // CHAIN) + 2, 3)
         #: Clocks per event with a quotient of bit length ``k``: ``base_cycles + 3 * k``.
         self.base_cycles = 5 + self._n_sub + self._n_sum
         #: Clocks per event rejected before the division (``phase < 0`` or ``period = 0``).
@@ -219,19 +283,19 @@ class SlotAssigner(wiring.Component):
         m.d.comb += offset_w.eq(offset_l)           # sign-extended to W bits
         xa, n_sub = _chunked(m, ts_f, start, W, sub=True, name="xa")
         xb, _ = _chunked(m, ts_f, offset_w, W, sub=True, name="xb")
-        same_period, same_off_lo, same_off_hi, period_nz = Signal(), Signal(), Signal(), Signal()
+        # same period and offset as the base, and period != 0: chunk flags, then their AND
+        # (registered twice); fast_ok one clock later
+        same_period = _all_pipelined(m, Cat(a == b for a, b in _chunks(period_l, period_b)),
+                                     name="same_period")
+        same_offset = _all_pipelined(m, Cat(a == b for a, b in _chunks(offset_l, offset_b)),
+                                     name="same_offset")
+        period_nz = ~_all_pipelined(m, Cat(a == 0 for a, _ in _chunks(period_l, period_l)),
+                                    name="period_zero")
         fast_ok = Signal()
-        oh = self.offset_width // 2
-        m.d.sync += [
-            same_period.eq(period_l == period_b),
-            same_off_lo.eq(offset_l[:oh] == offset_b[:oh]),
-            same_off_hi.eq(offset_l[oh:] == offset_b[oh:]),
-            period_nz.eq(period_l != 0),
-            fast_ok.eq(base_valid & same_period & same_off_lo & same_off_hi),
-        ]
-        use_a, use_b = Signal(), Signal()          # SELECT's decision, registered
-        m.d.sync += [use_a.eq(fast_ok & ~xa[-1]), use_b.eq(period_nz & ~xb[-1])]
-        n_sub = max(n_sub, 2) + 1   # fast_ok takes two clocks, the decision one more
+        m.d.sync += fast_ok.eq(base_valid & same_period & same_offset)
+        use_a_v, use_b_v = fast_ok & ~xa[-1], period_nz & ~xb[-1]
+        ld_a, ld_b = Signal(), Signal()            # SELECT's decision, registered
+        n_sub = max(n_sub, 3) + 1   # fast_ok takes three clocks, the decision one more
         assert n_sub == self._n_sub
 
         # --- divider -------------------------------------------------------------------------
@@ -241,16 +305,36 @@ class SlotAssigner(wiring.Component):
         qb = Signal(S)
         k = Signal(range(X + 1))
         k_zero = Signal()
-        # "t >= period << 1" style checks, registered: for t and for t >> 1
-        cond_t, cond_t1 = Signal(), Signal()
+        # The controller is one-hot, one flip-flop per state (see below).
+        s_idle = Signal(init=1)
+        s_sub, s_select, s_cond, s_shift, s_trial, s_restore, s_sum, s_done = (
+            Signal(name=f"s_{n}") for n in (
+                "sub", "select", "cond", "shift", "trial", "restore", "sum", "done"))
+
+        # cond: "t >= period" for the t of the current clock, which decides SHIFT. It is
+        # computed over two clocks (_ge_stage1, registered, then _ge_stage2, registered) on
+        # the value t will have by then: in SELECT on both candidate dividends xa and xb, in
+        # COND on t >> 1 and in SHIFT on t >> 2 (correct whenever SHIFT goes on shifting;
+        # when it stops, cond is not used again).
         t1 = t >> 1
+        period_n = Signal(PW)       # ~period, registered (valid from the second SUB clock)
+        m.d.sync += period_n.eq(~period_l)
+        g_a, g_b, g_t1, g_t2 = (Signal(4, name=n)
+                                for n in ("cond_a", "cond_b", "cond_t1", "cond_t2"))
+        from_a = Signal()           # in COND: t was loaded from xa
         m.d.sync += [
-            cond_t.eq((t[PW:] != 0) | _ge(t[:PW], period_l)),
-            cond_t1.eq((t1[PW:] != 0) | _ge(t1[:PW], period_l)),
+            g_a.eq(_ge_stage1(xa[:X], period_n)),
+            g_b.eq(_ge_stage1(xb[:X], period_n)),
+            g_t1.eq(_ge_stage1(t1, period_n)),
+            g_t2.eq(_ge_stage1(t >> 2, period_n)),
+            from_a.eq(ld_a),
         ]
+        cond = Signal()
+        m.d.sync += cond.eq(Mux(s_cond, Mux(from_a, _ge_stage2(g_a), _ge_stage2(g_b)),
+                                Mux(k_zero, _ge_stage2(g_t1), _ge_stage2(g_t2))))
         r2 = Cat(lo[-1], t[:PW])                    # partial remainder * 2 + next bit
         trial = Signal(PW + 2)                      # r2 - period, top bit = borrow
-        m.d.sync += trial.eq(_sub_select(r2, Cat(period_l, 0)))
+        m.d.sync += trial.eq(_sub_select(r2, Cat(period_n, 1)))
 
         # --- slot, window and next base, registered ------------------------------------------
         residue = t[:PW]
@@ -258,9 +342,11 @@ class SlotAssigner(wiring.Component):
         m.d.comb += residue_w.eq(residue)
         slot, n_slot = _chunked(m, qb, q, S, sub=False, name="slot")
         new_start, n_new = _chunked(m, ts_f, residue_w, W, sub=True, name="start_new")
-        win_ge, win_lt = Signal(), Signal()
-        m.d.sync += [win_ge.eq(_ge(residue, ws_l)), win_lt.eq(~_ge(residue, we_l))]
-        n_sum = max(n_new, n_slot + 2)  # + 2: the slot comparison and the decision below
+        # the window check in two registered steps (t is stable during SUM)
+        win_ge = _ge_pipelined(m, residue, ws_l, name="win_ge")
+        win_lt = ~_ge_pipelined(m, residue, we_l, name="win_lt")
+        n_sum = max(n_new, n_slot + 2, 3)  # + 2: the slot comparison and the decision below;
+        #                                   3: the window check and the decision
         assert n_sum == self._n_sum
 
         # --- merge stage and output ----------------------------------------------------------
@@ -268,13 +354,16 @@ class SlotAssigner(wiring.Component):
         held = Signal(self.o.payload.shape())
         lost_acc = Signal(LOST_WIDTH)
         lost_new, lost_merged = Signal(LOST_WIDTH), Signal(LOST_WIDTH)
-        same_slot = Signal()
+        # held.slot == slot as registered 8-bit chunk flags, combined in the decisions
+        slot_pairs = _chunks(held.slot, slot)
+        slot_eq = Signal(len(slot_pairs))
+        same_slot = slot_eq.all()
         accept, merge, displace, fresh, stall = (Signal(name=n) for n in (
             "accept", "merge", "displace", "fresh", "stall"))
         m.d.sync += [
             lost_new.eq(_sat_lost(ev_lost + lost_acc)),
             lost_merged.eq(_sat_lost(held.lost + lost_new)),
-            same_slot.eq(held.slot == slot),
+            slot_eq.eq(Cat(a == b for a, b in slot_pairs)),
             # DONE's decisions, from registers only (stall: may have to wait for the output)
             accept.eq(win_ge & win_lt),
             merge.eq(win_ge & win_lt & held_valid & same_slot),
@@ -294,8 +383,10 @@ class SlotAssigner(wiring.Component):
                      rej_lo_full.eq(rej_lo == (1 << rw_lo) - 1)]
         wait = Signal(range(max(n_sub, n_sum) + 1))
         flush_pending = Signal()
+        # The output register is free once its event has been taken: o.ready only clears
+        # o.valid, so the consumer's handshake logic never reaches the merge decisions.
         out_free = Signal()
-        m.d.comb += out_free.eq(~self.o.valid | self.o.ready)
+        m.d.comb += out_free.eq(~self.o.valid)
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(out_free):        # the payload follows `held` while nothing is offered
@@ -315,106 +406,112 @@ class SlotAssigner(wiring.Component):
         def emit_held():            # only when out_free: the payload is loaded above
             m.d.sync += self.o.valid.eq(1)
 
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(flush_pending):
-                    with m.If(~held_valid):
-                        m.d.sync += flush_pending.eq(0)
-                    with m.Elif(out_free):
-                        emit_held()
-                        m.d.sync += [held_valid.eq(0), flush_pending.eq(0)]
-                with m.Else():
-                    m.d.comb += self.i.ready.eq(1)
-                    with m.If(self.i.valid):
-                        m.d.sync += [
-                            ts_f.eq(self.i.payload.timestamp << F),
-                            ev_mask.eq(self.i.payload.mask),
-                            ev_lost.eq(self.i.payload.lost),
-                            period_l.eq(self.period),
-                            offset_l.eq(self.offset),
-                            ws_l.eq(self.window_start),
-                            we_l.eq(self.window_end),
-                            wait.eq(n_sub - 1),
-                        ]
-                        m.next = "SUB"
+        # The controller is one-hot, one flip-flop per state, and every decision it takes is
+        # either a registered flag or one LUT over registered flags: the wide registers below
+        # (t, lo, q, qb, 48 to 65 bits each) see their selects straight from flip-flops.
+        go = Signal()           # an event is taken on i
+        sub_end = Signal()
+        do_shift = Signal()
+        shift_stop = Signal()
+        k_is1 = Signal()        # k == 1, registered (k does not change in TRIAL)
+        sum_end = Signal()
+        done_exit = Signal()
+        m.d.comb += [
+            self.i.ready.eq(s_idle & ~flush_pending),
+            go.eq(s_idle & ~flush_pending & self.i.valid),
+            sub_end.eq(s_sub & (wait == 0)),
+            do_shift.eq(s_shift & cond),
+            shift_stop.eq(s_shift & ~cond),
+            sum_end.eq(s_sum & (wait == 0)),
+            done_exit.eq(s_done & (~stall | out_free)),   # else wait for room on the output
+        ]
+        m.d.sync += [
+            k_is1.eq(k == 1),
+            # SELECT's decision, taken on the last SUB clock and registered
+            ld_a.eq(sub_end & use_a_v),
+            ld_b.eq(sub_end & ~use_a_v & use_b_v),
+            s_idle.eq((s_idle & ~go) | (s_select & ~ld_a & ~ld_b) | done_exit),
+            s_sub.eq(go | (s_sub & (wait != 0))),
+            s_select.eq(sub_end),
+            s_cond.eq(s_select & (ld_a | ld_b)),
+            s_shift.eq(s_cond | do_shift),
+            s_trial.eq((shift_stop & ~k_zero) | (s_restore & ~k_is1)),
+            s_restore.eq(s_trial),
+            s_sum.eq((shift_stop & k_zero) | (s_restore & k_is1) | (s_sum & (wait != 0))),
+            s_done.eq(sum_end | (s_done & ~done_exit)),
+            # SUB and SUM count down; IDLE and the divider states preload their length
+            wait.eq(Mux(s_idle, n_sub - 1, Mux(s_sub | s_sum, wait - 1, n_sum - 1))),
+        ]
 
-            with m.State("SUB"):               # xa, xb chunk by chunk; fast_ok
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    m.next = "SELECT"
+        # IDLE: flush, or take an event.
+        with m.If(s_idle):
+            with m.If(flush_pending):
+                with m.If(~held_valid):
+                    m.d.sync += flush_pending.eq(0)
+                with m.Elif(out_free):
+                    emit_held()
+                    m.d.sync += [held_valid.eq(0), flush_pending.eq(0)]
+        with m.If(go):
+            m.d.sync += [
+                ts_f.eq(self.i.payload.timestamp << F),
+                ev_mask.eq(self.i.payload.mask),
+                ev_lost.eq(self.i.payload.lost),
+                period_l.eq(self.period),
+                offset_l.eq(self.offset),
+                ws_l.eq(self.window_start),
+                we_l.eq(self.window_end),
+            ]
 
-            with m.State("SELECT"):
-                m.d.sync += [lo.eq(0), q.eq(0), k.eq(0), k_zero.eq(1)]
-                with m.If(use_a):
-                    m.d.sync += [t.eq(xa), qb.eq(q_prev)]
-                    m.next = "COND"
-                with m.Elif(use_b):
-                    m.d.sync += [t.eq(xb), qb.eq(0)]
-                    m.next = "COND"
-                with m.Else():                      # phase < 0, or no period
-                    reject()
-                    m.d.sync += base_valid.eq(0)
-                    m.next = "IDLE"
+        # SELECT: load the dividend (xa incrementally, xb from scratch) or reject.
+        with m.If(s_select):
+            m.d.sync += [lo.eq(0), q.eq(0), k.eq(0), k_zero.eq(1)]
+            with m.If(~ld_a & ~ld_b):              # phase < 0, or no period
+                reject()
+                m.d.sync += base_valid.eq(0)
+        with m.If(ld_a):
+            m.d.sync += qb.eq(q_prev)
+        with m.Elif(ld_b):
+            m.d.sync += qb.eq(0)
 
-            with m.State("COND"):              # cond_t of the loaded t
-                m.next = "SHIFT"
+        # The divider's partial remainder: SHIFT right while t >= period, then one restoring
+        # step per TRIAL (trial = r2 - period) and RESTORE pair.
+        fits = ~trial[-1]
+        with m.If(do_shift):
+            m.d.sync += [t.eq(t1), lo.eq(Cat(lo[1:], t[0])), k.eq(k + 1), k_zero.eq(0)]
+        with m.Elif(s_restore):
+            m.d.sync += [
+                t.eq(Mux(fits, trial[:PW + 1], r2)),
+                lo.eq(lo << 1),
+                q.eq(Cat(fits, q)),
+                k.eq(k - 1),
+            ]
+        with m.Elif(ld_a):
+            m.d.sync += t.eq(xa)
+        with m.Elif(ld_b):
+            m.d.sync += t.eq(xb)
 
-            with m.State("SHIFT"):
-                with m.If(Mux(k_zero, cond_t, cond_t1)):
-                    m.d.sync += [t.eq(t1), lo.eq(Cat(lo[1:], t[0])), k.eq(k + 1),
-                                 k_zero.eq(0)]
-                with m.Elif(k_zero):
-                    m.d.sync += wait.eq(n_sum - 1)
-                    m.next = "SUM"
-                with m.Else():
-                    m.next = "TRIAL"
-
-            with m.State("TRIAL"):             # trial = r2 - period
-                m.next = "RESTORE"
-
-            with m.State("RESTORE"):
-                fits = ~trial[-1]
+        # DONE: the new base, then reject, merge into the held event, or replace it.
+        with m.If(s_done):
+            m.d.sync += [start.eq(new_start), q_prev.eq(slot),
+                         period_b.eq(period_l), offset_b.eq(offset_l), base_valid.eq(1)]
+            with m.If(~accept):
+                reject()
+            with m.If(merge):
                 m.d.sync += [
-                    t.eq(Mux(fits, trial[:PW + 1], r2)),
-                    lo.eq(lo << 1),
-                    q.eq(Cat(fits, q)),
-                    k.eq(k - 1),
+                    held.mask.eq(held.mask | ev_mask),
+                    held.lost.eq(lost_merged),
+                    lost_acc.eq(0),
                 ]
-                with m.If(k == 1):
-                    m.d.sync += wait.eq(n_sum - 1)
-                    m.next = "SUM"
-                with m.Else():
-                    m.next = "TRIAL"
-
-            with m.State("SUM"):               # slot and next start chunk by chunk, window
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    m.next = "DONE"
-
-            with m.State("DONE"):
-                m.d.sync += [start.eq(new_start), q_prev.eq(slot),
-                             period_b.eq(period_l), offset_b.eq(offset_l), base_valid.eq(1)]
-                with m.If(~accept):
-                    reject()
-                with m.If(merge):
-                    m.d.sync += [
-                        held.mask.eq(held.mask | ev_mask),
-                        held.lost.eq(lost_merged),
-                        lost_acc.eq(0),
-                    ]
-                with m.If(fresh & (~displace | out_free)):
-                    with m.If(displace):
-                        emit_held()
-                    m.d.sync += [
-                        held_valid.eq(1),
-                        held.slot.eq(slot),
-                        held.mask.eq(ev_mask),
-                        held.lost.eq(lost_new),
-                        lost_acc.eq(0),
-                    ]
-                with m.If(~stall | out_free):   # else wait for room on the output
-                    m.next = "IDLE"
-
+            with m.If(fresh & (~displace | out_free)):
+                with m.If(displace):
+                    emit_held()
+                m.d.sync += [
+                    held_valid.eq(1),
+                    held.slot.eq(slot),
+                    held.mask.eq(ev_mask),
+                    held.lost.eq(lost_new),
+                    lost_acc.eq(0),
+                ]
         with m.If(self.flush):
             m.d.sync += flush_pending.eq(1)
         return m

@@ -436,8 +436,8 @@ def _chunks(width: int) -> int:
 
 
 W_PHASE = TS_WIDTH + FRAC + 2
-N_SUB = max(_chunks(W_PHASE), 2) + 1
-N_SUM = max(_chunks(W_PHASE), _chunks(SLOT_WIDTH) + 2)
+N_SUB = max(_chunks(W_PHASE), 3) + 1   # the same-base check takes three clocks
+N_SUM = max(_chunks(W_PHASE), _chunks(SLOT_WIDTH) + 2, 3)
 BASE_CYCLES = 5 + N_SUB + N_SUM     # 16 for the receiver's widths
 REJECT_CYCLES = 2 + N_SUB
 
