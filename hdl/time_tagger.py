@@ -14,26 +14,34 @@ no more than a few LUT levels deep so the core closes timing at 48 MHz on an iCE
    clock after reset is released, its samples captured on that clock's rising edge);
 2. per channel: the rising edges (also across the clock boundary, against the last sample of
    the previous clock) and the first of them;
-3. per channel: the dead time that an edge accepted in this clock would start;
-4. per channel: the dead-time check (the only loop-carried state), giving the accepted mask;
+3. per channel: the dead time that an edge accepted in this clock would start (selected by
+   the edge's phase among values precomputed from :attr:`TimeTagger.dead_time` for every
+   phase);
+4. per channel: the dead-time check (the only loop-carried state: one LUT from its
+   registers to the accept decision, one more to every register it updates), giving the
+   accepted mask;
 5. the earliest accepted edge, the timestamp and the event register;
 6. the event is written to the FIFO with the pending ``lost`` count, or dropped and counted
-   when the FIFO is full.
+   when the FIFO is full. The FIFO (:class:`_EventFIFO`, same capacity and interface as
+   Amaranth's ``SyncFIFOBuffered``) keeps its ready flags in flip-flops, and
+   :attr:`TimeTagger.lost_count` counts a drop one clock after it.
 
 Dead time is tracked per channel as the number of ticks ``R``, counted from the start of the
 current clock, that the channel still ignores, held as ``R = cycles * phases + phase``: after
 an edge accepted at phase ``f`` it is ``f + dead_time - phases`` (saturating at 0), and it
 falls by ``phases`` every clock. The first edge of a clock at phase ``f`` is accepted iff
 ``cycles == 0 and f >= phase``; this is exactly the model's ``t >= t_last + dead_time`` and never
-wraps, however long the run. A change of :attr:`TimeTagger.dead_time` applies to edges
-accepted from two clocks after it.
+wraps, however long the run. The core holds ``phase``, an ``idle`` flag (``cycles == 0``) and,
+instead of ``cycles``, ``cycles - 2`` counting down, whose sign bit says that the last dead
+clock is running (so no wide comparison sits in the loop). A change of
+:attr:`TimeTagger.dead_time` applies to edges accepted from two clocks after it.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import check_int
+from mozi.hdl.common import check_int, saturating_counter
 from mozi.hdl.layouts import LOST_WIDTH, tag_event_layout
 
 __all__ = ["TimeTagger"]
@@ -75,7 +83,8 @@ class TimeTagger(wiring.Component):
         (events dropped for lack of FIFO room immediately before this one, saturating at
         ``2**LOST_WIDTH - 1``).
     lost_count : Out(lost_count_width)
-        Total number of events dropped since reset (saturating).
+        Total number of events dropped since reset (saturating; counted one clock after the
+        drop).
     """
 
     def __init__(self, *, channels: int = 4, phases: int = 1, timestamp_width: int = 48,
@@ -114,9 +123,19 @@ class TimeTagger(wiring.Component):
         # chain), starts at -4 so that it reads c while stage 5 handles the samples of cycle c.
         coarse = _split_counter(m, self.timestamp_width - pb, init=-4)
 
-        # dead_time - phases, registered (the port is quasi-static)
-        dmp = Signal(signed(DW + 2), reset_less=True)
-        m.d.sync += dmp.eq(self.dead_time - P)
+        # What an edge at phase f would start, for every f, registered (the port is
+        # quasi-static): S = first + dead_time - P; ph of max(S, 0), R = S // P - 2 and
+        # whether S < P. Stage 3 only selects among these by the edge's phase.
+        ph_opt = Array(Signal(pb, name=f"deadph_opt{f}", reset_less=True) for f in range(P))
+        r_opt = Array(Signal(signed(DW + 2), name=f"deadr_opt{f}", reset_less=True)
+                      for f in range(P))
+        zero_opt = Signal(P, reset_less=True)
+        for f in range(P):
+            m.d.sync += [      # S < 0 iff dead_time < P - f; S = dead_time + f (mod P)
+                ph_opt[f].eq(Mux(self.dead_time < P - f, 0, (self.dead_time[:pb] + f)[:pb])),
+                r_opt[f].eq((self.dead_time + (f - 3 * P)) >> pb),
+                zero_opt[f].eq(self.dead_time < 2 * P - f),
+            ]
 
         prev_last = Signal(C)  # last sample of each channel in the previous clock
         m.d.sync += prev_last.eq(Cat(smp[ch * P + P - 1] for ch in range(C)))
@@ -134,27 +153,38 @@ class TimeTagger(wiring.Component):
                 first_v = Mux(s[p] & ~prev[p], p, first_v)
             m.d.sync += [rise2.eq(s & ~prev), first2.eq(first_v)]
 
-            # Stage 3: the dead time an edge accepted here would start, ≥ 0.
+            # Stage 3: what an edge accepted here would start. The new dead time is
+            # S = max(first + dead_time - P, 0) = cyc * P + ph; stage 4 keeps ph and, instead
+            # of cyc, R = cyc - 2 (its sign bit tells that the last dead clock is running),
+            # plus whether cyc is 0 (the channel stays idle). ge3[v]: the first edge of the
+            # clock is at phase >= v.
             rise3 = Signal(P, name=f"rise3_{ch}")
-            first3 = Signal(range(P), name=f"first3_{ch}")
-            start3 = Signal(DW + 1, name=f"deadnew_{ch}")
-            start_v = first2 + dmp
-            m.d.sync += [rise3.eq(rise2), first3.eq(first2),
-                         start3.eq(Mux(start_v < 0, 0, start_v))]
+            ge3 = Signal(P, name=f"ge3_{ch}")
+            ph3 = Signal(pb, name=f"deadph3_{ch}")
+            r3 = Signal(signed(DW + 2), name=f"deadr3_{ch}")
+            zero3 = Signal(name=f"deadzero3_{ch}")
+            m.d.sync += [
+                rise3.eq(rise2),
+                ge3.eq(Cat(rise2.any() & (first2 >= v) for v in range(P))),
+                ph3.eq(ph_opt[first2]),
+                r3.eq(r_opt[first2]),
+                zero3.eq(zero_opt.bit_select(first2, 1) if pb else zero_opt[0]),
+            ]
 
-            # Stage 4: the dead-time check. R = cyc * P + ph; idle: R < P (cyc == 0).
-            cyc = Signal(DW + 1, name=f"deadcyc_{ch}")
+            # Stage 4: the dead-time check, the only loop-carried state: one LUT from the
+            # state registers to `ok`, and one more to every register it selects.
+            r = Signal(signed(DW + 2), name=f"deadr_{ch}")
             ph = Signal(pb, name=f"deadph_{ch}")
             idle = Signal(init=1, name=f"deadidle_{ch}")
             ok = Signal(name=f"ok{ch}")
-            m.d.comb += ok.eq(rise3.any() & idle & (first3 >= ph))
+            m.d.comb += ok.eq(idle & (ge3.bit_select(ph, 1) if pb else ge3[0]))
+            m.d.sync += r.eq(Mux(ok, r3, r - 1))     # free-running while idle (unused then)
             with m.If(ok):
-                m.d.sync += [cyc.eq(start3[pb:]), ph.eq(start3[:pb]),
-                             idle.eq(start3[pb:] == 0)]
+                m.d.sync += [ph.eq(ph3), idle.eq(zero3)]
             with m.Elif(idle):
                 m.d.sync += ph.eq(0)
             with m.Else():
-                m.d.sync += [cyc.eq(cyc - 1), idle.eq(cyc == 1)]
+                m.d.sync += idle.eq(r[-1])           # cyc was 1: the channel is idle again
             m.d.sync += accepted[ch].eq(ok)
             racc = Signal(P, name=f"racc{ch}")
             m.d.sync += racc.eq(Mux(ok, rise3, 0))
@@ -175,16 +205,17 @@ class TimeTagger(wiring.Component):
             m.d.sync += event.timestamp.eq(coarse)
 
         # Stage 6: output FIFO with counted drops.
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=self.event_layout.size,
-                                                    depth=self.fifo_depth)
-        pending = Signal(LOST_WIDTH)
-        lost_max = (1 << LOST_WIDTH) - 1
-        total_max = (1 << self.lost_count_width) - 1
+        fifo = m.submodules.fifo = _EventFIFO(width=self.event_layout.size,
+                                              depth=self.fifo_depth)
+        # drops since the last write; the top bit, once set, saturates it (no wide compare)
+        pending = Signal(LOST_WIDTH + 1)
+        drop = Signal()
+        m.d.sync += drop.eq(0)
         entry = Signal(self.event_layout)
         m.d.comb += [
             entry.timestamp.eq(event.timestamp),
             entry.mask.eq(event.mask),
-            entry.lost.eq(pending),
+            entry.lost.eq(pending[:LOST_WIDTH] | pending[LOST_WIDTH].replicate(LOST_WIDTH)),
             fifo.w_data.eq(entry),
         ]
         with m.If(event_valid):
@@ -192,10 +223,11 @@ class TimeTagger(wiring.Component):
                 m.d.comb += fifo.w_en.eq(1)
                 m.d.sync += pending.eq(0)
             with m.Else():
-                with m.If(pending != lost_max):
+                with m.If(~pending[LOST_WIDTH]):
                     m.d.sync += pending.eq(pending + 1)
-                with m.If(self.lost_count != total_max):
-                    m.d.sync += self.lost_count.eq(self.lost_count + 1)
+                m.d.sync += drop.eq(1)
+        # the total counts drops one clock later, from a register (short paths)
+        saturating_counter(m, self.lost_count, drop)
 
         m.d.comb += [
             self.o.payload.eq(fifo.r_data),
@@ -231,3 +263,71 @@ def _or_all(values):
     for v in values[1:]:
         acc = acc | v
     return acc
+
+
+class _EventFIFO(Elaboratable):
+    """First-word-fall-through FIFO of ``depth`` words with registered ``w_rdy``.
+
+    The same interface and capacity as :class:`amaranth.lib.fifo.SyncFIFOBuffered` (a memory
+    of ``depth - 1`` words and the output register; ``r_data`` is valid while ``r_rdy``), but
+    its flags are flip-flops kept up to date from "one from full" / "one from empty"
+    comparisons, so ``w_en`` and ``r_en`` reach only a couple of LUTs on their way to the
+    counters: a write is accepted whenever fewer than ``depth`` words are held.
+    """
+
+    def __init__(self, *, width: int, depth: int):
+        self.width, self.depth = width, depth
+        self.w_data = Signal(width)
+        self.w_en = Signal()
+        self.w_rdy = Signal(init=1)
+        self.r_data = Signal(width)
+        self.r_en = Signal()
+        self.r_rdy = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        D = self.depth
+        # Memory of a power of two words > depth - 1: pointers wrap by themselves and never
+        # meet while a word is being read.
+        mem_depth = 1 << (D - 1).bit_length()
+        m.submodules.storage = storage = Memory(shape=self.width, depth=mem_depth, init=[])
+        w_port = storage.write_port()
+        r_port = storage.read_port(domain="sync")
+        produce = Signal(range(mem_depth))
+        consume = Signal(range(mem_depth))
+        inner = Signal(range(D))            # words in the memory
+        inner_nz = Signal()                 # inner != 0
+        total = Signal(range(D + 1))        # inner + r_rdy
+
+        do_write = Signal()
+        do_read = Signal()                  # memory → output register
+        taken = Signal()                    # output register → consumer
+        m.d.comb += [
+            do_write.eq(self.w_en & self.w_rdy),
+            do_read.eq(inner_nz & (~self.r_rdy | self.r_en)),
+            taken.eq(self.r_rdy & self.r_en),
+            w_port.addr.eq(produce),
+            w_port.data.eq(self.w_data),
+            w_port.en.eq(do_write),
+            r_port.addr.eq(consume),
+            r_port.en.eq(do_read),
+            self.r_data.eq(r_port.data),
+        ]
+        with m.If(do_write):
+            m.d.sync += produce.eq(produce + 1)
+        with m.If(do_read):
+            m.d.sync += [consume.eq(consume + 1), self.r_rdy.eq(1)]
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+
+        with m.If(do_write & ~do_read):
+            m.d.sync += [inner.eq(inner + 1), inner_nz.eq(1)]
+        with m.If(do_read & ~do_write):
+            m.d.sync += [inner.eq(inner - 1), inner_nz.eq(inner != 1)]
+
+        with m.If(do_write & ~taken):
+            m.d.sync += [total.eq(total + 1), self.w_rdy.eq(total != D - 1)]
+        with m.If(taken & ~do_write):
+            m.d.sync += [total.eq(total - 1), self.w_rdy.eq(1)]
+        return m
+
