@@ -17,12 +17,6 @@ from .layouts import LOST_WIDTH, detection_layout, slot_event_layout
 __all__ = ["BasisDecoder"]
 
 
-def _saturating_add(a, b, width: int):
-    """``min(a + b, 2**width - 1)`` for two ``width``-bit values."""
-    total = a + b
-    return Mux(total[width], (1 << width) - 1, total[:width])
-
-
 class BasisDecoder(wiring.Component):
     """Detector mask → Bob's basis and bit, one event per clock, exactly as ``decode_basis``.
 
@@ -49,12 +43,16 @@ class BasisDecoder(wiring.Component):
     dropped : Out(32)
         Number of input events with an empty mask since reset (saturating). Such events
         produce no output; their ``lost`` count is not discarded but added (saturating) to the
-        ``lost`` of the next emitted detection, as for every receiver core.
+        ``lost`` of the next emitted detection, as for every receiver core. Counted one clock
+        after the event.
 
     Notes
     -----
     The output is registered (one cycle of latency) and the core sustains one event per clock
-    while ``i`` and ``rand`` are valid and ``o`` is ready.
+    while ``i`` and ``rand`` are valid and ``o`` is ready. The exception is the (normally
+    impossible) empty-mask event: from it until the next detection is emitted, the core
+    takes two clocks per event, the first to add the carried ``lost`` count in a register
+    (this keeps a 16-bit adder and its saturation off the one-clock path).
     """
 
     def __init__(self, slot_width: int = 48, channels: int = 4):
@@ -98,31 +96,50 @@ class BasisDecoder(wiring.Component):
         popcount = sum(mask[k] for k in range(4))
         m.d.comb += multi.eq(popcount > 1)
 
-        carry = Signal(LOST_WIDTH)  # lost counts of dropped (empty-mask) events
+        # Lost counts of dropped (empty-mask) events, to be added to the next event's. The
+        # add is kept off the one-clock path: while `pending`, each event is offered for a
+        # clock first, in which `total = carry + lost` is registered, and taken on the next.
+        # `gate` (a flip-flop) is ~pending | "total is that of the event on i".
+        carry = Signal(LOST_WIDTH)
+        pending = Signal()
+        total = Signal(LOST_WIDTH + 1)
+        gate = Signal(init=1)
 
         can_emit = ~self.o.valid | self.o.ready
+        go = Signal()
         m.d.comb += [
-            self.i.ready.eq(self.rand.valid & can_emit),
-            self.rand.ready.eq(self.i.valid & can_emit),
+            go.eq(can_emit & gate),
+            self.i.ready.eq(self.rand.valid & go),
+            self.rand.ready.eq(self.i.valid & go),
         ]
         fire = Signal()
-        m.d.comb += fire.eq(self.i.valid & self.rand.valid & can_emit)
+        m.d.comb += fire.eq(self.i.valid & self.rand.valid & go)
+        m.d.sync += [
+            total.eq(carry + self.i.payload.lost),
+            gate.eq(Mux(fire, valid, ~pending | self.i.valid)),
+        ]
+        lost = Signal(LOST_WIDTH)
+        m.d.comb += lost.eq(Mux(pending,
+                                Mux(total[LOST_WIDTH], (1 << LOST_WIDTH) - 1,
+                                    total[:LOST_WIDTH]),
+                                self.i.payload.lost))
 
-        with m.If(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(fire):
-            lost = _saturating_add(carry, self.i.payload.lost, LOST_WIDTH)
-            with m.If(valid):
-                m.d.sync += [
-                    self.o.valid.eq(1),
-                    self.o.payload.slot.eq(self.i.payload.slot),
-                    self.o.payload.basis.eq(basis),
-                    self.o.payload.bit.eq(bit),
-                    self.o.payload.multi.eq(multi),
-                    self.o.payload.lost.eq(lost),
-                    carry.eq(0),
-                ]
-            with m.Else():
-                m.d.sync += carry.eq(lost)
-        saturating_counter(m, self.dropped, fire & ~valid)
+        # o.valid as one expression of four signals (one LUT after `offered` and `valid`)
+        offered = Signal()
+        m.d.comb += offered.eq(self.i.valid & self.rand.valid & gate)
+        m.d.sync += self.o.valid.eq(Mux(self.o.valid & ~self.o.ready, 1, offered & valid))
+        with m.If(fire & valid):
+            m.d.sync += [
+                self.o.payload.slot.eq(self.i.payload.slot),
+                self.o.payload.basis.eq(basis),
+                self.o.payload.bit.eq(bit),
+                self.o.payload.multi.eq(multi),
+                self.o.payload.lost.eq(lost),
+                pending.eq(0),
+            ]
+        with m.If(fire & ~valid):
+            m.d.sync += [carry.eq(lost), pending.eq(1)]
+        drop = Signal()             # counted one clock later, from a register (short paths)
+        m.d.sync += drop.eq(fire & ~valid)
+        saturating_counter(m, self.dropped, drop)
         return m
