@@ -311,11 +311,11 @@ class SlotAssigner(wiring.Component):
             Signal(name=f"s_{n}") for n in (
                 "sub", "select", "cond", "shift", "trial", "restore", "sum", "done"))
 
-        # cond: "t >= period" for the t of the current clock, which decides SHIFT. It is
-        # computed over two clocks (_ge_stage1, registered, then _ge_stage2, registered) on
-        # the value t will have by then: in SELECT on both candidate dividends xa and xb, in
-        # COND on t >> 1 and in SHIFT on t >> 2 (correct whenever SHIFT goes on shifting;
-        # when it stops, cond is not used again).
+        # "t >= period" for the t of the current clock decides SHIFT (do_shift below). It is
+        # computed over two clocks (_ge_stage1, registered; then cond_next = _ge_stage2,
+        # registered within do_shift) on the value t will have by then: in SELECT on both
+        # candidate dividends xa and xb, in COND on t >> 1 and in SHIFT on t >> 2 (correct
+        # whenever SHIFT goes on shifting; when it stops, the result is not used again).
         t1 = t >> 1
         period_n = Signal(PW)       # ~period, registered (valid from the second SUB clock)
         m.d.sync += period_n.eq(~period_l)
@@ -329,9 +329,9 @@ class SlotAssigner(wiring.Component):
             g_t2.eq(_ge_stage1(t >> 2, period_n)),
             from_a.eq(ld_a),
         ]
-        cond = Signal()
-        m.d.sync += cond.eq(Mux(s_cond, Mux(from_a, _ge_stage2(g_a), _ge_stage2(g_b)),
-                                Mux(k_zero, _ge_stage2(g_t1), _ge_stage2(g_t2))))
+        cond_next = Signal()
+        m.d.comb += cond_next.eq(Mux(s_cond, Mux(from_a, _ge_stage2(g_a), _ge_stage2(g_b)),
+                                     Mux(k_zero, _ge_stage2(g_t1), _ge_stage2(g_t2))))
         r2 = Cat(lo[-1], t[:PW])                    # partial remainder * 2 + next bit
         trial = Signal(PW + 2)                      # r2 - period, top bit = borrow
         m.d.sync += trial.eq(_sub_select(r2, Cat(period_n, 1)))
@@ -420,8 +420,7 @@ class SlotAssigner(wiring.Component):
             self.i.ready.eq(s_idle & ~flush_pending),
             go.eq(s_idle & ~flush_pending & self.i.valid),
             sub_end.eq(s_sub & (wait == 0)),
-            do_shift.eq(s_shift & cond),
-            shift_stop.eq(s_shift & ~cond),
+            shift_stop.eq(s_shift & ~do_shift),
             sum_end.eq(s_sum & (wait == 0)),
             done_exit.eq(s_done & (~stall | out_free)),   # else wait for room on the output
         ]
@@ -435,6 +434,9 @@ class SlotAssigner(wiring.Component):
             s_select.eq(sub_end),
             s_cond.eq(s_select & (ld_a | ld_b)),
             s_shift.eq(s_cond | do_shift),
+            # do_shift = s_shift & "t >= period", retimed into one flip-flop: the selects of
+            # t, lo and k come straight from it
+            do_shift.eq((s_cond | do_shift) & cond_next),
             s_trial.eq((shift_stop & ~k_zero) | (s_restore & ~k_is1)),
             s_restore.eq(s_trial),
             s_sum.eq((shift_stop & k_zero) | (s_restore & k_is1) | (s_sum & (wait != 0))),
