@@ -404,7 +404,7 @@ class ToeplitzHasher(wiring.Component):
 
     def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
                  slice_memory: bool | None = None, bank_depth: int = 16384,
-                 karatsuba_base: int = 16):
+                 karatsuba_base: int = 8):
         for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
                             ("max_m", max_m)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
