@@ -57,7 +57,8 @@ def run() -> dict:
     row = _row(results, "ToeplitzHasher", "ecp5-85f")
     if row:
         p = row["params"]
-        cycles = job_cycles(TOEPLITZ_N, TOEPLITZ_M, lanes=p["lanes"], tile=p["tile"])
+        cycles = job_cycles(TOEPLITZ_N, TOEPLITZ_M, lanes=p["lanes"], tile=p["tile"],
+                            karatsuba_base=p.get("karatsuba_base", 8))
         mbps = TOEPLITZ_N / (cycles / (row["fmax_mhz"] * 1e6)) / 1e6
         derived["toeplitz_cycles_1e6x1e5"] = cycles
         derived["toeplitz_input_mbit_per_s_1e6x1e5@ecp5-85f"] = round(mbps, 1)

@@ -26,10 +26,12 @@ accumulators shift out on ``y`` and are left cleared.
 
 Cycle count of a job when every stream is always valid/ready (verified by the testbench)::
 
-    cycles = 3 + ceil((n + m - 1) / lanes) + passes * (ceil(n / lanes) + 2 * tile / lanes + 10)
+    cycles = 3 + ceil((n + m - 1) / lanes)
+             + passes * (ceil(n / lanes) + 2 * tile / lanes + 10 + skew) + drain
 
 counted from the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, inclusive,
-with ``passes = ceil(m / tile)``.
+with ``passes = ceil(m / tile)``, ``skew < tile / lanes`` and ``drain <= 2`` (see
+:func:`job_cycles`).
 
 Errors
 ------
@@ -43,7 +45,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -98,15 +100,27 @@ def hash_status_layout() -> data.StructLayout:
     return data.StructLayout({"status": ToeplitzStatus})
 
 
-def job_cycles(n: int, m: int, *, lanes: int, tile: int) -> int:
+def job_cycles(n: int, m: int, *, lanes: int, tile: int, karatsuba_base: int = 8) -> int:
     """Cycles of one successful job with every stream always valid/ready.
 
-    From the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, both included.
-    ``3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 10)`` with
-    ``passes = ceil(m/tile)``; the testbench checks the RTL against it.
+    From the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, both included::
+
+        3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 10 + skew) + drain
+
+    with ``passes = ceil(m/tile)``. ``skew`` is ``tile/lanes - 1`` when the blocks are split
+    (``lanes > karatsuba_base``), else 0: the last block of the wavefront finishes that much
+    later than the first. ``drain`` (0, 1 or 2) is the wait for the last ``y`` beat to leave
+    the output FIFO before ``status``: 2 when that beat is the last row block of the final
+    pass, 1 when it is the one before, 0 otherwise. The testbench checks the RTL against
+    this count.
     """
     passes = -(-m // tile)
-    return 3 + -(-(n + m - 1) // lanes) + passes * (-(-n // lanes) + 2 * tile // lanes + 10)
+    blocks = tile // lanes
+    skew = blocks - 1 if _splits(lanes, karatsuba_base) else 0
+    final_beats = -(-m // lanes) - (passes - 1) * blocks   # y beats of the final pass
+    drain = max(0, 2 - (blocks - final_beats))
+    return (3 + -(-(n + m - 1) // lanes)
+            + passes * (-(-n // lanes) + 2 * blocks + 10 + skew) + drain)
 
 
 def _splits(k: int, base: int) -> bool:
@@ -442,12 +456,16 @@ class ToeplitzHasher(wiring.Component):
 
     #: Buffer depth (words) above which ``slice_memory=None`` slices the buffers.
     SLICE_DEPTH = 512
+    #: Output FIFO depth: enough for one y beat per clock with the registered dump.
+    Y_FIFO_DEPTH = 4
 
     def elaborate(self, platform):
         m = Module()
         L, T = self.lanes, self.tile
         lg = ceil_log2(L)
         K = T // L + 1                                # seed chunks that fill the window
+        # cycles the last block of the datapath runs behind the first (see below)
+        skew = T // L - 1 if _splits(L, self.karatsuba_base) else 0
         x_depth = -(-self.max_n // L)
         s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
 
@@ -467,22 +485,39 @@ class ToeplitzHasher(wiring.Component):
         s_cnt = Signal(range(s_depth + 2))
         s_prev = Signal(L)                            # previous seed beat (re-alignment)
         x_cnt = Signal(range(x_depth + 2))
-        phase_cnt = Signal(range(T // L + 2))         # fill / dump beats
-        settled = Signal()                            # second cycle of SETTLE
+        phase_cnt = Signal(range(T // L + skew + 4))  # clear / fill / settle / dump cycles
         first_pass = Signal()
         tile_word = Signal(range(-(-self.max_m // L) + T // L + 1))  # p * tile / L
         y_beats = Signal(range(-(-self.max_m // L) + 1))  # y beats not yet emitted
         x_last_mask = Signal(L)                       # lanes of x's last beat inside n
         y_last_mask = Signal(L)                       # lanes of y's last beat inside m
-        # Datapath.
-        window = Signal(T + 2 * L)
-        acc = Signal(T)
-        x_reg = Signal(L)                             # x beat consumed in the previous cycle
+        # Datapath. Its registers have no reset (a reset mid-job is cleaned up by the CLEAR
+        # state), and it runs one cycle behind the controller: every decision that moves it
+        # (shift the window, take an x beat, dump the accumulators) is registered first, so
+        # that the nets fanning out to thousands of datapath flip-flops start at a flip-flop.
+        window = Signal(T + 2 * L, reset_less=True)
+        acc = Signal(T, reset_less=True)
+        x_reg = Signal(L, reset_less=True)            # x beat that entered the cycle before
 
-        shift = Signal()        # shift the seed window down by one chunk
-        consume = Signal()      # an x beat enters the datapath this cycle
+        shift = Signal()        # controller: shift the seed window down by one chunk
+        consume = Signal()      # controller: an x beat enters the datapath
         x_data = Signal(L)
-        dump = Signal()         # shift the accumulators out by L rows
+        dump = Signal()         # controller: shift the accumulators out by L rows
+        emit = Signal()         # controller: ... and send the L rows shifted out on y
+        step = Signal()                               # datapath: shift (registered)
+        seed_in = Signal(L, reset_less=True)          # datapath: the chunk shifted in
+        x_in = Signal(L, reset_less=True)             # datapath: x beat, 0 if none
+        dump_r = Signal()                             # datapath: dump (registered)
+        emit_r = Signal()                             # datapath: emit (registered)
+        y_last_r = Signal()                           # the dumped beat is y's last
+        m.d.sync += [
+            step.eq(shift),
+            seed_in.eq(s_buf.o.payload),
+            x_in.eq(Mux(consume, x_data, 0)),
+            dump_r.eq(dump),
+            emit_r.eq(dump & emit),
+            y_last_r.eq(y_beats == 1),
+        ]
 
         m.d.comb += self.busy.eq(~self.cfg.ready)
 
@@ -490,22 +525,13 @@ class ToeplitzHasher(wiring.Component):
         # from descending addresses and wrap harmlessly below 0: such bits only ever meet
         # x bits past n, which are 0.
         m.d.comb += s_buf.o.ready.eq(shift)
-        with m.If(shift):
-            m.d.sync += window.eq(Cat(s_buf.o.payload, window[:-L]))
+        with m.If(step):
+            m.d.sync += window.eq(Cat(seed_in, window[:-L]))
 
-        # Accumulators. x_reg holds the beat consumed one cycle earlier, when the window
-        # was one chunk higher: acc[t] ^= XOR_l x[l] & s[D + t - l] = window[t - l + 2L - 1].
-        # Rows jL … jL+L-1 are one square Toeplitz block whose seed is
-        # window[jL + L : jL + 3L - 1]; its Karatsuba split is computed in three register
-        # stages' worth of logic:
-        #   1. the leaf seeds and leaf x vectors (XORs of seed and x bits) are registered.
-        #      As the window slides by one block per shift, block j's leaf seeds are block
-        #      j-1's of the cycle before: they are computed once, for the block entering at
-        #      the bottom, and then shift along a register chain with the window;
-        #   2. the leaf products and their recombination are registered in mac;
-        #   3. mac is accumulated.
-        # The staging adds no latency: the leaf registers are functions of window and x_reg
-        # maintained alongside them.
+        # Accumulators. x_reg holds the beat that entered the datapath (x_in) one cycle
+        # earlier, when the window was one chunk higher:
+        # acc[t] ^= XOR_l x[l] & s[D + t - l] = window[t - l + 2L - 1]. Rows jL … jL+L-1 are
+        # one square Toeplitz block whose seed is window[jL + L : jL + 3L - 1].
         def bind(value):
             wire = Signal(len(value))
             m.d.comb += wire.eq(value)
@@ -513,19 +539,23 @@ class ToeplitzHasher(wiring.Component):
 
         base = self.karatsuba_base
         gate = lambda v, b: v & b.replicate(len(v))  # noqa: E731
-        x_next = Mux(consume, x_data, 0)
-        m.d.sync += x_reg.eq(x_next)
+        m.d.sync += x_reg.eq(x_in)
         if _splits(L, base):
-            # the seed of block 0 after a shift is window[0 : 2L-1] before it
+            # Each block's product is split by Karatsuba (toeplitz_block) into leaf products
+            # of leaf seeds (XORs of seed bits) and leaf x vectors (XORs of x bits), which are
+            # registered, multiplied and recombined into mac, then accumulated. As the window
+            # slides by one block per shift, block j's leaf seeds are block j-1's of the shift
+            # before: they are computed once, for the block entering at the bottom, and then
+            # passed along the blocks. Nothing is broadcast to all blocks: block j runs j
+            # cycles behind block 0 (a wavefront), receiving the x leaves, the shift enable
+            # and the leaf seeds from block j-1 through one register each. Since block j-1
+            # has already shifted when block j does, the leaf seeds pass through a second,
+            # free-running register (block j-1's value a cycle earlier). The accumulators
+            # are only dumped when every block is idle, so the skew never shows outside.
             entering = split_seed(window[:2 * L - 1], L, base=base, bind=bind)
             widths = [len(v) for v in entering]
-            leaf_seeds = [Signal(sum(widths), name=f"leaf_seeds{j}") for j in range(T // L)]
-            with m.If(shift):
-                m.d.sync += leaf_seeds[0].eq(Cat(*entering))
-                m.d.sync += [leaf_seeds[j].eq(leaf_seeds[j - 1]) for j in range(1, T // L)]
-            x_leaves = split_x(x_next, L, base=base, bind=bind)
-            leaf_x = Signal(sum(len(v) for v in x_leaves))
-            m.d.sync += leaf_x.eq(Cat(*x_leaves))
+            x_leaves = split_x(x_in, L, base=base, bind=bind)
+            x_widths = [len(v) for v in x_leaves]
 
             def unpack(vector, sizes):
                 parts, pos = [], 0
@@ -534,19 +564,30 @@ class ToeplitzHasher(wiring.Component):
                     pos += size
                 return parts
 
-            xs = unpack(leaf_x, [len(v) for v in x_leaves])
             blocks = []
+            seeds_in, x_in_leaves, step_in = Cat(*entering), Cat(*x_leaves), step
             for j in range(T // L):
+                leaf_seeds = Signal(sum(widths), name=f"leaf_seeds{j}", reset_less=True)
+                leaf_x = Signal(sum(x_widths), name=f"leaf_x{j}", reset_less=True)
+                with m.If(step_in):
+                    m.d.sync += leaf_seeds.eq(seeds_in)
+                m.d.sync += leaf_x.eq(x_in_leaves)
                 products = [bind(leaf_product(ws, xv, gate=gate))
-                            for ws, xv in zip(unpack(leaf_seeds[j], widths), xs, strict=True)]
+                            for ws, xv in zip(unpack(leaf_seeds, widths),
+                                              unpack(leaf_x, x_widths), strict=True)]
                 blocks.append(combine_leaves(products, L, base=base,
                                              cat=lambda lo, hi: Cat(lo, hi), bind=bind))
+                # inputs of block j+1
+                seeds_prev = Signal.like(leaf_seeds, name=f"leaf_seeds{j}_prev")
+                step_next = Signal(name=f"step{j + 1}")
+                m.d.sync += [seeds_prev.eq(leaf_seeds), step_next.eq(step_in)]
+                seeds_in, x_in_leaves, step_in = seeds_prev, leaf_x, step_next
         else:
             blocks = [leaf_product(window[j * L + L:j * L + 3 * L - 1], x_reg, gate=gate)
                       for j in range(T // L)]
-        mac = Signal(T)
+        mac = Signal(T, reset_less=True)
         m.d.sync += mac.eq(Cat(*blocks))
-        with m.If(dump):
+        with m.If(dump_r):
             m.d.sync += acc.eq(acc >> L)
         with m.Else():
             m.d.sync += acc.eq(acc ^ mac)
@@ -568,17 +609,36 @@ class ToeplitzHasher(wiring.Component):
             s_buf.w_addr.eq(s_cnt),
         ]
 
-        # Output: L rows per beat, rows past m read as 0.
+        # Output: L rows per beat, rows past m read as 0. The dumped rows go through a small
+        # FIFO whose level decides the next dump, so y.ready never reaches the accumulators.
+        m.submodules.y_fifo = y_fifo = SyncFIFO(width=L + 1, depth=self.Y_FIFO_DEPTH)
+        y_room = Signal()
+        y_data = Signal(L)
         m.d.comb += [
-            self.y.payload.data.eq(acc[:L] & Mux(y_beats == 1, y_last_mask, ~0)),
-            self.y.payload.last.eq(y_beats == 1),
+            y_data.eq(acc[:L] & Mux(y_last_r, y_last_mask, ~0)),
+            y_fifo.w_en.eq(emit_r),
+            y_fifo.w_data.eq(Cat(y_data, y_last_r)),
+            y_room.eq(y_fifo.level + emit_r < self.Y_FIFO_DEPTH),
+            self.y.valid.eq(y_fifo.r_rdy),
+            self.y.payload.data.eq(y_fifo.r_data[:L]),
+            self.y.payload.last.eq(y_fifo.r_data[L]),
+            y_fifo.r_en.eq(self.y.ready),
             self.status.payload.status.eq(err),
         ]
 
         # The pass's top seed chunk starts at E = p*tile + n - L + tile.
         addr_top = tile_word + (n >> lg) + T // L
         cfg = self.cfg.payload
-        with m.FSM():
+        with m.FSM(init="CLEAR"):
+            with m.State("CLEAR"):
+                # after a reset, shift out whatever the accumulators held (they have no reset)
+                # while the x registers ahead of them fill with zeros
+                m.d.comb += dump.eq(1)
+                m.d.sync += phase_cnt.eq(phase_cnt + 1)
+                with m.If(phase_cnt == T // L + skew + 2):
+                    m.d.sync += phase_cnt.eq(0)
+                    m.next = "IDLE"
+
             with m.State("IDLE"):
                 m.d.comb += self.cfg.ready.eq(1)
                 with m.If(self.cfg.valid):
@@ -665,6 +725,7 @@ class ToeplitzHasher(wiring.Component):
 
             with m.State("RUN"):
                 final = x_cnt == n_last
+                m.d.sync += phase_cnt.eq(0)
                 with m.If(first_pass):
                     m.d.comb += [
                         self.x.ready.eq(s_buf.o.valid),
@@ -695,21 +756,22 @@ class ToeplitzHasher(wiring.Component):
 
             with m.State("DRAIN_X"):
                 m.d.comb += self.x.ready.eq(1)
+                m.d.sync += phase_cnt.eq(0)
                 with m.If(self.x.valid & self.x.payload.last):
                     m.next = "SETTLE"
 
             with m.State("SETTLE"):
-                # the last consumed beat reaches mac in the first cycle of SETTLE and the
-                # accumulators in the second
-                m.d.sync += [settled.eq(~settled), phase_cnt.eq(0)]
-                with m.If(settled):
+                # the last consumed beat reaches the first block's accumulators in the second
+                # cycle of SETTLE, and the last block's skew cycles later
+                m.d.sync += phase_cnt.eq(phase_cnt + 1)
+                with m.If(phase_cnt == skew + 1):
+                    m.d.sync += phase_cnt.eq(0)
                     m.next = "DUMP"
 
             with m.State("DUMP"):
-                emit = (err == ToeplitzStatus.OK) & (y_beats != 0)
                 m.d.comb += [
-                    self.y.valid.eq(emit),
-                    dump.eq(~emit | self.y.ready),
+                    emit.eq((err == ToeplitzStatus.OK) & (y_beats != 0)),
+                    dump.eq(~emit | y_room),
                 ]
                 with m.If(dump):
                     m.d.sync += phase_cnt.eq(phase_cnt + 1)
@@ -734,8 +796,9 @@ class ToeplitzHasher(wiring.Component):
                     m.next = "STATUS"
 
             with m.State("STATUS"):
-                m.d.comb += self.status.valid.eq(1)
-                with m.If(self.status.ready):
+                # after the last y beat has left the FIFO
+                m.d.comb += self.status.valid.eq(~y_fifo.r_rdy & ~emit_r)
+                with m.If(self.status.valid & self.status.ready):
                     m.next = "IDLE"
 
         return m

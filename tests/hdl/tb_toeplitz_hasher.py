@@ -26,6 +26,7 @@ LANES = PARAMS.get("lanes", 8)
 TILE = PARAMS.get("tile", 64)
 MAX_N = PARAMS.get("max_n", 4096)
 MAX_M = PARAMS.get("max_m", 1024)
+KARATSUBA_BASE = PARAMS.get("karatsuba_base", 8)
 N_WIDTH = MAX_N.bit_length()
 M_WIDTH = MAX_M.bit_length()
 OK = ToeplitzStatus.OK.value
@@ -240,7 +241,37 @@ async def test_cycle_count(dut):
         cycles: list[int] = []
         cocotb.start_soon(count_job(dut, cycles))
         await run_jobs(dut, jobs, rng, p_valid=1.0, p_ready=1.0, tail=2)
-        want = job_cycles(n, m, lanes=LANES, tile=TILE)
+        want = job_cycles(n, m, lanes=LANES, tile=TILE, karatsuba_base=KARATSUBA_BASE)
         dut._log.info("n=%d m=%d: %d cycles (formula %d), %.3f input bits/cycle",
                       n, m, cycles[0], want, n / cycles[0])
         assert cycles == [want], f"n={n} m={m}: {cycles} cycles, formula says {want}"
+
+
+@cocotb.test(timeout_time=200, timeout_unit="ms")
+async def test_reset_mid_job(dut):
+    """A reset in the middle of a pass or of a dump leaves nothing behind: the datapath
+    registers have no reset, so the core must flush the accumulators itself."""
+    rng = random.Random(cocotb.RANDOM_SEED + 4)
+    await reset(dut)
+    n, m = MAX_N, MAX_M
+    x_beats = -(-n // LANES)
+    for stream_name, beats in (("x", max(x_beats // 2, 1)), ("y", 1)):
+        aborted = Jobs()
+        aborted.add(n, m, rng)
+        tasks = [cocotb.start_soon(drive(dut, name, getattr(aborted, name), rng, 1.0))
+                 for name in ("cfg", "seed", "x")]
+        dut.y__ready.value = 1
+        taken = 0
+        while taken < beats:
+            await ReadOnly()
+            valid = getattr(dut, f"{stream_name}__valid").value
+            taken += bool(valid and getattr(dut, f"{stream_name}__ready").value)
+            await RisingEdge(dut.clk)
+        for task in tasks:
+            task.cancel()
+        dut._log.info("reset after %d %s beat(s) of a job", taken, stream_name)
+        await reset(dut)
+        jobs = Jobs()
+        for _ in range(3):
+            jobs.add(rng.randint(1, MAX_N), rng.randint(1, MAX_M), rng)
+        await run_jobs(dut, jobs, rng, p_valid=0.8, p_ready=0.8)

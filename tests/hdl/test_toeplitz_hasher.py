@@ -8,16 +8,18 @@ from mozi.sim.cocotb_runner import run_cocotb
 
 pytestmark = pytest.mark.cocotb
 
-# lanes 1/8/32; tile/lanes of 6, 3 and 1 (not powers of two, and the one-chunk edge);
+# lanes 1/4/8/32; tile/lanes of 6, 1 (the one-chunk edge) and 3 (not powers of two);
 # max_n not a multiple of lanes. The lanes-1 and lanes-8 sets force the bit-sliced buffers
 # that large configurations get by default; lanes 1 with tiny banks (3 for x, 4 for the seed)
 # so that the bank multiplexers are exercised. The Karatsuba split of the tile product runs
-# two levels deep at lanes 8 and three at lanes 32.
+# one level deep at lanes 4, two at lanes 8 and three at lanes 32; with 3 blocks the last
+# one runs 2 cycles behind the first (the wavefront skew).
 PARAMS = [
     {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23, "slice_memory": True, "bank_depth": 16},
+    {"lanes": 4, "tile": 4, "max_n": 37, "max_m": 11, "karatsuba_base": 2},
     {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True,
      "karatsuba_base": 2},
-    {"lanes": 32, "tile": 32, "max_n": 301, "max_m": 100, "karatsuba_base": 4},
+    {"lanes": 32, "tile": 96, "max_n": 301, "max_m": 200, "karatsuba_base": 4},
 ]
 
 
@@ -59,10 +61,18 @@ def test_defaults_and_ports():
 
 def test_job_cycles_formula():
     # cfg 1 + seed beats + seed flush 1 + status 1, and per pass: start 1, seed prefetch
-    # latency 6, fill tile/lanes + 1, x beats, settle 2, dump tile/lanes
-    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 6 + 2 + 1 + 2 + 1)
+    # latency 6, fill tile/lanes + 1, x beats, settle 2, dump tile/lanes; then the last y
+    # beat drains from the output FIFO (2 cycles when it is the pass's last row block)
+    # (skew: tile/lanes - 1 more settle cycles when the blocks are split)
+    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 6 + 2 + 1 + 2 + 1) + 2
     assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
-        3 + 34375 + 196 * (31250 + 32 + 10)
+        3 + 34375 + 196 * (31250 + 32 + 10 + 15) + 0   # final pass: 10 of 16 row blocks
+    assert job_cycles(10**6, 10**5, lanes=32, tile=512, karatsuba_base=32) == \
+        3 + 34375 + 196 * (31250 + 32 + 10) + 0
+    assert job_cycles(64, 48, lanes=8, tile=24) == 3 + 14 + 2 * (8 + 6 + 10) + 2
+    assert job_cycles(64, 40, lanes=8, tile=24, karatsuba_base=4) == \
+        3 + 13 + 2 * (8 + 6 + 10 + 2) + 1
+    assert job_cycles(64, 30, lanes=8, tile=24) == 3 + 12 + 2 * (8 + 6 + 10) + 0
     assert ToeplitzStatus.OK.value == 0
 
 
