@@ -134,8 +134,12 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     harness = SynthHarness(spec.factory())
     design = rtlil.convert(harness, name="top")
     # A placed row is reused while the design, the device flow and the tools are unchanged
-    # (placing the largest cores takes most of an hour on two cores).
-    key = hashlib.sha256("\0".join([design, repr(dev), *_tool_versions()]).encode()).hexdigest()
+    # (placing the largest cores takes most of an hour on two cores). Source locations are
+    # left out of the design's hash: they change with every edit above a line and do not
+    # change the netlist.
+    logic = "\n".join(line for line in design.splitlines()
+                      if not line.lstrip().startswith("attribute \\src "))
+    key = hashlib.sha256("\0".join([logic, repr(dev), *_tool_versions()]).encode()).hexdigest()
     cached = out / "row.json"
     if cached.exists():
         row = json.loads(cached.read_text())
