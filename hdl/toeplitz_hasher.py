@@ -224,9 +224,9 @@ def _last_beat_mask(rem, lanes: int):
 class _LaneBuffer(wiring.Component):
     """Buffer memory with a registered write port and a prefetching read streamer.
 
-    With ``sliced`` the memory is one 1-bit :class:`~amaranth.lib.memory.Memory` per lane and
-    ``bank_depth`` words (one ECP5 block RAM each at 16384), every bank with its own output
-    register, so that block-RAM clock-to-out (≈ 6 ns on ECP5, no output register is inferred)
+    With ``sliced`` the memory is one ``slice_width``-bit :class:`~amaranth.lib.memory.Memory`
+    per ``slice_width`` lanes and ``bank_depth`` words (one ECP5 block RAM each when
+    ``slice_width * bank_depth`` is 16384), every bank with its own output register, so that block-RAM clock-to-out (≈ 6 ns on ECP5, no output register is inferred)
     only has to reach a neighbouring flip-flop; otherwise it is one ``lanes``-bit memory. The
     bank multiplexer and a second register follow, then a small FIFO, so no memory path shares
     a clock period with the consumer's logic.
@@ -251,11 +251,13 @@ class _LaneBuffer(wiring.Component):
     FIFO_DEPTH = 8
     LATENCY = 4  # issue → memory data → 3 registers → FIFO write
 
-    def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool, bank_depth: int):
+    def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool, bank_depth: int,
+                 slice_width: int = 1):
         self.lanes = lanes
         self.depth = depth
         self.sliced = sliced
         self.bank_depth = bank_depth
+        self.slice_width = slice_width
         aw = max(ceil_log2(depth), 1)
         super().__init__({
             "w_addr": In(aw),
@@ -282,7 +284,8 @@ class _LaneBuffer(wiring.Component):
         left = Signal.like(self.count)
         down = Signal()
         # Read pipeline: memory data (1) → q1 (2) → q1b (3) → q2 (4) → FIFO. A sliced buffer
-        # is made of banks of bank_depth words per lane, each one block RAM with its own q1
+        # is made of banks of bank_depth words per slice of slice_width lanes, each one block
+        # RAM with its own q1
         # and q1b registers (two hops to cross the chip from a block RAM, whose clock-to-out
         # alone takes most of a period); the bank multiplexer sits between q1b and q2.
         # Data registers need no reset (``valid`` says what they hold), which keeps a LUT out
@@ -297,19 +300,21 @@ class _LaneBuffer(wiring.Component):
             hi_d3 = Signal.like(hi, reset_less=True)
             m.d.comb += hi.eq(r_addr[bank_bits:])
             m.d.sync += [hi_d1.eq(hi), hi_d2.eq(hi_d1), hi_d3.eq(hi_d2)]
-            for lane in range(L):
+            W = self.slice_width
+            for sl in range(L // W):
+                bits = slice(sl * W, sl * W + W)
                 q1s = []
                 for bank in range(banks):
                     depth = min(self.bank_depth, self.depth - bank * self.bank_depth)
-                    mem = Memory(shape=1, depth=depth, init=[])
-                    m.submodules[f"mem{lane}_{bank}"] = mem
+                    mem = Memory(shape=W, depth=depth, init=[])
+                    m.submodules[f"mem{sl}_{bank}"] = mem
                     wp = mem.write_port()
                     rp = mem.read_port()
-                    q1 = Signal(name=f"q1_{lane}_{bank}", reset_less=True)
-                    q1b = Signal(name=f"q1b_{lane}_{bank}", reset_less=True)
+                    q1 = Signal(W, name=f"q1_{sl}_{bank}", reset_less=True)
+                    q1b = Signal(W, name=f"q1b_{sl}_{bank}", reset_less=True)
                     m.d.comb += [
                         wp.addr.eq(w_addr[:bank_bits]),
-                        wp.data.eq(w_data[lane]),
+                        wp.data.eq(w_data[bits]),
                         wp.en.eq(w_en & (w_addr[bank_bits:] == bank)),
                         rp.addr.eq(r_addr[:bank_bits]),
                     ]
@@ -318,9 +323,9 @@ class _LaneBuffer(wiring.Component):
                 with m.Switch(hi_d3):
                     for bank, q1 in enumerate(q1s):
                         with m.Case(bank):
-                            m.d.sync += q2[lane].eq(q1)
+                            m.d.sync += q2[bits].eq(q1)
                     with m.Default():
-                        m.d.sync += q2[lane].eq(0)
+                        m.d.sync += q2[bits].eq(0)
         else:
             mem = Memory(shape=L, depth=self.depth, init=[])
             m.submodules.mem = mem
@@ -383,13 +388,17 @@ class ToeplitzHasher(wiring.Component):
         Largest ``m``; with ``max_n`` sizes the seed buffer
         (``ceil((max_n + max_m - 1) / lanes) + 1`` words of ``lanes`` bits).
     slice_memory : bool or None
-        Build each buffer as one 1-bit-wide memory per lane (deep, narrow block RAMs with
-        small output multiplexers, for the best Fmax) rather than one ``lanes``-bit memory.
-        ``None`` (default) slices when the ``x`` buffer is deeper than :attr:`SLICE_DEPTH`
-        words (one 512 × 36 block RAM of an ECP5).
+        Build each buffer as one ``slice_width``-bit-wide memory per ``slice_width`` lanes
+        (deep, narrow block RAMs with small output multiplexers, for the best Fmax) rather
+        than one ``lanes``-bit memory, which the tools build from wide, shallow block RAMs
+        cascaded through LUT multiplexers. ``None`` (default) slices when the ``x`` buffer is
+        deeper than :attr:`SLICE_DEPTH` words (one 512 × 36 block RAM of an ECP5).
     bank_depth : int
-        With ``slice_memory``, words per memory bank (a power of two; 16384 = one ECP5
-        DP16KD in 16384 × 1 mode). Each bank has its own output register.
+        With ``slice_memory``, words per memory bank (a power of two). Each bank has its own
+        output register. ``slice_width * bank_depth = 16384`` makes each bank one ECP5 DP16KD.
+    slice_width : int
+        With ``slice_memory``, lanes per memory (a power of two dividing ``lanes``): 1
+        (16384 × 1 block RAMs), 2, 4 … trade block RAMs for fewer, shallower banks.
     karatsuba_base : int
         The ``tile × lanes`` product is computed as ``tile / lanes`` square Toeplitz blocks,
         each split by :func:`toeplitz_block` until it is at most ``karatsuba_base`` lanes
@@ -418,7 +427,7 @@ class ToeplitzHasher(wiring.Component):
 
     def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
                  slice_memory: bool | None = None, bank_depth: int = 16384,
-                 karatsuba_base: int = 8):
+                 slice_width: int = 1, karatsuba_base: int = 8):
         for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
                             ("max_m", max_m)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -431,6 +440,11 @@ class ToeplitzHasher(wiring.Component):
             raise TypeError(f"bank_depth must be a positive integer, not {bank_depth!r}")
         if bank_depth & (bank_depth - 1):
             raise ValueError(f"bank_depth must be a power of two, not {bank_depth}")
+        if not isinstance(slice_width, int) or isinstance(slice_width, bool) or slice_width < 1:
+            raise TypeError(f"slice_width must be a positive integer, not {slice_width!r}")
+        if slice_width & (slice_width - 1) or lanes % slice_width:
+            raise ValueError(f"slice_width must be a power of two dividing lanes ({lanes}), "
+                             f"not {slice_width}")
         if not isinstance(karatsuba_base, int) or isinstance(karatsuba_base, bool) \
                 or karatsuba_base < 1:
             raise TypeError(f"karatsuba_base must be a positive integer, not {karatsuba_base!r}")
@@ -444,6 +458,7 @@ class ToeplitzHasher(wiring.Component):
         self.max_m = max_m
         self.slice_memory = slice_memory
         self.bank_depth = bank_depth
+        self.slice_width = slice_width
         self.karatsuba_base = karatsuba_base
         super().__init__({
             "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
@@ -470,9 +485,9 @@ class ToeplitzHasher(wiring.Component):
         s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
 
         sliced = self.slice_memory
-        banks = self.bank_depth
-        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, sliced, banks)
-        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + K, sliced, banks)
+        banks, width = self.bank_depth, self.slice_width
+        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, sliced, banks, width)
+        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + K, sliced, banks, width)
 
         # Job registers.
         n = Signal.like(self.cfg.payload.n)

@@ -9,16 +9,17 @@ from mozi.sim.cocotb_runner import run_cocotb
 pytestmark = pytest.mark.cocotb
 
 # lanes 1/4/8/32; tile/lanes of 6, 1 (the one-chunk edge) and 3 (not powers of two);
-# max_n not a multiple of lanes. The lanes-1 and lanes-8 sets force the bit-sliced buffers
-# that large configurations get by default; lanes 1 with tiny banks (3 for x, 4 for the seed)
-# so that the bank multiplexers are exercised. The Karatsuba split of the tile product runs
+# max_n not a multiple of lanes. The lanes-1 and lanes-8 sets force the sliced buffers
+# that large configurations get by default, with tiny banks so that the bank multiplexers
+# are exercised: lanes 1 in 1-bit slices (3 banks for x, 4 for the seed), lanes 8 in 2-bit
+# slices (4 banks for x, 6 for the seed). The Karatsuba split of the tile product runs
 # one level deep at lanes 4, two at lanes 8 and three at lanes 32; with 3 blocks the last
 # one runs 2 cycles behind the first (the wavefront skew).
 PARAMS = [
     {"lanes": 1, "tile": 6, "max_n": 40, "max_m": 23, "slice_memory": True, "bank_depth": 16},
     {"lanes": 4, "tile": 4, "max_n": 37, "max_m": 11, "karatsuba_base": 2},
     {"lanes": 8, "tile": 24, "max_n": 101, "max_m": 60, "slice_memory": True,
-     "karatsuba_base": 2},
+     "slice_width": 2, "bank_depth": 4, "karatsuba_base": 2},
     {"lanes": 32, "tile": 96, "max_n": 301, "max_m": 200, "karatsuba_base": 4},
 ]
 
@@ -89,6 +90,9 @@ def test_job_cycles_formula():
     ({"slice_memory": 1}, TypeError),
     ({"bank_depth": 0}, TypeError),
     ({"bank_depth": 12}, ValueError),
+    ({"slice_width": 0}, TypeError),
+    ({"slice_width": 3}, ValueError),
+    ({"lanes": 8, "slice_width": 16}, ValueError),
     ({"karatsuba_base": 0}, TypeError),
     ({"karatsuba_base": 2.0}, TypeError),
 ])
