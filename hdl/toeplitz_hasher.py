@@ -226,10 +226,11 @@ class _LaneBuffer(wiring.Component):
 
     With ``sliced`` the memory is one ``slice_width``-bit :class:`~amaranth.lib.memory.Memory`
     per ``slice_width`` lanes and ``bank_depth`` words (one ECP5 block RAM each when
-    ``slice_width * bank_depth`` is 16384), every bank with its own output register, so that block-RAM clock-to-out (≈ 6 ns on ECP5, no output register is inferred)
-    only has to reach a neighbouring flip-flop; otherwise it is one ``lanes``-bit memory. The
-    bank multiplexer and a second register follow, then a small FIFO, so no memory path shares
-    a clock period with the consumer's logic.
+    ``slice_width * bank_depth`` is 16384), every bank with its own output register, so that
+    block-RAM clock-to-out (≈ 6 ns on ECP5, no output register is inferred) only has to reach
+    a neighbouring flip-flop; otherwise it is one ``lanes``-bit memory. The bank multiplexer
+    and a second register follow, then a small FIFO, so no memory path shares a clock period
+    with the consumer's logic.
 
     Ports
     -----
