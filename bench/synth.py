@@ -119,10 +119,13 @@ def _cores() -> list[CoreSpec]:
 
 
 def _run(cmd: list[str], log: Path, cwd: Path) -> None:
+    # the yowasp tools are installed next to this interpreter, on PATH or not
+    beside = Path(sys.executable).with_name(cmd[0])
+    exe = str(beside) if beside.exists() else cmd[0]
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([exe, *cmd[1:]], cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); see {log}")
 
