@@ -24,9 +24,10 @@ CORES = [
     CoreSpec("ReceiverCores", lambda: ReceiverCores(phases=2), devices=("ice40up5k",),
              params={"phases": 2}, note="tagger + slot assigner + decoder, must reach 48 MHz"),
     # lanes 128 × tile 1024 (131 072 MACs per clock, 777 505 cycles per (10^6, 10^5) job)
-    # is what 100 Mbit/s needs; nextpnr-ecp5 did not finish routing it within an hour on two
-    # cores (docs/gateware-toeplitz.md), so the table carries the same architecture at a
-    # quarter of the datapath.
+    # is what 100 Mbit/s needs; nextpnr-ecp5 has not finished routing it (over two hours for
+    # the previous datapath, half the arcs still unrouted after 31 minutes for this one; see
+    # docs/gateware-toeplitz.md), so the table carries the same architecture at a quarter of
+    # the datapath.
     CoreSpec("ToeplitzHasher",
              lambda: ToeplitzHasher(lanes=64, tile=512, max_n=10**6, max_m=10**5,
                                     karatsuba_base=8, slice_memory=True, slice_width=2,
