@@ -14,24 +14,27 @@ Within every beat bit ``l`` is element ``beat * lanes + l`` (LSB first); bits pa
 a packet in its final beat are ignored on input and are 0 on output.
 
 The seed is buffered once per job in a :class:`~amaranth.lib.memory.Memory`, stored already
-re-aligned to ``n mod lanes`` so that every later read is one aligned word. The column view
-``y = XOR_{j : x_j = 1} s[n-1-j : n-1-j+m]`` is used: ``x`` streams in natural order and a
-window register of the seed slides *down* by ``lanes`` bits per consumed ``x`` beat, while
-``tile`` accumulators (rows ``p*tile … p*tile+tile-1`` of pass ``p``) XOR in every selected
-window. ``x`` is written into a second memory as it streams during pass 0 (so the first pass
-costs nothing extra) and replayed from it for passes ``1 … ceil(m/tile) - 1``. Both buffers
-are read through a prefetching streamer (memory → three registers → FIFO) so that block-RAM
-clock-to-out never shares a clock period with the datapath. After each pass the
-accumulators shift out on ``y`` and are left cleared.
+re-aligned to ``n mod lanes`` so that every later read is one aligned word, and so is ``x``,
+which the core takes (at up to one beat per clock) right after the seed. The column view
+``y = XOR_{j : x_j = 1} s[n-1-j : n-1-j+m]`` is used: every pass replays ``x`` from its buffer
+in natural order while a window register of the seed slides *down* by ``lanes`` bits per
+clock, and ``tile`` accumulators (rows ``p*tile … p*tile+tile-1`` of pass ``p``) XOR in every
+selected window. Both buffers are read through a prefetching streamer (memory → four
+registers → FIFO), so that block-RAM clock-to-out never shares a clock period with the
+datapath, and each pass first lets both streamers fill their FIFOs, so that the pass then
+runs without a single stall: the datapath needs no shift enable, and its inputs pass from
+block to block along free-running registers. After each pass the accumulators shift out on
+``y`` as a wave and are left cleared.
 
 Cycle count of a job when every stream is always valid/ready (verified by the testbench)::
 
-    cycles = 3 + ceil((n + m - 1) / lanes)
-             + passes * (ceil(n / lanes) + 2 * tile / lanes + 10 + skew) + drain
+    cycles = 4 + ceil((n + m - 1) / lanes) + ceil(n / lanes)
+             + passes * (ceil(n / lanes) + 2 * tile / lanes + PRIME_CYCLES + 2 + settle)
+             + final_beats
 
 counted from the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, inclusive,
-with ``passes = ceil(m / tile)``, ``skew < tile / lanes`` and ``drain <= 2`` (see
-:func:`job_cycles`).
+with ``passes = ceil(m / tile)``, ``settle <= tile / lanes + 3`` and ``final_beats``
+the ``y`` beats of the final pass (see :func:`job_cycles`).
 
 Errors
 ------
@@ -100,27 +103,56 @@ def hash_status_layout() -> data.StructLayout:
     return data.StructLayout({"status": ToeplitzStatus})
 
 
+#: Cycles a pass waits after starting its two buffer streamers, so that their FIFOs are full
+#: and neither runs dry while the pass takes one word from each per clock.
+PRIME_CYCLES = 15
+
+
 def job_cycles(n: int, m: int, *, lanes: int, tile: int, karatsuba_base: int = 8) -> int:
     """Cycles of one successful job with every stream always valid/ready.
 
     From the cycle ``cfg`` is accepted to the cycle ``status`` is accepted, both included::
 
-        3 + ceil((n+m-1)/lanes) + passes * (ceil(n/lanes) + 2*tile/lanes + 10 + skew) + drain
+        4 + ceil((n+m-1)/lanes) + ceil(n/lanes)
+          + passes * (ceil(n/lanes) + 2*tile/lanes + PRIME_CYCLES + 2 + settle)
+          + final_beats
 
-    with ``passes = ceil(m/tile)``. ``skew`` is ``tile/lanes - 1`` when the blocks are split
-    (``lanes > karatsuba_base``), else 0: the last block of the wavefront finishes that much
-    later than the first. ``drain`` (0, 1 or 2) is the wait for the last ``y`` beat to leave
-    the output FIFO before ``status``: 2 when that beat is the last row block of the final
-    pass, 1 when it is the one before, 0 otherwise. The testbench checks the RTL against
-    this count.
+    with ``passes = ceil(m/tile)``: ``cfg``, the seed beats, one cycle to store the seed's
+    last word, the ``x`` beats (stored whole), then per pass one cycle to start the buffer
+    streamers, :data:`PRIME_CYCLES`, ``tile/lanes + 1`` window fill cycles, the ``x`` beats,
+    ``settle`` cycles for the last beat to reach every block (2 without a Karatsuba split;
+    with one, ``lanes > karatsuba_base``, ``tile/lanes + 2`` since the last block runs
+    ``tile/lanes - 1`` cycles behind the first and the products are registered, ``+ 1``
+    with two levels or more, whose recombination is registered halfway) and ``tile/lanes``
+    dump cycles; at the end the dump wave brings the final pass's ``final_beats`` y beats out
+    of block 0 and the output FIFO in ``final_beats + 2`` cycles, the last one ``status``'s.
+    The testbench checks the RTL against this count.
     """
     passes = -(-m // tile)
     blocks = tile // lanes
-    skew = blocks - 1 if _splits(lanes, karatsuba_base) else 0
+    settle = _settle_cycles(blocks, _split_levels(lanes, karatsuba_base))
+    n_beats = -(-n // lanes)
     final_beats = -(-m // lanes) - (passes - 1) * blocks   # y beats of the final pass
-    drain = max(0, 2 - (blocks - final_beats))
-    return (3 + -(-(n + m - 1) // lanes)
-            + passes * (-(-n // lanes) + 2 * blocks + 10 + skew) + drain)
+    return (4 + -(-(n + m - 1) // lanes) + n_beats
+            + passes * (n_beats + 2 * blocks + PRIME_CYCLES + 2 + settle) + final_beats)
+
+
+def _settle_cycles(blocks: int, levels: int) -> int:
+    """Cycles from a pass's last x beat until the top block may dump (see ``SETTLE``): 2
+    without a split; with one, the last block's skew (``blocks - 1``), the leaf registers and
+    the products, and the halfway recombination when there are two levels or more."""
+    if levels == 0:
+        return 2
+    return blocks + 2 + (levels >= 2)
+
+
+def _split_levels(k: int, base: int) -> int:
+    """How many times :func:`toeplitz_block` halves a ``k``-lane block."""
+    levels = 0
+    while _splits(k, base):
+        k //= 2
+        levels += 1
+    return levels
 
 
 def _splits(k: int, base: int) -> bool:
@@ -235,7 +267,7 @@ class _LaneBuffer(wiring.Component):
     Ports
     -----
     w_addr, w_data, w_en : In
-        Write port, applied one cycle later.
+        Write port, applied two cycles later.
     start : In(1)
         Begin streaming ``count`` words from ``start_addr``, descending if ``down``. The
         previous stream must have been consumed or flushed.
@@ -250,7 +282,7 @@ class _LaneBuffer(wiring.Component):
     """
 
     FIFO_DEPTH = 8
-    LATENCY = 4  # issue → memory data → 3 registers → FIFO write
+    LATENCY = 5  # issue → memory data → 4 registers → FIFO write
 
     def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool, bank_depth: int,
                  slice_width: int = 1):
@@ -276,22 +308,30 @@ class _LaneBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
+        # Write pipeline: two registers, so that the write port can sit anywhere on the chip
+        # (a wide buffer's block RAMs fill whole rows of them). The second stage decodes the
+        # bank enables.
         w_addr = Signal.like(self.w_addr)
         w_data = Signal(L)
         w_en = Signal()
         m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data), w_en.eq(self.w_en)]
+        w_addr2 = Signal.like(self.w_addr)
+        w_data2 = Signal(L)
+        m.d.sync += [w_addr2.eq(w_addr), w_data2.eq(w_data)]
 
         r_addr = Signal.like(self.start_addr)
         left = Signal.like(self.count)
         down = Signal()
-        # Read pipeline: memory data (1) → q1 (2) → q1b (3) → q2 (4) → FIFO. A sliced buffer
-        # is made of banks of bank_depth words per slice of slice_width lanes, each one block
-        # RAM with its own q1
-        # and q1b registers (two hops to cross the chip from a block RAM, whose clock-to-out
-        # alone takes most of a period); the bank multiplexer sits between q1b and q2.
+        # Read pipeline: memory data (1) → q1 (2) → q1b (3) → q2 (4) → q3 (5) → FIFO. A
+        # sliced buffer is made of banks of bank_depth words per slice of slice_width lanes,
+        # each one block RAM with its own q1 and q1b registers (two hops to cross the chip
+        # from a block RAM, whose clock-to-out alone takes most of a period); the bank
+        # multiplexer sits between q1b and q2, and q3 carries the word to the consumer.
         # Data registers need no reset (``valid`` says what they hold), which keeps a LUT out
         # of the path from each block RAM to its register.
         q2 = Signal(L, reset_less=True)
+        q3 = Signal(L, reset_less=True)
+        m.d.sync += q3.eq(q2)
         if self.sliced:
             bank_bits = ceil_log2(self.bank_depth)
             banks = -(-self.depth // self.bank_depth)
@@ -301,6 +341,9 @@ class _LaneBuffer(wiring.Component):
             hi_d3 = Signal.like(hi, reset_less=True)
             m.d.comb += hi.eq(r_addr[bank_bits:])
             m.d.sync += [hi_d1.eq(hi), hi_d2.eq(hi_d1), hi_d3.eq(hi_d2)]
+            bank_en = Signal(banks)
+            m.d.sync += bank_en.eq(Cat(w_en & (w_addr[bank_bits:] == bank)
+                                       for bank in range(banks)))
             W = self.slice_width
             for sl in range(L // W):
                 bits = slice(sl * W, sl * W + W)
@@ -314,9 +357,9 @@ class _LaneBuffer(wiring.Component):
                     q1 = Signal(W, name=f"q1_{sl}_{bank}", reset_less=True)
                     q1b = Signal(W, name=f"q1b_{sl}_{bank}", reset_less=True)
                     m.d.comb += [
-                        wp.addr.eq(w_addr[:bank_bits]),
-                        wp.data.eq(w_data[bits]),
-                        wp.en.eq(w_en & (w_addr[bank_bits:] == bank)),
+                        wp.addr.eq(w_addr2[:bank_bits]),
+                        wp.data.eq(w_data2[bits]),
+                        wp.en.eq(bank_en[bank]),
                         rp.addr.eq(r_addr[:bank_bits]),
                     ]
                     m.d.sync += [q1.eq(rp.data), q1b.eq(q1)]
@@ -328,6 +371,8 @@ class _LaneBuffer(wiring.Component):
                     with m.Default():
                         m.d.sync += q2[bits].eq(0)
         else:
+            w_en2 = Signal()
+            m.d.sync += w_en2.eq(w_en)
             mem = Memory(shape=L, depth=self.depth, init=[])
             m.submodules.mem = mem
             wp = mem.write_port()
@@ -335,9 +380,9 @@ class _LaneBuffer(wiring.Component):
             q1 = Signal(L, reset_less=True)
             q1b = Signal(L, reset_less=True)
             m.d.comb += [
-                wp.addr.eq(w_addr),
-                wp.data.eq(w_data),
-                wp.en.eq(w_en),
+                wp.addr.eq(w_addr2),
+                wp.data.eq(w_data2),
+                wp.en.eq(w_en2),
                 rp.addr.eq(r_addr),
             ]
             m.d.sync += [q1.eq(rp.data), q1b.eq(q1), q2.eq(q1b)]
@@ -363,7 +408,7 @@ class _LaneBuffer(wiring.Component):
                 left.eq(left - 1),
             ]
         m.d.comb += [
-            fifo.w_data.eq(q2),
+            fifo.w_data.eq(q3),
             fifo.w_en.eq(valid[-1] & ~self.flush),
             self.o.payload.eq(fifo.r_data),
             self.o.valid.eq(fifo.r_rdy & ~self.flush),
@@ -415,7 +460,7 @@ class ToeplitzHasher(wiring.Component):
         Consumed right after ``cfg``.
     x : In(stream.Signature(bits_layout(lanes)))
         The input ``x``, ``n`` bits, ``lanes`` per beat, ``last`` on the final beat. Consumed
-        after the whole seed, at one beat per clock while the first pass runs.
+        after the whole seed, at up to one beat per clock, and stored before the first pass.
     y : Out(stream.Signature(bits_layout(lanes)))
         The output ``y``, ``m`` bits, ``lanes`` per beat (bits past ``m`` are 0), ``last`` on
         the final beat. Emitted in ``tile``-row bursts at the end of each pass.
@@ -472,18 +517,20 @@ class ToeplitzHasher(wiring.Component):
 
     #: Buffer depth (words) above which ``slice_memory=None`` slices the buffers.
     SLICE_DEPTH = 512
-    #: Output FIFO depth: enough for one y beat per clock with the registered dump.
-    Y_FIFO_DEPTH = 4
 
     def elaborate(self, platform):
         m = Module()
         L, T = self.lanes, self.tile
         lg = ceil_log2(L)
-        K = T // L + 1                                # seed chunks that fill the window
-        # cycles the last block of the datapath runs behind the first (see below)
-        skew = T // L - 1 if _splits(L, self.karatsuba_base) else 0
+        B = T // L                                    # row blocks of the tile
+        K = B + 1                                     # seed chunks that fill the window
+        levels = _split_levels(L, self.karatsuba_base)
+        split = levels > 0
+        settle = _settle_cycles(B, levels)
         x_depth = -(-self.max_n // L)
         s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
+        clear_dumps = 2 * B + 6                       # see CLEAR
+        y_fifo_depth = B + 4                          # the dump wave's B beats in flight + 4
 
         sliced = self.slice_memory
         banks, width = self.bank_depth, self.slice_width
@@ -496,55 +543,55 @@ class ToeplitzHasher(wiring.Component):
         n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
         n_last = Signal(range(x_depth + 2))           # ceil(n / L) - 1: index of x's last beat
         s_last = Signal(range(s_depth + 2))           # ceil((n + m - 1) / L) - 1, the seed's
+        # Comparisons with the counters are registered flags, updated a beat ahead, so that
+        # no wide equality sits in the stream handshakes.
+        n_last2 = Signal(range(x_depth + 2))          # n_last - 1 (wraps when n_last is 0)
+        s_last2 = Signal(range(s_depth + 2))          # s_last - 1 (wraps when s_last is 0)
+        x_final = Signal()                            # x_cnt == n_last
+        s_final = Signal()                            # s_cnt == s_last
         r = Signal(range(L)) if L > 1 else Const(0, 1)  # n mod L: seed re-alignment
         # Per-stream counters.
         s_cnt = Signal(range(s_depth + 2))
         s_prev = Signal(L)                            # previous seed beat (re-alignment)
         x_cnt = Signal(range(x_depth + 2))
-        phase_cnt = Signal(range(T // L + skew + 4))  # clear / fill / settle / dump cycles
-        first_pass = Signal()
-        tile_word = Signal(range(-(-self.max_m // L) + T // L + 1))  # p * tile / L
+        phase_cnt = Signal(range(max(clear_dumps + B + 1, PRIME_CYCLES, settle, K, B) + 1))
+        tile_word = Signal(range(-(-self.max_m // L) + B + 1))  # p * tile / L
         y_beats = Signal(range(-(-self.max_m // L) + 1))  # y beats not yet emitted
+        y_one = Signal()                              # y_beats == 1
+        y_zero = Signal()                             # y_beats == 0
         x_last_mask = Signal(L)                       # lanes of x's last beat inside n
         y_last_mask = Signal(L)                       # lanes of y's last beat inside m
-        # Datapath. Its registers have no reset (a reset mid-job is cleaned up by the CLEAR
-        # state), and it runs one cycle behind the controller: every decision that moves it
-        # (shift the window, take an x beat, dump the accumulators) is registered first, so
-        # that the nets fanning out to thousands of datapath flip-flops start at a flip-flop.
+
+        # Datapath. It has no control inputs while a pass runs: every pass streams both
+        # buffers without a stall (they are primed first, and x was stored whole before the
+        # first pass), so the seed window slides one chunk every clock and the blocks' inputs
+        # pass along free-running registers. Its registers have no reset (a reset mid-job is
+        # cleaned up by the CLEAR state). The only control is the dump, which travels along the
+        # blocks as a wave through one register per block, so that no net spans the array.
         window = Signal(T + 2 * L, reset_less=True)
-        acc = Signal(T, reset_less=True)
         x_reg = Signal(L, reset_less=True)            # x beat that entered the cycle before
 
-        shift = Signal()        # controller: shift the seed window down by one chunk
+        shift = Signal()        # controller: take a seed chunk
         consume = Signal()      # controller: an x beat enters the datapath
-        x_data = Signal(L)
         dump = Signal()         # controller: shift the accumulators out by L rows
         emit = Signal()         # controller: ... and send the L rows shifted out on y
-        step = Signal()                               # datapath: shift (registered)
-        seed_in = Signal(L, reset_less=True)          # datapath: the chunk shifted in
-        x_in = Signal(L, reset_less=True)             # datapath: x beat, 0 if none
-        dump_r = Signal()                             # datapath: dump (registered)
-        emit_r = Signal()                             # datapath: emit (registered)
-        y_last_r = Signal()                           # the dumped beat is y's last
+        seed_in = Signal(L, reset_less=True)          # the chunk shifted in
+        x_in = Signal(L, reset_less=True)             # x beat, 0 if none
         m.d.sync += [
-            step.eq(shift),
             seed_in.eq(s_buf.o.payload),
-            x_in.eq(Mux(consume, x_data, 0)),
-            dump_r.eq(dump),
-            emit_r.eq(dump & emit),
-            y_last_r.eq(y_beats == 1),
+            x_in.eq(Mux(consume, x_buf.o.payload, 0)),
         ]
 
         m.d.comb += self.busy.eq(~self.cfg.ready)
 
         # Seed window: each chunk from the seed streamer enters at the bottom. Chunks come
         # from descending addresses and wrap harmlessly below 0: such bits only ever meet
-        # x bits past n, which are 0.
+        # x bits past n, which are 0. Between passes the window fills with whatever the
+        # streamer shows; the pass's first tile/lanes + 1 chunks replace all that is read.
         m.d.comb += s_buf.o.ready.eq(shift)
-        with m.If(step):
-            m.d.sync += window.eq(Cat(seed_in, window[:-L]))
+        m.d.sync += window.eq(Cat(seed_in, window[:-L]))
 
-        # Accumulators. x_reg holds the beat that entered the datapath (x_in) one cycle
+        # Products. x_reg holds the beat that entered the datapath (x_in) one cycle
         # earlier, when the window was one chunk higher:
         # acc[t] ^= XOR_l x[l] & s[D + t - l] = window[t - l + 2L - 1]. Rows jL … jL+L-1 are
         # one square Toeplitz block whose seed is window[jL + L : jL + 3L - 1].
@@ -556,22 +603,21 @@ class ToeplitzHasher(wiring.Component):
         base = self.karatsuba_base
         gate = lambda v, b: v & b.replicate(len(v))  # noqa: E731
         m.d.sync += x_reg.eq(x_in)
-        if _splits(L, base):
+        if split:
             # Each block's product is split by Karatsuba (toeplitz_block) into leaf products
             # of leaf seeds (XORs of seed bits) and leaf x vectors (XORs of x bits), which are
-            # registered, multiplied and recombined into mac, then accumulated. As the window
-            # slides by one block per shift, block j's leaf seeds are block j-1's of the shift
-            # before: they are computed once, for the block entering at the bottom, and then
-            # passed along the blocks. Nothing is broadcast to all blocks: block j runs j
-            # cycles behind block 0 (a wavefront), receiving the x leaves, the shift enable
-            # and the leaf seeds from block j-1 through one register each. Since block j-1
-            # has already shifted when block j does, the leaf seeds pass through a second,
-            # free-running register (block j-1's value a cycle earlier). The accumulators
-            # are only dumped when every block is idle, so the skew never shows outside.
+            # registered, multiplied, registered again and recombined (with a register
+            # halfway up when there are two levels or more) into mac, then accumulated. As
+            # the window slides by one block per clock, block j's leaf seeds are block j-1's
+            # of the clock before: they are computed once, for the block entering at the
+            # bottom, and then passed along the blocks. Nothing is broadcast to all blocks:
+            # block j runs j cycles behind block 0 (a wavefront), receiving the x leaves and
+            # the leaf seeds from block j-1, the leaf seeds through two registers (block j-1
+            # has already moved on by one chunk when block j takes them).
             entering = split_seed(window[:2 * L - 1], L, base=base, bind=bind)
             widths = [len(v) for v in entering]
             x_leaves = split_x(x_in, L, base=base, bind=bind)
-            x_widths = [len(v) for v in x_leaves]
+            x_widths = [len(v) for v in x_leaves]   # also the widths of the leaf products
 
             def unpack(vector, sizes):
                 parts, pos = [], 0
@@ -581,39 +627,77 @@ class ToeplitzHasher(wiring.Component):
                 return parts
 
             blocks = []
-            seeds_in, x_in_leaves, step_in = Cat(*entering), Cat(*x_leaves), step
-            for j in range(T // L):
+            cat = lambda lo, hi: Cat(lo, hi)  # noqa: E731
+            seeds_in, x_in_leaves = Cat(*entering), Cat(*x_leaves)
+            for j in range(B):
                 leaf_seeds = Signal(sum(widths), name=f"leaf_seeds{j}", reset_less=True)
                 leaf_x = Signal(sum(x_widths), name=f"leaf_x{j}", reset_less=True)
-                with m.If(step_in):
-                    m.d.sync += leaf_seeds.eq(seeds_in)
-                m.d.sync += leaf_x.eq(x_in_leaves)
-                products = [bind(leaf_product(ws, xv, gate=gate))
-                            for ws, xv in zip(unpack(leaf_seeds, widths),
-                                              unpack(leaf_x, x_widths), strict=True)]
-                blocks.append(combine_leaves(products, L, base=base,
-                                             cat=lambda lo, hi: Cat(lo, hi), bind=bind))
+                products = Signal(sum(x_widths), name=f"products{j}", reset_less=True)
+                m.d.sync += [
+                    leaf_seeds.eq(seeds_in),
+                    leaf_x.eq(x_in_leaves),
+                    products.eq(Cat(*[
+                        leaf_product(ws, xv, gate=gate)
+                        for ws, xv in zip(unpack(leaf_seeds, widths),
+                                          unpack(leaf_x, x_widths), strict=True)])),
+                ]
+                leaves = unpack(products, x_widths)
+                top_base = base
+                if levels >= 2:
+                    # register the recombination halfway up as well
+                    lower = (levels + 1) // 2
+                    top_base = (L >> levels) << lower
+                    parts = [combine_leaves(leaves, top_base, base=base, cat=cat, bind=bind)
+                             for _ in range(3 ** (levels - lower))]
+                    partial = Signal(top_base * len(parts), name=f"partial{j}",
+                                     reset_less=True)
+                    m.d.sync += partial.eq(Cat(*parts))
+                    leaves = unpack(partial, [top_base] * len(parts))
+                blocks.append(combine_leaves(leaves, L, base=top_base, cat=cat, bind=bind))
+                assert not leaves
                 # inputs of block j+1
                 seeds_prev = Signal.like(leaf_seeds, name=f"leaf_seeds{j}_prev")
-                step_next = Signal(name=f"step{j + 1}")
-                m.d.sync += [seeds_prev.eq(leaf_seeds), step_next.eq(step_in)]
-                seeds_in, x_in_leaves, step_in = seeds_prev, leaf_x, step_next
+                m.d.sync += seeds_prev.eq(leaf_seeds)
+                seeds_in, x_in_leaves = seeds_prev, leaf_x
         else:
             blocks = [leaf_product(window[j * L + L:j * L + 3 * L - 1], x_reg, gate=gate)
-                      for j in range(T // L)]
-        mac = Signal(T, reset_less=True)
-        m.d.sync += mac.eq(Cat(*blocks))
-        with m.If(dump_r):
-            m.d.sync += acc.eq(acc >> L)
-        with m.Else():
-            m.d.sync += acc.eq(acc ^ mac)
+                      for j in range(B)]
 
-        # x buffer: written while the first pass streams, replayed by later passes.
+        # Accumulators, one L-row block per row block of the tile. A dump shifts every block
+        # down by one (block 0 leaves on y, zeros enter at the top) as a wave from the top:
+        # block j shifts one cycle after block j+1 and so takes block j+1's rows as they were
+        # a cycle earlier (acc_above), which is exactly what block j+1 held before its own
+        # shift. The dump, emit and last flags travel down with the wave.
+        dump_wave = Signal(B)       # bit j: block j shifts this cycle
+        emit_wave = Signal(B)       # ... and (at block 0) the rows leave on y
+        last_wave = Signal(B)       # ... as y's last beat
+        y_last = Signal()
+        m.d.comb += y_last.eq(y_one)
+        m.d.sync += [
+            dump_wave.eq(Cat(dump_wave[1:], dump)),
+            emit_wave.eq(Cat(emit_wave[1:], dump & emit)),
+            last_wave.eq(Cat(last_wave[1:], y_last)),
+        ]
+        acc = [Signal(L, name=f"acc{j}", reset_less=True) for j in range(B)]
+        for j in range(B):
+            mac = Signal(L, name=f"mac{j}", reset_less=True)
+            m.d.sync += mac.eq(blocks[j])
+            if j + 1 < B:
+                acc_above = Signal(L, name=f"acc{j + 1}_prev", reset_less=True)
+                m.d.sync += acc_above.eq(acc[j + 1])
+            else:
+                acc_above = 0
+            with m.If(dump_wave[j]):
+                m.d.sync += acc[j].eq(acc_above)
+            with m.Else():
+                m.d.sync += acc[j].eq(acc[j] ^ mac)
+
+        # x buffer: the whole x packet is stored before the first pass.
         last_lane_ok = Signal(L)
-        m.d.comb += last_lane_ok.eq(Mux(x_cnt == n_last, x_last_mask, ~0))
         m.d.comb += [
+            last_lane_ok.eq(Mux(x_final, x_last_mask, ~0)),
             x_buf.w_addr.eq(x_cnt),
-            x_buf.w_data.eq(x_data),
+            x_buf.w_data.eq(self.x.payload.data & last_lane_ok),
         ]
 
         # Seed buffer: word b = s[(b-1)L + r : bL + r], i.e. beats re-aligned by r = n mod L,
@@ -625,16 +709,19 @@ class ToeplitzHasher(wiring.Component):
             s_buf.w_addr.eq(s_cnt),
         ]
 
-        # Output: L rows per beat, rows past m read as 0. The dumped rows go through a small
-        # FIFO whose level decides the next dump, so y.ready never reaches the accumulators.
-        m.submodules.y_fifo = y_fifo = SyncFIFO(width=L + 1, depth=self.Y_FIFO_DEPTH)
+        # Output: L rows per beat, rows past m read as 0. The rows leaving block 0 go through
+        # a FIFO with room for every beat of the dump wave in flight (y_pending), so y.ready
+        # never reaches the accumulators.
+        m.submodules.y_fifo = y_fifo = SyncFIFO(width=L + 1, depth=y_fifo_depth)
+        y_pending = Signal(range(B + 2))              # emitted, not yet in the FIFO
         y_room = Signal()
         y_data = Signal(L)
+        m.d.sync += y_pending.eq(y_pending + (dump & emit) - emit_wave[0])
         m.d.comb += [
-            y_data.eq(acc[:L] & Mux(y_last_r, y_last_mask, ~0)),
-            y_fifo.w_en.eq(emit_r),
-            y_fifo.w_data.eq(Cat(y_data, y_last_r)),
-            y_room.eq(y_fifo.level + emit_r < self.Y_FIFO_DEPTH),
+            y_data.eq(acc[0] & Mux(last_wave[0], y_last_mask, ~0)),
+            y_fifo.w_en.eq(emit_wave[0]),
+            y_fifo.w_data.eq(Cat(y_data, last_wave[0])),
+            y_room.eq(y_fifo.level + y_pending < y_fifo_depth),
             self.y.valid.eq(y_fifo.r_rdy),
             self.y.payload.data.eq(y_fifo.r_data[:L]),
             self.y.payload.last.eq(y_fifo.r_data[L]),
@@ -643,15 +730,16 @@ class ToeplitzHasher(wiring.Component):
         ]
 
         # The pass's top seed chunk starts at E = p*tile + n - L + tile.
-        addr_top = tile_word + (n >> lg) + T // L
+        addr_top = tile_word + (n >> lg) + B
         cfg = self.cfg.payload
         with m.FSM(init="CLEAR"):
             with m.State("CLEAR"):
-                # after a reset, shift out whatever the accumulators held (they have no reset)
-                # while the x registers ahead of them fill with zeros
-                m.d.comb += dump.eq(1)
+                # After a reset: x_in is 0 from the first cycle, so zeros reach every block's
+                # products within B + 4 cycles; meanwhile the accumulators are dumped often
+                # enough that zeros from the top fill them all after that. Then the wave drains.
+                m.d.comb += dump.eq(phase_cnt < clear_dumps)
                 m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                with m.If(phase_cnt == T // L + skew + 2):
+                with m.If(phase_cnt == clear_dumps + B):
                     m.d.sync += phase_cnt.eq(0)
                     m.next = "IDLE"
 
@@ -662,11 +750,16 @@ class ToeplitzHasher(wiring.Component):
                         n.eq(cfg.n),
                         n_beats.eq((cfg.n + (L - 1)) >> lg),
                         n_last.eq(((cfg.n + (L - 1)) >> lg) - 1),
+                        n_last2.eq(((cfg.n + (L - 1)) >> lg) - 2),
                         s_last.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 1),
+                        s_last2.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 2),
+                        x_final.eq(((cfg.n + (L - 1)) >> lg) == 1),
+                        s_final.eq(((cfg.n + cfg.m + (L - 2)) >> lg) == 1),
+                        y_zero.eq(((cfg.m + (L - 1)) >> lg) == 0),
+                        y_one.eq(((cfg.m + (L - 1)) >> lg) == 1),
                         s_cnt.eq(0),
                         s_prev.eq(0),
                         x_cnt.eq(0),
-                        first_pass.eq(1),
                         tile_word.eq(0),
                         y_beats.eq((cfg.m + (L - 1)) >> lg),
                     ]
@@ -689,11 +782,12 @@ class ToeplitzHasher(wiring.Component):
             with m.State("SEED"):
                 m.d.comb += self.seed.ready.eq(1)
                 with m.If(self.seed.valid):
-                    final = s_cnt == s_last
+                    final = s_final
                     ok = err == ToeplitzStatus.OK
                     m.d.comb += s_buf.w_en.eq(ok)
                     m.d.sync += [
                         s_cnt.eq(s_cnt + 1),
+                        s_final.eq(s_cnt == s_last2),
                         s_prev.eq(self.seed.payload.data),
                     ]
                     with m.If(ok & self.seed.payload.last & ~final):
@@ -712,108 +806,118 @@ class ToeplitzHasher(wiring.Component):
                     aligned.eq(Cat(s_prev, Const(0, L)).bit_select(r, L)),
                     s_buf.w_en.eq(1),
                 ]
-                m.next = "PASS"
+                m.next = "LOAD_X"
+
+            with m.State("LOAD_X"):
+                # store x (lanes past n as 0); the passes replay it from the buffer
+                final = x_final
+                m.d.comb += [
+                    self.x.ready.eq(1),
+                    x_buf.w_en.eq(self.x.valid),
+                ]
+                with m.If(self.x.valid):
+                    m.d.sync += [
+                        x_cnt.eq(x_cnt + 1),
+                        x_final.eq(x_cnt == n_last2),
+                    ]
+                    with m.If(self.x.payload.last & ~final):
+                        m.d.sync += err.eq(ToeplitzStatus.X_SHORT)
+                        m.next = "STATUS"
+                    with m.Elif(~self.x.payload.last & final):
+                        m.d.sync += err.eq(ToeplitzStatus.X_LONG)
+                        m.next = "DRAIN_X"
+                    with m.Elif(final):
+                        m.next = "PASS"
+
+            with m.State("DRAIN_X"):
+                m.d.comb += self.x.ready.eq(1)
+                with m.If(self.x.valid & self.x.payload.last):
+                    m.next = "STATUS"
 
             with m.State("PASS"):
-                # start both streamers: the pass's seed chunks downwards from the top, and
-                # (after the first pass) x from word 0
+                # start the seed streamer: the pass's chunks downwards from the top
                 m.d.comb += [
                     s_buf.start.eq(1),
                     s_buf.start_addr.eq(addr_top),
                     s_buf.count.eq(n_beats + K),
                     s_buf.down.eq(1),
-                    x_buf.start.eq(~first_pass),
-                    x_buf.start_addr.eq(0),
-                    x_buf.count.eq(n_beats),
                 ]
                 m.d.sync += [
                     x_cnt.eq(0),
+                    x_final.eq(n_last == 0),
                     phase_cnt.eq(0),
                 ]
-                m.next = "FILL"
+                m.next = "PRIME"
+
+            with m.State("PRIME"):
+                # start the x streamer a cycle later (in the first pass, x's last word is
+                # written to its memory two cycles after LOAD_X took it), and let both fill
+                # their FIFOs, so that neither runs dry in the pass
+                m.d.comb += [
+                    x_buf.start.eq(phase_cnt == 0),
+                    x_buf.start_addr.eq(0),
+                    x_buf.count.eq(n_beats),
+                ]
+                m.d.sync += phase_cnt.eq(phase_cnt + 1)
+                with m.If(phase_cnt == PRIME_CYCLES - 1):
+                    m.d.sync += phase_cnt.eq(0)
+                    m.next = "FILL"
 
             with m.State("FILL"):
                 m.d.comb += shift.eq(s_buf.o.valid)
                 with m.If(s_buf.o.valid):
                     m.d.sync += phase_cnt.eq(phase_cnt + 1)
                     with m.If(phase_cnt == K - 1):
+                        m.d.sync += phase_cnt.eq(0)
                         m.next = "RUN"
 
             with m.State("RUN"):
-                final = x_cnt == n_last
-                m.d.sync += phase_cnt.eq(0)
-                with m.If(first_pass):
-                    m.d.comb += [
-                        self.x.ready.eq(s_buf.o.valid),
-                        consume.eq(self.x.valid & s_buf.o.valid),
-                        x_data.eq(self.x.payload.data & last_lane_ok),
-                        x_buf.w_en.eq(consume),
-                    ]
-                    with m.If(consume):
-                        with m.If(self.x.payload.last & ~final):
-                            m.d.sync += err.eq(ToeplitzStatus.X_SHORT)
-                            m.next = "SETTLE"
-                        with m.Elif(~self.x.payload.last & final):
-                            m.d.sync += err.eq(ToeplitzStatus.X_LONG)
-                            m.next = "DRAIN_X"
-                        with m.Elif(final):
-                            m.next = "SETTLE"
-                with m.Else():
-                    m.d.comb += [
-                        consume.eq(x_buf.o.valid & s_buf.o.valid),
-                        x_buf.o.ready.eq(consume),
-                        x_data.eq(x_buf.o.payload),
-                    ]
-                    with m.If(consume & final):
-                        m.next = "SETTLE"
-                m.d.comb += shift.eq(consume)
+                m.d.comb += [
+                    consume.eq(x_buf.o.valid & s_buf.o.valid),
+                    x_buf.o.ready.eq(consume),
+                    shift.eq(consume),
+                ]
                 with m.If(consume):
-                    m.d.sync += x_cnt.eq(x_cnt + 1)
-
-            with m.State("DRAIN_X"):
-                m.d.comb += self.x.ready.eq(1)
-                m.d.sync += phase_cnt.eq(0)
-                with m.If(self.x.valid & self.x.payload.last):
-                    m.next = "SETTLE"
+                    m.d.sync += [
+                        x_cnt.eq(x_cnt + 1),
+                        x_final.eq(x_cnt == n_last2),
+                    ]
+                    with m.If(x_final):
+                        m.next = "SETTLE"
 
             with m.State("SETTLE"):
-                # the last consumed beat reaches the first block's accumulators in the second
-                # cycle of SETTLE, and the last block's skew cycles later
+                # the last beat reaches the top block's accumulators settle - 1 cycles later
                 m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                with m.If(phase_cnt == skew + 1):
+                with m.If(phase_cnt == settle - 1):
                     m.d.sync += phase_cnt.eq(0)
                     m.next = "DUMP"
 
             with m.State("DUMP"):
                 m.d.comb += [
-                    emit.eq((err == ToeplitzStatus.OK) & (y_beats != 0)),
+                    emit.eq(~y_zero),
                     dump.eq(~emit | y_room),
                 ]
                 with m.If(dump):
                     m.d.sync += phase_cnt.eq(phase_cnt + 1)
                     with m.If(emit):
-                        m.d.sync += y_beats.eq(y_beats - 1)
-                    with m.If(phase_cnt == T // L - 1):
                         m.d.sync += [
-                            first_pass.eq(0),
-                            tile_word.eq(tile_word + T // L),
+                            y_beats.eq(y_beats - 1),
+                            y_one.eq(y_beats == 2),
+                            y_zero.eq(y_one),
                         ]
-                        with m.If(err != ToeplitzStatus.OK):
-                            m.next = "FLUSH"
-                        with m.Elif((y_beats == 0) | (y_beats == 1)):
+                    with m.If(phase_cnt == B - 1):
+                        m.d.sync += [
+                            phase_cnt.eq(0),
+                            tile_word.eq(tile_word + B),
+                        ]
+                        with m.If(y_zero | y_one):
                             m.next = "STATUS"
                         with m.Else():
                             m.next = "PASS"
 
-            with m.State("FLUSH"):
-                # an aborted pass leaves seed chunks in flight: discard them
-                m.d.comb += s_buf.flush.eq(1)
-                with m.If(s_buf.idle):
-                    m.next = "STATUS"
-
             with m.State("STATUS"):
                 # after the last y beat has left the FIFO
-                m.d.comb += self.status.valid.eq(~y_fifo.r_rdy & ~emit_r)
+                m.d.comb += self.status.valid.eq(~y_fifo.r_rdy & (y_pending == 0))
                 with m.If(self.status.valid & self.status.ready):
                     m.next = "IDLE"
 

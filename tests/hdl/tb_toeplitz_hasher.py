@@ -14,7 +14,7 @@ import random
 import cocotb
 import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
-from mozi.hdl.toeplitz_hasher import ToeplitzStatus, job_cycles
+from mozi.hdl.toeplitz_hasher import PRIME_CYCLES, ToeplitzStatus, job_cycles
 from mozi.sim.cocotb_runner import test_params
 from mozi.sim.model import toeplitz_hash
 
@@ -255,7 +255,10 @@ async def test_reset_mid_job(dut):
     await reset(dut)
     n, m = MAX_N, MAX_M
     x_beats = -(-n // LANES)
-    for stream_name, beats in (("x", max(x_beats // 2, 1)), ("y", 1)):
+    # x is stored whole before the first pass, which runs x_beats cycles after its start,
+    # the prime and the window fill: stop halfway through it, and after the first y beat
+    mid_pass = 1 + PRIME_CYCLES + TILE // LANES + 1 + x_beats // 2
+    for stream_name, beats, extra in (("x", x_beats, mid_pass), ("y", 1, 0)):
         aborted = Jobs()
         aborted.add(n, m, rng)
         tasks = [cocotb.start_soon(drive(dut, name, getattr(aborted, name), rng, 1.0))
@@ -267,9 +270,11 @@ async def test_reset_mid_job(dut):
             valid = getattr(dut, f"{stream_name}__valid").value
             taken += bool(valid and getattr(dut, f"{stream_name}__ready").value)
             await RisingEdge(dut.clk)
+        for _ in range(extra):
+            await RisingEdge(dut.clk)
         for task in tasks:
             task.cancel()
-        dut._log.info("reset after %d %s beat(s) of a job", taken, stream_name)
+        dut._log.info("reset %d cycles after %d %s beat(s) of a job", extra, taken, stream_name)
         await reset(dut)
         jobs = Jobs()
         for _ in range(3):

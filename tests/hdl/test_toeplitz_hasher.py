@@ -3,7 +3,13 @@
 
 import numpy as np
 import pytest
-from mozi.hdl.toeplitz_hasher import ToeplitzHasher, ToeplitzStatus, job_cycles, toeplitz_block
+from mozi.hdl.toeplitz_hasher import (
+    PRIME_CYCLES,
+    ToeplitzHasher,
+    ToeplitzStatus,
+    job_cycles,
+    toeplitz_block,
+)
 from mozi.sim.cocotb_runner import run_cocotb
 
 pytestmark = pytest.mark.cocotb
@@ -61,19 +67,21 @@ def test_defaults_and_ports():
 
 
 def test_job_cycles_formula():
-    # cfg 1 + seed beats + seed flush 1 + status 1, and per pass: start 1, seed prefetch
-    # latency 6, fill tile/lanes + 1, x beats, settle 2, dump tile/lanes; then the last y
-    # beat drains from the output FIFO (2 cycles when it is the pass's last row block)
-    # (skew: tile/lanes - 1 more settle cycles when the blocks are split)
-    assert job_cycles(1, 1, lanes=1, tile=1) == 3 + 1 + (1 + 6 + 2 + 1 + 2 + 1) + 2
+    # cfg 1 + seed beats + seed flush 1 + x beats (stored whole), then per pass: start 1,
+    # prime PRIME_CYCLES (15), fill tile/lanes + 1, x beats, settle, dump tile/lanes; then
+    # the final pass's y beats come down the dump wave, + 2 until status is taken. settle is
+    # 2, or tile/lanes + 2 when the blocks are split (the last one runs tile/lanes - 1
+    # cycles behind the first, and the leaf products are registered), + 1 with two levels
+    # of splitting or more (the recombination is registered halfway).
+    assert PRIME_CYCLES == 15
+    assert job_cycles(1, 1, lanes=1, tile=1) == 1 + 1 + 1 + 1 + (1 + 15 + 2 + 1 + 2 + 1) + 1 + 2
     assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
-        3 + 34375 + 196 * (31250 + 32 + 10 + 15) + 0   # final pass: 10 of 16 row blocks
+        4 + 34375 + 31250 + 196 * (31250 + 32 + 15 + 2 + 19) + 5   # final pass: 5 row blocks
     assert job_cycles(10**6, 10**5, lanes=32, tile=512, karatsuba_base=32) == \
-        3 + 34375 + 196 * (31250 + 32 + 10) + 0
-    assert job_cycles(64, 48, lanes=8, tile=24) == 3 + 14 + 2 * (8 + 6 + 10) + 2
+        4 + 34375 + 31250 + 196 * (31250 + 32 + 15 + 2 + 2) + 5
+    assert job_cycles(64, 48, lanes=8, tile=24) == 4 + 14 + 8 + 2 * (8 + 6 + 15 + 2 + 2) + 3
     assert job_cycles(64, 40, lanes=8, tile=24, karatsuba_base=4) == \
-        3 + 13 + 2 * (8 + 6 + 10 + 2) + 1
-    assert job_cycles(64, 30, lanes=8, tile=24) == 3 + 12 + 2 * (8 + 6 + 10) + 0
+        4 + 13 + 8 + 2 * (8 + 6 + 15 + 2 + 5) + 2
     assert ToeplitzStatus.OK.value == 0
 
 
