@@ -164,7 +164,7 @@ def row_key(design: str, dev: Device, synth_options: str = "") -> str:
     options, if any) and the tool versions.
 
     A placed row is reused while these are unchanged (the ToeplitzHasher row alone takes
-    about ten minutes on two cores). Source locations are left out of the design: they change
+    about 70 minutes). Source locations are left out of the design: they change
     with every edit above a line and do not change the netlist.
     """
     logic = "\n".join(line for line in design.splitlines()
@@ -263,7 +263,8 @@ def _write(results: dict) -> None:
     for key in sorted(results):
         r = results[key]
         name = key.split("@")[0]
-        params = ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items())
+        # sorted: synth.json keeps its keys sorted, so a row read back would reorder them
+        params = ", ".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()))
         if r.get("synth_options"):
             params += f" (yosys {r['synth_options']})"
         if "error" in r:
