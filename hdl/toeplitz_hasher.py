@@ -571,8 +571,10 @@ class ToeplitzHasher(wiring.Component):
         window = Signal(T + 2 * L, reset_less=True)
         x_reg = Signal(L, reset_less=True)            # x beat that entered the cycle before
 
-        shift = Signal()        # controller: take a seed chunk
-        consume = Signal()      # controller: an x beat enters the datapath
+        # The pass's stream reads are registered flags, set and cleared by the controller a
+        # cycle ahead: no handshake logic lies between them and the FIFOs they read.
+        shift = Signal()        # controller: take a seed chunk (FILL and RUN)
+        consume = Signal()      # controller: an x beat enters the datapath (RUN)
         dump = Signal()         # controller: shift the accumulators out by L rows
         emit = Signal()         # controller: ... and send the L rows shifted out on y
         seed_in = Signal(L, reset_less=True)          # the chunk shifted in
@@ -588,7 +590,10 @@ class ToeplitzHasher(wiring.Component):
         # from descending addresses and wrap harmlessly below 0: such bits only ever meet
         # x bits past n, which are 0. Between passes the window fills with whatever the
         # streamer shows; the pass's first tile/lanes + 1 chunks replace all that is read.
-        m.d.comb += s_buf.o.ready.eq(shift)
+        m.d.comb += [
+            s_buf.o.ready.eq(shift),
+            x_buf.o.ready.eq(consume),
+        ]
         m.d.sync += window.eq(Cat(seed_in, window[:-L]))
 
         # Products. x_reg holds the beat that entered the datapath (x_in) one cycle
@@ -860,30 +865,35 @@ class ToeplitzHasher(wiring.Component):
                 ]
                 m.d.sync += phase_cnt.eq(phase_cnt + 1)
                 with m.If(phase_cnt == PRIME_CYCLES - 1):
-                    m.d.sync += phase_cnt.eq(0)
+                    m.d.sync += [
+                        phase_cnt.eq(0),
+                        shift.eq(1),
+                    ]
                     m.next = "FILL"
 
+            # From here both streams are read every clock without looking at their valid:
+            # primed FIFOs fed at one word per clock never run dry (a design invariant, which
+            # every testbench job checks: one stale word would corrupt its hash).
             with m.State("FILL"):
-                m.d.comb += shift.eq(s_buf.o.valid)
-                with m.If(s_buf.o.valid):
-                    m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                    with m.If(phase_cnt == K - 1):
-                        m.d.sync += phase_cnt.eq(0)
-                        m.next = "RUN"
+                m.d.sync += phase_cnt.eq(phase_cnt + 1)
+                with m.If(phase_cnt == K - 1):
+                    m.d.sync += [
+                        phase_cnt.eq(0),
+                        consume.eq(1),
+                    ]
+                    m.next = "RUN"
 
             with m.State("RUN"):
-                m.d.comb += [
-                    consume.eq(x_buf.o.valid & s_buf.o.valid),
-                    x_buf.o.ready.eq(consume),
-                    shift.eq(consume),
+                m.d.sync += [
+                    x_cnt.eq(x_cnt + 1),
+                    x_final.eq(x_cnt == n_last2),
                 ]
-                with m.If(consume):
+                with m.If(x_final):
                     m.d.sync += [
-                        x_cnt.eq(x_cnt + 1),
-                        x_final.eq(x_cnt == n_last2),
+                        shift.eq(0),
+                        consume.eq(0),
                     ]
-                    with m.If(x_final):
-                        m.next = "SETTLE"
+                    m.next = "SETTLE"
 
             with m.State("SETTLE"):
                 # the last beat reaches the top block's accumulators settle - 1 cycles later
