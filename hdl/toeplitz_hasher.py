@@ -542,13 +542,12 @@ class ToeplitzHasher(wiring.Component):
         err = Signal(ToeplitzStatus)
         n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
         n_last = Signal(range(x_depth + 2))           # ceil(n / L) - 1: index of x's last beat
-        s_last = Signal(range(s_depth + 2))           # ceil((n + m - 1) / L) - 1, the seed's
         # Comparisons with the counters are registered flags, updated a beat ahead, so that
         # no wide equality sits in the stream handshakes.
         n_last2 = Signal(range(x_depth + 2))          # n_last - 1 (wraps when n_last is 0)
-        s_last2 = Signal(range(s_depth + 2))          # s_last - 1 (wraps when s_last is 0)
+        s_last2 = Signal(range(s_depth + 2))          # ceil((n + m - 1) / L) - 2 (wraps too)
         x_final = Signal()                            # x_cnt == n_last
-        s_final = Signal()                            # s_cnt == s_last
+        s_final = Signal()                            # s_cnt is the seed's last beat
         r = Signal(range(L)) if L > 1 else Const(0, 1)  # n mod L: seed re-alignment
         # Per-stream counters.
         s_cnt = Signal(range(s_depth + 2))
@@ -756,7 +755,6 @@ class ToeplitzHasher(wiring.Component):
                         n_beats.eq((cfg.n + (L - 1)) >> lg),
                         n_last.eq(((cfg.n + (L - 1)) >> lg) - 1),
                         n_last2.eq(((cfg.n + (L - 1)) >> lg) - 2),
-                        s_last.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 1),
                         s_last2.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 2),
                         x_final.eq(((cfg.n + (L - 1)) >> lg) == 1),
                         s_final.eq(((cfg.n + cfg.m + (L - 2)) >> lg) == 1),
