@@ -542,13 +542,12 @@ class ToeplitzHasher(wiring.Component):
         err = Signal(ToeplitzStatus)
         n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
         n_last = Signal(range(x_depth + 2))           # ceil(n / L) - 1: index of x's last beat
-        s_last = Signal(range(s_depth + 2))           # ceil((n + m - 1) / L) - 1, the seed's
         # Comparisons with the counters are registered flags, updated a beat ahead, so that
         # no wide equality sits in the stream handshakes.
         n_last2 = Signal(range(x_depth + 2))          # n_last - 1 (wraps when n_last is 0)
-        s_last2 = Signal(range(s_depth + 2))          # s_last - 1 (wraps when s_last is 0)
+        s_last2 = Signal(range(s_depth + 2))          # ceil((n + m - 1) / L) - 2 (wraps too)
         x_final = Signal()                            # x_cnt == n_last
-        s_final = Signal()                            # s_cnt == s_last
+        s_final = Signal()                            # s_cnt is the seed's last beat
         r = Signal(range(L)) if L > 1 else Const(0, 1)  # n mod L: seed re-alignment
         # Per-stream counters.
         s_cnt = Signal(range(s_depth + 2))
@@ -571,8 +570,10 @@ class ToeplitzHasher(wiring.Component):
         window = Signal(T + 2 * L, reset_less=True)
         x_reg = Signal(L, reset_less=True)            # x beat that entered the cycle before
 
-        shift = Signal()        # controller: take a seed chunk
-        consume = Signal()      # controller: an x beat enters the datapath
+        # The pass's stream reads are registered flags, set and cleared by the controller a
+        # cycle ahead: no handshake logic lies between them and the FIFOs they read.
+        shift = Signal()        # controller: take a seed chunk (FILL and RUN)
+        consume = Signal()      # controller: an x beat enters the datapath (RUN)
         dump = Signal()         # controller: shift the accumulators out by L rows
         emit = Signal()         # controller: ... and send the L rows shifted out on y
         seed_in = Signal(L, reset_less=True)          # the chunk shifted in
@@ -588,7 +589,10 @@ class ToeplitzHasher(wiring.Component):
         # from descending addresses and wrap harmlessly below 0: such bits only ever meet
         # x bits past n, which are 0. Between passes the window fills with whatever the
         # streamer shows; the pass's first tile/lanes + 1 chunks replace all that is read.
-        m.d.comb += s_buf.o.ready.eq(shift)
+        m.d.comb += [
+            s_buf.o.ready.eq(shift),
+            x_buf.o.ready.eq(consume),
+        ]
         m.d.sync += window.eq(Cat(seed_in, window[:-L]))
 
         # Products. x_reg holds the beat that entered the datapath (x_in) one cycle
@@ -751,7 +755,6 @@ class ToeplitzHasher(wiring.Component):
                         n_beats.eq((cfg.n + (L - 1)) >> lg),
                         n_last.eq(((cfg.n + (L - 1)) >> lg) - 1),
                         n_last2.eq(((cfg.n + (L - 1)) >> lg) - 2),
-                        s_last.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 1),
                         s_last2.eq(((cfg.n + cfg.m + (L - 2)) >> lg) - 2),
                         x_final.eq(((cfg.n + (L - 1)) >> lg) == 1),
                         s_final.eq(((cfg.n + cfg.m + (L - 2)) >> lg) == 1),
@@ -860,30 +863,35 @@ class ToeplitzHasher(wiring.Component):
                 ]
                 m.d.sync += phase_cnt.eq(phase_cnt + 1)
                 with m.If(phase_cnt == PRIME_CYCLES - 1):
-                    m.d.sync += phase_cnt.eq(0)
+                    m.d.sync += [
+                        phase_cnt.eq(0),
+                        shift.eq(1),
+                    ]
                     m.next = "FILL"
 
+            # From here both streams are read every clock without looking at their valid:
+            # primed FIFOs fed at one word per clock never run dry (a design invariant, which
+            # every testbench job checks: one stale word would corrupt its hash).
             with m.State("FILL"):
-                m.d.comb += shift.eq(s_buf.o.valid)
-                with m.If(s_buf.o.valid):
-                    m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                    with m.If(phase_cnt == K - 1):
-                        m.d.sync += phase_cnt.eq(0)
-                        m.next = "RUN"
+                m.d.sync += phase_cnt.eq(phase_cnt + 1)
+                with m.If(phase_cnt == K - 1):
+                    m.d.sync += [
+                        phase_cnt.eq(0),
+                        consume.eq(1),
+                    ]
+                    m.next = "RUN"
 
             with m.State("RUN"):
-                m.d.comb += [
-                    consume.eq(x_buf.o.valid & s_buf.o.valid),
-                    x_buf.o.ready.eq(consume),
-                    shift.eq(consume),
+                m.d.sync += [
+                    x_cnt.eq(x_cnt + 1),
+                    x_final.eq(x_cnt == n_last2),
                 ]
-                with m.If(consume):
+                with m.If(x_final):
                     m.d.sync += [
-                        x_cnt.eq(x_cnt + 1),
-                        x_final.eq(x_cnt == n_last2),
+                        shift.eq(0),
+                        consume.eq(0),
                     ]
-                    with m.If(x_final):
-                        m.next = "SETTLE"
+                    m.next = "SETTLE"
 
             with m.State("SETTLE"):
                 # the last beat reaches the top block's accumulators settle - 1 cycles later
