@@ -164,7 +164,7 @@ def row_key(design: str, dev: Device, synth_options: str = "") -> str:
     options, if any) and the tool versions.
 
     A placed row is reused while these are unchanged (the ToeplitzHasher row alone takes
-    about 70 minutes). Source locations are left out of the design: they change
+    about 35 minutes). Source locations are left out of the design: they change
     with every edit above a line and do not change the netlist.
     """
     logic = "\n".join(line for line in design.splitlines()
