@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import secrets
 import struct
 from collections.abc import Callable, Iterable
 
 import numpy as np
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Frame, FrameError, Opcode
+from mozi.host.randomness import ByteStream
 from mozi.sim import model
 from mozi.sim.errors import MoziError
 
@@ -562,28 +564,30 @@ class _Driver:
 
 
 class RandomWordSource:
-    """Deterministic stream of 2-bit random words for the basis decoder.
+    """The stream of 2-bit random words fed to the basis decoder (Bob's squashing choices).
 
-    Words are drawn in fixed chunks from ``numpy.random.default_rng(seed)``, so the sequence
-    depends only on the seed, never on how it is consumed — the ``model`` and ``rtl`` backends
-    receive the same words.
+    For a multi-click event the decoder takes its basis and bit from one word, so the words
+    are secret: they come from a ChaCha20 keystream (:class:`mozi.host.randomness.ByteStream`)
+    under a 256-bit key, four words per byte (first word in bits 7..6). The sequence depends
+    only on the key, never on how it is consumed — the ``model`` and ``rtl`` backends given the
+    same key receive the same words.
 
     Parameters
     ----------
-    seed : int
+    key : bytes, optional
+        32 secret bytes; default: fresh ones from the OS CSPRNG.
     """
 
-    CHUNK = 1 << 16
-
-    def __init__(self, seed: int):
-        self._rng = np.random.default_rng(seed)
+    def __init__(self, key: bytes | None = None):
+        self._stream = ByteStream(secrets.token_bytes(32) if key is None else key)
         self._buf = np.zeros(0, np.uint8)
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` words (uint8 in 0..3)."""
-        while self._buf.size < count:
-            self._buf = np.concatenate(
-                [self._buf, self._rng.integers(0, 4, self.CHUNK, dtype=np.uint8)])
+        if self._buf.size < count:
+            raw = np.frombuffer(self._stream.read((count - self._buf.size + 3) // 4), np.uint8)
+            words = np.stack([(raw >> s) & 3 for s in (6, 4, 2, 0)], axis=1).ravel()
+            self._buf = np.concatenate([self._buf, words])
         out, self._buf = self._buf[:count], self._buf[count:]
         return out
 
@@ -644,16 +648,17 @@ class ReceiverDriver(_Driver):
     Parameters
     ----------
     transport : Transport
-    random_seed : int
-        Seed of the :class:`RandomWordSource` feeding the basis decoder.
+    random_key : bytes, optional
+        Secret key of the :class:`RandomWordSource` feeding the basis decoder (default: fresh
+        from the OS CSPRNG). The same key gives the same words on every backend.
     """
 
     ROLE = _ROLE_RECEIVER
 
-    def __init__(self, transport: Transport, *, random_seed: int = 0):
+    def __init__(self, transport: Transport, *, random_key: bytes | None = None):
         super().__init__(transport)
         self.frac_bits = self.read_register("SA_FRAC_BITS")
-        self._random = RandomWordSource(random_seed)
+        self._random = RandomWordSource(random_key)
         self._level = self.read_register("RX_RANDOM_LEVEL")
         self._shape = (self.read_register("SA_PERIOD"), self.read_register("SA_WINDOW_START"),
                        self.read_register("SA_WINDOW_END"))

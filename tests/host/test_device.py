@@ -23,6 +23,11 @@ from mozi.sim.errors import MoziError
 FRAC = 16
 
 
+def _key(seed: int) -> bytes:
+    """A fixed 32-byte random-word key for reproducible tests."""
+    return seed.to_bytes(32, "big")
+
+
 def _reference(ts, masks, words, *, period, offset, ws, we):
     slots, inw = model.assign_slots(ts, period=period, offset=offset, window_start=ws,
                                     window_end=we, frac_bits=FRAC)
@@ -60,10 +65,10 @@ def test_receiver_matches_golden_models(seed):
     period = 10_000 << FRAC
     offset = int(rng.integers(-period, period))
     ws, we = period // 5, 4 * period // 5
-    rx = ReceiverDriver(open_device("model"), random_seed=seed)
+    rx = ReceiverDriver(open_device("model"), random_key=_key(seed))
     rx.configure(period=period, offset=offset, window_start=ws, window_end=we)
     det = rx.process(ts, masks)
-    words = RandomWordSource(seed).take(ts.size + 1)
+    words = RandomWordSource(_key(seed)).take(ts.size + 1)
     s, basis, bit, multi = _reference(ts, masks, words, period=period, offset=offset,
                                       ws=ws, we=we)
     np.testing.assert_array_equal(det.slots, s.astype(np.int64))
@@ -80,14 +85,14 @@ def test_receiver_matches_golden_models(seed):
 
 
 def test_held_event_merges_across_frames_until_last():
-    rx = ReceiverDriver(open_device("model"), random_seed=3)
+    rx = ReceiverDriver(open_device("model"), random_key=_key(3))
     period = 100 << FRAC
     rx.configure(period=period, offset=0, window_start=0, window_end=period)
     a = rx.process(np.array([5, 210]), np.array([1, 2], np.uint8), last=False)
     assert a.slots.tolist() == [0]                     # slot 2 is held
     b = rx.process(np.array([250, 420]), np.array([4, 8], np.uint8), last=True)
     assert b.slots.tolist() == [2, 4]                  # slot-2 clicks merged: mask 2|4
-    words = RandomWordSource(3).take(3)
+    words = RandomWordSource(_key(3)).take(3)
     _, basis, _, multi = model.decode_basis(np.array([1, 6, 8], np.uint8), words)
     assert b.multi.tolist() == multi[1:].tolist()
     assert b.basis.tolist() == basis[1:].tolist()
@@ -140,19 +145,33 @@ def test_random_underflow_and_garbage_input():
 
 
 def test_random_words_do_not_depend_on_consumption():
-    a = RandomWordSource(11)
+    a = RandomWordSource(_key(11))
     whole = a.take(200_000)
-    b = RandomWordSource(11)
+    b = RandomWordSource(_key(11))
     parts = np.concatenate([b.take(k) for k in (1, 7, 65_535, 3, 100_000, 34_454)])
     np.testing.assert_array_equal(whole, parts)
     assert set(np.unique(whole)) == {0, 1, 2, 3}
+    assert abs(np.bincount(whole, minlength=4) / whole.size - 0.25).max() < 0.01
+
+
+def test_random_words_are_secret_by_default():
+    """Defect 2 of the security issue: Bob's squashing words came from
+    ``numpy.random.default_rng(seed)`` with the session seed, which the session result and
+    every key's metadata publish, so anybody could recompute them. Now, without a key, two
+    sources draw fresh CSPRNG keys and share no words; with one, the words are ChaCha20 of
+    that key, not a function of a small public integer."""
+    a, b = RandomWordSource().take(4096), RandomWordSource().take(4096)
+    assert np.mean(a == b) < 0.35                      # independent: ~1/4 agree
+    published_seed = 2017
+    old = np.random.default_rng(published_seed).integers(0, 4, 4096, dtype=np.uint8)
+    assert np.mean(RandomWordSource(_key(published_seed)).take(4096) == old) < 0.35
 
 
 def test_run_blocks_rebases_and_offsets_slots():
     rng = np.random.default_rng(5)
     ts, masks = _events(rng, 3000, 10**9)
     period = 10_000 << FRAC
-    rx = ReceiverDriver(open_device("model"), random_seed=9)
+    rx = ReceiverDriver(open_device("model"), random_key=_key(9))
     blocks = [SlotBlock(0, 1500, int(ts[0]), 1000, period, -((int(ts[0]) % 10_000) << FRAC),
                         0, period),
               SlotBlock(1500, 3000, int(ts[1500]), 5000, period,
@@ -280,7 +299,7 @@ def test_small_random_fifo_never_underflows(depth):
     period = 10_000 << FRAC
     out = []
     for t in (ModelTransport(random_capacity=depth), ModelTransport()):
-        rx = ReceiverDriver(t, random_seed=4)
+        rx = ReceiverDriver(t, random_key=_key(4))
         assert rx.frame_events == min(7000, t.random_capacity - 1)
         rx.configure(period=period, offset=0, window_start=0, window_end=period)
         out.append(rx.process(ts, masks))

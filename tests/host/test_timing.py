@@ -54,7 +54,7 @@ def test_period_and_slots_recovered(drift):
 def test_blocks_program_the_device_to_the_recovered_clock():
     ts, k = synth(seed=2, dur_s=3.0, drift=2e-6)
     est = estimate_timing(ts, T)
-    rx = ReceiverDriver(open_device("model"), random_seed=0)
+    rx = ReceiverDriver(open_device("model"), random_key=bytes(32))
     blocks = slot_blocks(ts, est, frac_bits=rx.frac_bits, window_sigmas=3.0, max_events=5000,
                          max_slots=10**7)
     assert len(blocks) > 5
@@ -174,7 +174,7 @@ def test_blocks_absorb_fixed_point_rounding_of_the_period():
     for b in blocks:
         span = (ts[b.stop - 1] - ts[b.start]) / est.period
         assert span * err / 2 <= 0.1 * est.sigma + err
-    rx = ReceiverDriver(ModelTransport(frac_bits=frac), random_seed=0)
+    rx = ReceiverDriver(ModelTransport(frac_bits=frac), random_key=bytes(32))
     det = rx.run_blocks(ts, np.ones(ts.size, np.uint8), blocks)
     sig = k >= 0
     assert np.isin(est.slot_of(ts[sig]), det.slots).mean() > 0.99
