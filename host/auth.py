@@ -1,17 +1,19 @@
-"""Authenticated classical channel: Wegman–Carter tags with keys from QKD.
+"""Authenticated classical channel: Wegman–Carter tags under a lasting per-link key.
 
 Every message of the post-processing protocol (Bob's slot/basis report, match flags,
 parities, the Toeplitz seed, …) travels with a tag
 
     ``tag = trunc_t(H_h(frame)) XOR pad``
 
-where ``H_h`` is a polynomial hash over GF(2^128) with a secret hash key ``h`` (128 bits,
-drawn once per channel and reused for every message) and ``pad`` is a fresh ``t``-bit
-one-time pad used for one message only. Both come from an :class:`AuthKeyPool`: a pre-shared
-bootstrap key at first, replenished from QKD keys afterwards. This is information-theoretic
+where ``H_h`` is a polynomial hash over GF(2^128) with a secret hash key ``h`` (128 bits, part
+of the link's lasting authentication key, reused for every message of the link's life) and
+``pad`` is ``t`` fresh secret bits used for one message only. This is information-theoretic
 authentication (Wegman & Carter 1981; Stinson's ε-AXU construction): a forger who sees any
 number of tagged messages succeeds with probability at most ``L / 2**t`` per attempt, ``L``
 being the message length in 16-byte blocks (plus one), independent of computing power.
+Rejected attempts teach the forger at most which hash keys they excluded: after ``F`` rejected
+attempts the next one succeeds with probability ``<= ε / (1 − F·ε)`` (ε = ``L / 2**t``), which
+is why a channel closes after ``max_failures`` rejected frames and tags have ``t >= 64``.
 
 The polynomial hash
 -------------------
@@ -23,15 +25,29 @@ messages give two different polynomials in ``h`` of degree at most ``L``, so the
 difference equals any given value for at most ``L`` keys ``h``: the family is
 ``L / 2**128``-almost-XOR-universal, and ``L / 2**t`` after truncation to the top ``t`` bits.
 
+The lasting key and its pads
+----------------------------
+Both ends of a link hold the same :class:`AuthKeyPool`: the hash key and two *pad streams*,
+one per direction (direction 0 carries the frames of the party that was named first when the
+link was initialised, direction 1 those of the other). Pad number ``k`` of direction ``d`` is
+bits ``[k·t, (k+1)·t)`` of stream ``d``, and the frame with sequence number ``k`` in direction
+``d`` is tagged with it — so both ends always agree on a frame's pad, whatever the
+interleaving of messages, and sequence numbers run on across sessions for the link's whole
+life. A pad leaves the pool (and is erased) when it is used: by the sender *before* the frame
+leaves (so a crash can never lead to one pad tagging two frames), by the receiver when it
+accepts the frame. A pool kept in a key store (:class:`mozi.host.keystore.StoredAuthKeyPool`)
+persists every such step in one transaction before it takes effect.
+
 Channel
 -------
 A frame is ``b"MZ" | version | direction | seq (u64) | len(kind) | kind | len(payload) (u32) |
 payload | tag``; the tag covers everything before it, so kind, direction and sequence number
-are authenticated with the payload. Each direction numbers its messages 0, 1, 2, …; a
-receiver accepts only the next number, so replayed, reordered or dropped messages are
-rejected. The two directions use disjoint pads: each time an endpoint needs a pad it takes
-``2·t`` bits from its pool, the first ``t`` for Alice → Bob and the next ``t`` for Bob → Alice,
-so both ends draw identical pads in an identical order whatever the interleaving of messages.
+are authenticated with the payload. Each end starts a session with :meth:`AuthenticatedChannel.
+open`, an ``open`` frame. The first frame a receiver accepts in a session must be the peer's
+``open``; its sequence number may lie ahead of the one expected (the peer used pads that never
+arrived — a crash, a dropped frame of an earlier session), and the pads skipped are *burned*:
+erased and counted as consumed. After it every frame must carry exactly the next number, so
+replayed, reordered or dropped frames are rejected; older numbers are always rejected.
 """
 
 from __future__ import annotations
@@ -39,37 +55,54 @@ from __future__ import annotations
 import hmac
 import struct
 from collections import deque
-from collections.abc import Sequence
 
 import numpy as np
-from mozi.host.errors import AuthenticationError, KeyStoreError
+from mozi.host.errors import AuthenticationError, KeyStoreError, ProtocolAbort
 from mozi.sim.errors import MoziError
 
 __all__ = [
+    "DEFAULT_AUTH_KEY_BITS",
+    "DEFAULT_MAX_FAILURES",
+    "DEFAULT_TAG_BITS",
     "HASH_KEY_BITS",
+    "MIN_TAG_BITS",
+    "OPEN_KIND",
     "AuthKeyPool",
     "AuthKeyPoolExhausted",
     "AuthenticatedChannel",
     "ChannelEmpty",
     "MemoryTransport",
-    "bits_to_int",
     "PolyHash",
+    "auth_key_bits",
+    "bits_to_int",
+    "check_tag_bits",
     "gf128_mul",
     "make_channel_pair",
     "one_time_tag",
     "poly_hash",
+    "split_auth_key",
 ]
 
 #: Bits of the polynomial hash key ``h`` (one GF(2^128) element).
 HASH_KEY_BITS = 128
+#: Shortest tag accepted: a forgery succeeds with probability <= L / 2**64 per attempt.
+MIN_TAG_BITS = 64
+#: Default tag length of a link.
+DEFAULT_TAG_BITS = 64
+#: Default size of a new link's pre-shared key: the hash key and 1024 pads per direction.
+DEFAULT_AUTH_KEY_BITS = HASH_KEY_BITS + 2 * 1024 * DEFAULT_TAG_BITS
+#: Rejected frames after which a channel closes (and the session using it aborts).
+DEFAULT_MAX_FAILURES = 3
+#: Message kind of the frame that opens a session's channel (reserved).
+OPEN_KIND = "open"
 
 _R = (1 << 128) | 0x87          # x^128 + x^7 + x^2 + x + 1
 _MASK = (1 << 128) - 1
 _MAGIC = b"MZ"
-_VERSION = 1
+_VERSION = 2
 _HEAD = struct.Struct(">2sBBQB")  # magic, version, direction, seq, len(kind)
 _PLEN = struct.Struct(">I")
-DIRECTIONS = {"alice": 0, "bob": 1}
+_MAX_SEQ = (1 << 64) - 1
 
 
 class AuthKeyPoolExhausted(KeyStoreError):
@@ -198,122 +231,214 @@ def one_time_tag(hasher: PolyHash, data: bytes, pad: int, tag_bits: int = 128) -
     pad : int
         ``tag_bits`` fresh uniform secret bits, never used for another tag.
     tag_bits : int
-        Tag length, a multiple of 8 in ``[32, 128]``.
+        Tag length, a multiple of 8 in ``[64, 128]`` (:func:`check_tag_bits`).
 
     Returns
     -------
     bytes
         ``tag_bits // 8`` bytes.
     """
-    _check_tag_bits(tag_bits)
+    check_tag_bits(tag_bits)
     if not 0 <= pad < (1 << tag_bits):
         raise ValueError(f"pad must have {tag_bits} bits")
     value = (hasher.digest(data) >> (128 - tag_bits)) ^ pad
     return value.to_bytes(tag_bits // 8, "big")
 
 
-def _check_tag_bits(tag_bits: int) -> None:
-    if tag_bits not in range(32, 129, 8):
-        raise ValueError(f"tag_bits must be a multiple of 8 in [32, 128], not {tag_bits!r}")
+def check_tag_bits(tag_bits: int) -> int:
+    """``tag_bits`` as an int, checked: a multiple of 8 in [:data:`MIN_TAG_BITS`, 128]."""
+    if isinstance(tag_bits, bool) or not isinstance(tag_bits, int | np.integer) \
+            or int(tag_bits) not in range(MIN_TAG_BITS, 129, 8):
+        raise ValueError(f"tag_bits must be a multiple of 8 in [{MIN_TAG_BITS}, 128], "
+                         f"not {tag_bits!r}")
+    return int(tag_bits)
+
+
+def _as_pool_bits(bits, name: str) -> np.ndarray:
+    b = np.asarray(bits)
+    if b.ndim != 1 or (b.size and (b.dtype.kind not in "biu" or b.min() < 0 or b.max() > 1)):
+        raise ValueError(f"{name} must be a 1-D array of 0 and 1")
+    return b.astype(np.uint8)
+
+
+def auth_key_bits(pads_per_direction: int, tag_bits: int = DEFAULT_TAG_BITS) -> int:
+    """Size of a pre-shared key holding the hash key and ``pads_per_direction`` pads each way."""
+    return HASH_KEY_BITS + 2 * int(pads_per_direction) * check_tag_bits(tag_bits)
+
+
+def split_auth_key(key_bits) -> tuple[int, np.ndarray, np.ndarray]:
+    """Cut a pre-shared authentication key into the hash key and the two pad streams.
+
+    The first :data:`HASH_KEY_BITS` bits are the hash key ``h``; of the rest, the first half
+    (rounded down) is the pad stream of direction 0 and the next as many bits that of
+    direction 1 (an odd last bit is dropped). Both ends apply this same rule.
+
+    Returns
+    -------
+    hash_key : int
+    pads0, pads1 : uint8 bit arrays of equal length
+    """
+    bits = _as_pool_bits(key_bits, "key_bits")
+    if bits.size < HASH_KEY_BITS + 2 * MIN_TAG_BITS:
+        raise ValueError(f"an authentication key needs at least "
+                         f"{HASH_KEY_BITS + 2 * MIN_TAG_BITS} bits, not {bits.size}")
+    half = (bits.size - HASH_KEY_BITS) // 2
+    rest = bits[HASH_KEY_BITS:]
+    return bits_to_int(bits[:HASH_KEY_BITS]), rest[:half].copy(), rest[half:2 * half].copy()
 
 
 class AuthKeyPool:
-    """FIFO of secret bits shared by both ends of a channel, used for authentication only.
+    """One end's copy of a link's lasting authentication key (see the module documentation).
 
-    Both parties hold an identical pool (same bootstrap key, same replenishments in the same
-    order) and take bits from it in the same order.
+    Both ends hold identical pools (same hash key, same pad streams, same replenishments in
+    the same order) with different ``role``. This class keeps its state in memory;
+    :class:`mozi.host.keystore.StoredAuthKeyPool` persists every change in a key store.
 
     Parameters
     ----------
-    bootstrap_bits : uint8 bit array
-        The pre-shared key the first session authenticates with.
+    hash_key : int
+        ``h``, in ``[0, 2**128)``.
+    pads : pair of uint8 bit arrays
+        The unused part of each direction's pad stream; ``pads[d][0]`` is bit
+        ``next_seq[d] · tag_bits`` of stream ``d``.
+    role : {0, 1}
+        The direction this end sends in.
+    tag_bits : int
+        Tag length ``t`` of the link (fixed for its life), at least :data:`MIN_TAG_BITS`.
+    next_seq : pair of int
+        Sequence number of the next unused pad of each direction.
+    target_bits : pair of int, optional
+        Pad bits per direction the pool is refilled to after a session
+        (:meth:`refill_need`); default: the initial size.
 
     Attributes
     ----------
-    taken_bits : int
-        Bits handed out so far.
-    added_bits : int
-        Bootstrap plus every replenishment.
+    consumed_bits : int
+        Pad bits that left this pool object (used or burned), both directions.
+    replenished_bits : int
+        Bits added to this pool object by :meth:`replenish`.
     """
 
-    def __init__(self, bootstrap_bits):
-        self._chunks: deque[np.ndarray] = deque()
-        self._offset = 0              # bits already taken from self._chunks[0]
-        self.added_bits = 0
-        self.taken_bits = 0
-        self.replenish(bootstrap_bits)
+    def __init__(self, *, hash_key: int, pads, role: int, tag_bits: int = DEFAULT_TAG_BITS,
+                 next_seq=(0, 0), target_bits=None):
+        if not 0 <= int(hash_key) <= _MASK:
+            raise ValueError("the hash key must lie in [0, 2**128)")
+        if role not in (0, 1):
+            raise ValueError(f"role must be 0 or 1, not {role!r}")
+        self.tag_bits = check_tag_bits(tag_bits)
+        self.role = int(role)
+        self.hash_key = int(hash_key)
+        self._pads = [_as_pool_bits(pads[0], "pads"), _as_pool_bits(pads[1], "pads")]
+        self._next = [int(next_seq[0]), int(next_seq[1])]
+        if min(self._next) < 0:
+            raise ValueError("sequence numbers must be non-negative")
+        self.target_bits = tuple(int(x) for x in (
+            target_bits if target_bits is not None else (p.size for p in self._pads)))
+        self.consumed_bits = 0
+        self.replenished_bits = 0
+        self.failures = 0
 
-    @property
-    def available_bits(self) -> int:
-        """Bits still in the pool."""
-        return self.added_bits - self.taken_bits
+    @classmethod
+    def from_key(cls, key_bits, *, role: int, tag_bits: int = DEFAULT_TAG_BITS) -> AuthKeyPool:
+        """A new link's pool from its pre-shared key (:func:`split_auth_key`)."""
+        h, p0, p1 = split_auth_key(key_bits)
+        return cls(hash_key=h, pads=(p0, p1), role=role, tag_bits=tag_bits)
 
-    def replenish(self, bits) -> None:
-        """Append key bits (e.g. fresh QKD key) to the end of the pool."""
-        b = np.asarray(bits)
-        if b.ndim != 1 or (b.size and (b.min() < 0 or b.max() > 1)):
-            raise ValueError("pool bits must be a 1-D array of 0 and 1")
-        if b.size:
-            self._chunks.append(b.astype(np.uint8).copy())
-            self.added_bits += int(b.size)
+    # -- state ---------------------------------------------------------------------------
 
-    def take(self, n_bits: int) -> np.ndarray:
-        """Remove and return the next ``n_bits`` bits.
+    def next_seq(self, direction: int) -> int:
+        """Sequence number of the next unused pad of ``direction``."""
+        return self._next[direction]
+
+    def available_bits(self, direction: int | None = None) -> int:
+        """Unused pad bits of one direction, or of both."""
+        if direction is None:
+            return int(self._pads[0].size + self._pads[1].size)
+        return int(self._pads[direction].size)
+
+    def refill_need(self, *, pending_out: int = 0) -> tuple[int, int]:
+        """Bits per direction that bring the pool back to ``target_bits``.
+
+        Parameters
+        ----------
+        pending_out : int
+            Frames this end will still send before the refill takes effect (their pads count
+            as used already).
+        """
+        need = []
+        for d in (0, 1):
+            left = self._pads[d].size - (pending_out * self.tag_bits if d == self.role else 0)
+            need.append(max(0, self.target_bits[d] - left))
+        return need[0], need[1]
+
+    # -- pads ----------------------------------------------------------------------------
+
+    def pad(self, direction: int, seq: int) -> int:
+        """Pad of frame ``seq`` in ``direction``, without using it.
 
         Raises
         ------
         AuthKeyPoolExhausted
-            Fewer than ``n_bits`` bits left (nothing is taken then).
+            The pool does not reach that far.
+        ValueError
+            ``seq`` was used or burned already.
         """
-        n_bits = int(n_bits)
-        if n_bits < 0:
-            raise ValueError("n_bits must be non-negative")
-        if n_bits > self.available_bits:
+        first = self._next[direction]
+        if seq < first:
+            raise ValueError(f"pad {seq} of direction {direction} was used already")
+        t = self.tag_bits
+        lo = (seq - first) * t
+        if lo + t > self._pads[direction].size:
             raise AuthKeyPoolExhausted(
-                f"authentication key pool exhausted: {n_bits} bits needed, "
-                f"{self.available_bits} left")
-        parts, need = [], n_bits
-        while need:
-            head = self._chunks[0]
-            part = head[self._offset:self._offset + need]
-            parts.append(part)
-            need -= part.size
-            self._offset += part.size
-            if self._offset == head.size:
-                self._chunks.popleft()
-                self._offset = 0
-        self.taken_bits += n_bits
-        return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+                f"authentication key exhausted: pad {seq} of direction {direction} needs "
+                f"{lo + t} bits, {self._pads[direction].size} left")
+        return bits_to_int(self._pads[direction][lo:lo + t])
 
-    def replenish_from_store(self, store, key_ids: Sequence[str]) -> int:
-        """Consume the given blocks of a :class:`~mozi.host.keystore.KeyStore` into the pool.
+    def use(self, direction: int, seq: int) -> int:
+        """Use pad ``seq`` of ``direction``, burning the unused pads before it.
 
-        The peer calls this with the IDs returned by :meth:`reserve_from_store` on its side,
-        so both pools grow by the same bits.
+        The change is persisted (:meth:`_save`) before it takes effect in memory.
 
         Returns
         -------
         int
-            Bits added.
+            Pad bits that left the pool (``tag_bits`` times the pads used and burned).
         """
-        blocks = store.consume_many(list(key_ids), purpose="authentication")
-        for bits in blocks:
-            self.replenish(bits)
-        return int(sum(b.size for b in blocks))
+        self.pad(direction, seq)                       # checks bounds and order
+        n = (seq + 1 - self._next[direction]) * self.tag_bits
+        rest = self._pads[direction][n:]
+        self._save(direction, seq + 1, rest)
+        self._next[direction] = seq + 1
+        self._pads[direction] = rest
+        self.consumed_bits += n
+        return n
 
-    def reserve_from_store(self, store, link: str, n_bits: int) -> list[str]:
-        """Consume the oldest blocks of ``link`` holding at least ``n_bits`` bits into the pool.
+    def replenish(self, bits0, bits1) -> int:
+        """Append fresh key bits to the two pad streams; returns the bits added.
 
-        Returns
-        -------
-        key_ids : list of str
-            To be sent (over the authenticated channel) to the peer, who calls
-            :meth:`replenish_from_store` with them.
+        Both ends must append the same bits in the same order.
         """
-        blocks = store.reserve(link, n_bits, purpose="authentication")
-        for _, bits in blocks:
-            self.replenish(bits)
-        return [kid for kid, _ in blocks]
+        refill = (_as_pool_bits(bits0, "bits0"), _as_pool_bits(bits1, "bits1"))
+        self._persist_refill(refill)
+        self._apply_refill(refill)
+        return int(refill[0].size + refill[1].size)
+
+    def _apply_refill(self, refill) -> None:
+        self._pads = [np.concatenate([self._pads[0], refill[0]]),
+                      np.concatenate([self._pads[1], refill[1]])]
+        self.replenished_bits += int(refill[0].size + refill[1].size)
+
+    def record_failure(self) -> None:
+        """Count one rejected frame."""
+        self.failures += 1
+
+    # -- persistence hooks (no-ops in memory) -------------------------------------------------
+
+    def _save(self, direction: int, next_seq: int, pads: np.ndarray) -> None:
+        """Persist one direction's new state before it takes effect."""
+
+    def _persist_refill(self, refill) -> None:
+        """Persist a replenishment before it takes effect."""
 
 
 class MemoryTransport:
@@ -359,24 +484,23 @@ class AuthenticatedChannel:
     Parameters
     ----------
     pool : AuthKeyPool
-        This end's copy of the shared authentication key pool. The channel takes the hash
-        key (:data:`HASH_KEY_BITS` bits) from it at once, then ``2 * tag_bits`` bits whenever
-        it needs a pad.
-    role : {"alice", "bob"}
-        Which end this is; the two ends must have different roles.
+        This end's copy of the link's authentication key; its ``role`` is the direction this
+        end sends in, its ``tag_bits`` the tag length.
     transport : object with ``send(bytes)`` and ``recv() -> bytes``
-        Carries the frames (e.g. :class:`MemoryTransport`, a socket wrapper, the device link).
-    tag_bits : int
-        Tag length ``t`` (multiple of 8, 32 … 128, default 64): forgery probability per
-        attempt ``<= (blocks + 1) / 2**t``.
+        Carries the frames (e.g. :class:`MemoryTransport`, a socket wrapper).
+    max_failures : int
+        Rejected frames after which the channel closes: every later call raises
+        :class:`~mozi.host.errors.AuthenticationError`.
 
     Attributes
     ----------
     consumed_bits : int
-        Key bits used for authentication so far, exactly: the hash key plus ``tag_bits`` for
-        every message sent and every message accepted.
-    reserved_bits : int
-        Pads taken from the pool for a direction but not used yet.
+        Pad bits that left the pool through this channel: one pad per frame sent or
+        accepted, plus the pads an ``open`` frame skipped (burned).
+    burned_bits : int
+        Of which skipped pads.
+    failures : int
+        Frames rejected so far.
     sent_bits, received_bits : dict of str to int
         Frame bits (header, payload and tag: what crosses the wire) per message kind.
     payload_bits : dict of str to int
@@ -384,21 +508,22 @@ class AuthenticatedChannel:
     sent_messages, received_messages : int
     """
 
-    def __init__(self, pool: AuthKeyPool, role: str, transport, *, tag_bits: int = 64):
-        if role not in DIRECTIONS:
-            raise ValueError(f"role must be 'alice' or 'bob', not {role!r}")
-        _check_tag_bits(tag_bits)
+    def __init__(self, pool: AuthKeyPool, transport, *,
+                 max_failures: int = DEFAULT_MAX_FAILURES):
+        if isinstance(max_failures, bool) or int(max_failures) < 1:
+            raise ValueError(f"max_failures must be a positive integer, not {max_failures!r}")
         self.pool = pool
-        self.role = role
         self.transport = transport
-        self.tag_bits = int(tag_bits)
-        self._out_dir = DIRECTIONS[role]
-        self._in_dir = 1 - self._out_dir
-        self._hasher = PolyHash(bits_to_int(pool.take(HASH_KEY_BITS)))
-        self._pads: tuple[deque[int], deque[int]] = (deque(), deque())
-        self._next_out = 0
-        self._next_in = 0
-        self.consumed_bits = HASH_KEY_BITS
+        self.tag_bits = pool.tag_bits
+        self.max_failures = int(max_failures)
+        self._out_dir = pool.role
+        self._in_dir = 1 - pool.role
+        self._hasher = PolyHash(pool.hash_key)
+        self._opened_out = False
+        self._opened_in = False
+        self.consumed_bits = 0
+        self.burned_bits = 0
+        self.failures = 0
         self.sent_bits: dict[str, int] = {}
         self.received_bits: dict[str, int] = {}
         self.payload_bits: dict[str, int] = {}
@@ -406,25 +531,31 @@ class AuthenticatedChannel:
         self.received_messages = 0
 
     @property
-    def reserved_bits(self) -> int:
-        """Pad bits taken from the pool but not yet used."""
-        return self.tag_bits * (len(self._pads[0]) + len(self._pads[1]))
+    def closed(self) -> bool:
+        """True once ``max_failures`` frames were rejected."""
+        return self.failures >= self.max_failures
 
-    def _pad(self, direction: int) -> int:
-        if not self._pads[direction]:
-            t = self.tag_bits
-            bits = self.pool.take(2 * t)
-            self._pads[0].append(bits_to_int(bits[:t]))
-            self._pads[1].append(bits_to_int(bits[t:]))
-        return self._pads[direction][0]
+    def _check_open(self) -> None:
+        if self.closed:
+            raise AuthenticationError(f"authenticated channel closed after {self.failures} "
+                                      f"rejected frames")
+
+    def open(self) -> bytes:
+        """Send this end's ``open`` frame (once, before any other message)."""
+        if self._opened_out:
+            raise MoziError("the channel is open already")
+        frame = self._send(OPEN_KIND, b"")
+        self._opened_out = True
+        return frame
 
     def send(self, kind: str, payload: bytes) -> bytes:
-        """Tag and send one message.
+        """Tag and send one message (opening the channel first if needed).
 
         Parameters
         ----------
         kind : str
-            Message type (1 … 255 UTF-8 bytes), authenticated with the payload.
+            Message type (1 … 255 UTF-8 bytes, not ``"open"``), authenticated with the
+            payload.
         payload : bytes
             At most ``2**32 - 1`` bytes.
 
@@ -436,22 +567,32 @@ class AuthenticatedChannel:
         Raises
         ------
         AuthKeyPoolExhausted
-            No key left for the tag (nothing is sent).
+            No pad left for the tag (nothing is sent).
         """
+        if kind == OPEN_KIND:
+            raise ValueError(f"message kind {OPEN_KIND!r} is reserved")
+        if not self._opened_out:
+            self.open()
+        return self._send(kind, payload)
+
+    def _send(self, kind: str, payload: bytes) -> bytes:
+        self._check_open()
         kind_b = kind.encode("utf-8")
         payload = bytes(payload)
         if not 1 <= len(kind_b) <= 255:
             raise ValueError("kind must be 1 to 255 UTF-8 bytes")
         if len(payload) >= 1 << 32:
             raise ValueError("payload too long for one frame")
-        body = (_HEAD.pack(_MAGIC, _VERSION, self._out_dir, self._next_out, len(kind_b))
+        seq = self.pool.next_seq(self._out_dir)
+        if seq > _MAX_SEQ:
+            raise AuthKeyPoolExhausted("sequence numbers of the link are exhausted")
+        body = (_HEAD.pack(_MAGIC, _VERSION, self._out_dir, seq, len(kind_b))
                 + kind_b + _PLEN.pack(len(payload)) + payload)
-        pad = self._pad(self._out_dir)
-        frame = body + one_time_tag(self._hasher, body, pad, self.tag_bits)
+        frame = body + one_time_tag(self._hasher, body, self.pool.pad(self._out_dir, seq),
+                                    self.tag_bits)
+        # the pad is spent (and persisted) before the frame can leave
+        self.consumed_bits += self.pool.use(self._out_dir, seq)
         self.transport.send(frame)
-        self._pads[self._out_dir].popleft()
-        self._next_out += 1
-        self.consumed_bits += self.tag_bits
         self.sent_messages += 1
         self.sent_bits[kind] = self.sent_bits.get(kind, 0) + 8 * len(frame)
         self.payload_bits[kind] = self.payload_bits.get(kind, 0) + 8 * len(payload)
@@ -459,6 +600,8 @@ class AuthenticatedChannel:
 
     def receive(self) -> tuple[str, bytes]:
         """Receive, verify and return the next message from the peer.
+
+        The peer's ``open`` frame is handled here and not returned.
 
         Returns
         -------
@@ -468,16 +611,61 @@ class AuthenticatedChannel:
         Raises
         ------
         AuthenticationError
-            Malformed, tampered, replayed, reordered or misdirected frame (the channel stays
-            usable: the genuine next message is still accepted).
+            Malformed, tampered, replayed, reordered or misdirected frame (the genuine next
+            frame is still accepted until the channel closes), or the channel is closed.
         ChannelEmpty
             No frame waiting (from :class:`MemoryTransport`).
         """
-        return self.verify_frame(self.transport.recv())
+        while True:
+            self._check_open()
+            kind, payload = self.verify_frame(self.transport.recv())
+            if kind != OPEN_KIND:
+                return kind, payload
+
+    def expect(self, kind: str) -> bytes:
+        """The payload of the next accepted message, which must be of ``kind``.
+
+        Rejected frames (tampered, replayed, …) are skipped while the channel stays open, so
+        the genuine frame behind them is still taken; the ``max_failures``-th rejection closes
+        the channel and raises.
+
+        Raises
+        ------
+        AuthenticationError
+            The channel closed.
+        ProtocolAbort
+            The next accepted message is of another kind.
+        ChannelEmpty
+            No frame waiting.
+        """
+        while True:
+            try:
+                got, payload = self.receive()
+            except AuthenticationError:
+                if self.closed:
+                    raise
+                continue
+            if got != kind:
+                raise ProtocolAbort(f"expected a {kind!r} message, got {got!r}")
+            return payload
 
     def verify_frame(self, frame: bytes) -> tuple[str, bytes]:
-        """Verify one frame received by other means (see :meth:`receive`)."""
-        frame = bytes(frame)
+        """Verify one frame received by other means (see :meth:`receive`).
+
+        Returns ``(kind, payload)``, ``("open", b"")`` for the peer's open frame.
+        """
+        self._check_open()
+        try:
+            return self._verify(bytes(frame))
+        except AuthenticationError as exc:
+            self.failures += 1
+            self.pool.record_failure()
+            if self.closed:
+                raise AuthenticationError(f"{exc}; authenticated channel closed after "
+                                          f"{self.failures} rejected frames") from None
+            raise
+
+    def _verify(self, frame: bytes) -> tuple[str, bytes]:
         tag_len = self.tag_bits // 8
         if len(frame) < _HEAD.size + _PLEN.size + tag_len:
             raise AuthenticationError("malformed message: frame too short")
@@ -493,50 +681,63 @@ class AuthenticatedChannel:
         end = pos + _PLEN.size + plen
         if len(frame) != end + tag_len:
             raise AuthenticationError("malformed message: length mismatch")
-        if seq < self._next_in:
+        expected = self.pool.next_seq(self._in_dir)
+        if seq < expected:
             raise AuthenticationError(f"replayed message: sequence number {seq}, "
-                                      f"expected {self._next_in}")
-        if seq > self._next_in:
+                                      f"expected {expected}")
+        kind_b = frame[_HEAD.size:pos]
+        opening = not self._opened_in
+        if opening and kind_b != OPEN_KIND.encode():
+            raise AuthenticationError("the peer's first message is not its open frame")
+        if not opening and seq != expected:
             raise AuthenticationError(f"out-of-order message: sequence number {seq}, "
-                                      f"expected {self._next_in}")
-        body = frame[:end]
-        expect = one_time_tag(self._hasher, body, self._pad(self._in_dir), self.tag_bits)
-        if not _equal(expect, frame[end:]):
+                                      f"expected {expected}")
+        try:
+            pad = self.pool.pad(self._in_dir, seq)
+        except AuthKeyPoolExhausted as exc:
+            raise AuthenticationError(f"message {seq} cannot be verified: {exc}") from None
+        expect = one_time_tag(self._hasher, frame[:end], pad, self.tag_bits)
+        if not hmac.compare_digest(expect, frame[end:]):
             raise AuthenticationError(f"message {seq} failed authentication (tampered?)")
         try:
-            kind = frame[_HEAD.size:pos].decode("utf-8")
+            kind = kind_b.decode("utf-8")
         except UnicodeDecodeError:  # authenticated, so the peer sent it: still malformed
             raise AuthenticationError("malformed message kind") from None
-        self._pads[self._in_dir].popleft()
-        self._next_in += 1
-        self.consumed_bits += self.tag_bits
+        if not opening and kind == OPEN_KIND:
+            raise AuthenticationError("the peer opened the channel twice")
+        used = self.pool.use(self._in_dir, seq)
+        self.consumed_bits += used
+        self.burned_bits += used - self.tag_bits
+        self._opened_in = True
         self.received_messages += 1
         self.received_bits[kind] = self.received_bits.get(kind, 0) + 8 * len(frame)
         return kind, frame[end - plen:end]
 
 
-def _equal(a: bytes, b: bytes) -> bool:
-    """Constant-time comparison."""
-    return hmac.compare_digest(a, b)
-
-
-def make_channel_pair(pool_a: AuthKeyPool, pool_b: AuthKeyPool, *, tag_bits: int = 64
+def make_channel_pair(pool_a: AuthKeyPool, pool_b: AuthKeyPool, *,
+                      max_failures: int = DEFAULT_MAX_FAILURES
                       ) -> tuple[AuthenticatedChannel, AuthenticatedChannel]:
-    """Alice's and Bob's ends of an in-process authenticated channel.
+    """The two ends of an in-process authenticated channel, each opened.
 
     Parameters
     ----------
     pool_a, pool_b : AuthKeyPool
-        Alice's and Bob's copies of the shared pool (identical contents).
-    tag_bits : int
-        Tag length, see :class:`AuthenticatedChannel`.
+        The two ends' copies of the link's key (different roles).
+    max_failures : int
+        See :class:`AuthenticatedChannel`.
 
     Returns
     -------
-    alice, bob : AuthenticatedChannel
-        Connected through a :class:`MemoryTransport` pair (``bob.transport.inbox`` holds
-        what Alice sent and Bob has not received yet).
+    a, b : AuthenticatedChannel
+        For ``pool_a`` and ``pool_b``, connected through a :class:`MemoryTransport` pair
+        (``b.transport.inbox`` holds what ``a`` sent and ``b`` has not received yet, starting
+        with ``a``'s open frame).
     """
+    if pool_a.role == pool_b.role:
+        raise ValueError("the two ends of a channel need different roles")
     ta, tb = MemoryTransport.pair()
-    return (AuthenticatedChannel(pool_a, "alice", ta, tag_bits=tag_bits),
-            AuthenticatedChannel(pool_b, "bob", tb, tag_bits=tag_bits))
+    a = AuthenticatedChannel(pool_a, ta, max_failures=max_failures)
+    b = AuthenticatedChannel(pool_b, tb, max_failures=max_failures)
+    a.open()
+    b.open()
+    return a, b

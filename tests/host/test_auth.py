@@ -12,14 +12,17 @@ from mozi.host.auth import (
     ChannelEmpty,
     MemoryTransport,
     PolyHash,
+    auth_key_bits,
     bits_to_int,
     gf128_mul,
     make_channel_pair,
     one_time_tag,
     poly_hash,
+    split_auth_key,
 )
-from mozi.host.errors import AuthenticationError, KeyStoreError
-from mozi.host.keystore import KeyStore
+from mozi.host.errors import AuthenticationError, KeyStoreError, ProtocolAbort
+
+from tests.host.keys import linked_stores
 
 SEED = 31415926
 R = 0x87
@@ -29,9 +32,14 @@ def _bits(n, seed=SEED):
     return np.random.default_rng(seed).integers(0, 2, n, dtype=np.uint8)
 
 
-def _pair(n_bits=4096, tag_bits=64, seed=SEED):
+def _pools(n_bits=4096, tag_bits=64, seed=SEED):
     boot = _bits(n_bits, seed)
-    return make_channel_pair(AuthKeyPool(boot), AuthKeyPool(boot.copy()), tag_bits=tag_bits)
+    return (AuthKeyPool.from_key(boot, role=0, tag_bits=tag_bits),
+            AuthKeyPool.from_key(boot, role=1, tag_bits=tag_bits))
+
+
+def _pair(n_bits=4096, tag_bits=64, seed=SEED, **kw):
+    return make_channel_pair(*_pools(n_bits, tag_bits, seed), **kw)
 
 
 def test_gf128_field_laws():
@@ -98,11 +106,21 @@ def test_one_time_tag_truncation_and_pad():
     full = ph.digest(b"msg")
     assert one_time_tag(ph, b"msg", 0, 128) == full.to_bytes(16, "big")
     assert one_time_tag(ph, b"msg", 0, 64) == (full >> 64).to_bytes(8, "big")
-    assert one_time_tag(ph, b"msg", 0xFF, 32) == ((full >> 96) ^ 0xFF).to_bytes(4, "big")
+    assert one_time_tag(ph, b"msg", 0xFF, 72) == ((full >> 56) ^ 0xFF).to_bytes(9, "big")
     with pytest.raises(ValueError):
         one_time_tag(ph, b"msg", 1 << 64, 64)
     with pytest.raises(ValueError):
         one_time_tag(ph, b"msg", 0, 60)
+
+
+@pytest.mark.parametrize("tag_bits", [8, 32, 56, 136])
+def test_short_tags_are_refused(tag_bits):
+    """Defect 5 of the security issue: ``t = 32`` was allowed, a forgery chance of 2^-32 per
+    attempt. Tags are now at least 64 bits, everywhere."""
+    with pytest.raises(ValueError, match="tag_bits"):
+        one_time_tag(PolyHash(1), b"msg", 0, tag_bits)
+    with pytest.raises(ValueError, match="tag_bits"):
+        AuthKeyPool.from_key(_bits(4096), role=0, tag_bits=tag_bits)
 
 
 def test_bits_to_int():
@@ -111,19 +129,25 @@ def test_bits_to_int():
     assert bits_to_int(np.array([1] + [0] * 127, np.uint8)) == 1 << 127
 
 
-def test_pool_fifo_and_exhaustion():
-    boot = _bits(100)
-    pool = AuthKeyPool(boot)
-    np.testing.assert_array_equal(pool.take(30), boot[:30])
-    pool.replenish(np.ones(10, np.uint8))
-    np.testing.assert_array_equal(pool.take(75), np.concatenate([boot[30:], np.ones(5)]))
-    assert (pool.available_bits, pool.taken_bits, pool.added_bits) == (5, 105, 110)
-    with pytest.raises(AuthKeyPoolExhausted, match="6 bits needed, 5 left"):
-        pool.take(6)
-    assert pool.available_bits == 5                      # a refused take takes nothing
-    assert issubclass(AuthKeyPoolExhausted, KeyStoreError)
-    with pytest.raises(ValueError):
-        pool.replenish(np.array([0, 3]))
+def test_key_split_and_pad_positions():
+    boot = _bits(HASH_KEY_BITS + 2 * 64 * 3 + 1)            # an odd last bit is dropped
+    h, p0, p1 = split_auth_key(boot)
+    assert h == bits_to_int(boot[:HASH_KEY_BITS])
+    np.testing.assert_array_equal(p0, boot[HASH_KEY_BITS:HASH_KEY_BITS + 192])
+    np.testing.assert_array_equal(p1, boot[HASH_KEY_BITS + 192:HASH_KEY_BITS + 384])
+    pool = AuthKeyPool.from_key(boot, role=1)
+    assert pool.pad(1, 2) == bits_to_int(p1[128:192])        # pad k = bits [k·t, (k+1)·t)
+    assert pool.use(1, 1) == 128                              # pad 0 burned, pad 1 used
+    assert pool.next_seq(1) == 2 and pool.available_bits(1) == 64
+    with pytest.raises(ValueError, match="used already"):
+        pool.pad(1, 1)
+    with pytest.raises(AuthKeyPoolExhausted, match="pad 3 of direction 1"):
+        pool.pad(1, 3)
+    pool.replenish(np.zeros(64, np.uint8), np.ones(64, np.uint8))
+    assert pool.pad(1, 3) == (1 << 64) - 1 and pool.available_bits() == (192 + 64) + (64 + 64)
+    assert auth_key_bits(1024) == HASH_KEY_BITS + 2 * 1024 * 64
+    with pytest.raises(ValueError, match="at least"):
+        split_auth_key(_bits(100))
 
 
 def test_round_trip_both_directions_interleaved():
@@ -141,7 +165,8 @@ def test_round_trip_both_directions_interleaved():
 
 
 def test_tampered_message_rejected_then_genuine_accepted():
-    alice, bob = _pair()
+    alice, bob = _pair(max_failures=20)
+    bob.verify_frame(bob.transport.inbox.popleft())           # alice's open frame
     frame = alice.send("seed", b"toeplitz seed bits")
     inbox = bob.transport.inbox
     for pos in (0, 4, 12, 14, len(frame) - 20, len(frame) - 1):
@@ -149,12 +174,10 @@ def test_tampered_message_rejected_then_genuine_accepted():
         bad[pos] ^= 0x10
         with pytest.raises(AuthenticationError):
             bob.verify_frame(bytes(bad))
-    # substitute the payload completely (same length) and recompute nothing
     forged = frame.replace(b"toeplitz seed bits", b"attacker seed bits")
     inbox[0] = forged
     with pytest.raises(AuthenticationError, match="failed authentication"):
         bob.receive()
-    # truncated / extended frames
     with pytest.raises(AuthenticationError, match="malformed"):
         bob.verify_frame(frame[:-1])
     with pytest.raises(AuthenticationError, match="malformed"):
@@ -162,10 +185,12 @@ def test_tampered_message_rejected_then_genuine_accepted():
     with pytest.raises(AuthenticationError, match="malformed"):
         bob.verify_frame(frame[:5])
     assert bob.verify_frame(frame) == ("seed", b"toeplitz seed bits")
+    assert bob.failures == 10
 
 
 def test_replay_and_reorder_rejected():
-    alice, bob = _pair()
+    alice, bob = _pair(max_failures=10)
+    bob.verify_frame(bob.transport.inbox.popleft())
     f0 = alice.send("a", b"zero")
     f1 = alice.send("a", b"one")
     bob.transport.inbox.clear()
@@ -179,6 +204,19 @@ def test_replay_and_reorder_rejected():
         bob.verify_frame(f1)
 
 
+def test_first_frame_must_be_the_open_frame():
+    """Only the peer's open frame may skip sequence numbers; a session message may not."""
+    pa, pb = _pools()
+    ta, tb = MemoryTransport.pair()
+    alice, bob = AuthenticatedChannel(pa, ta), AuthenticatedChannel(pb, tb)
+    alice.open()
+    f = alice.send("a", b"x")
+    with pytest.raises(AuthenticationError, match="not its open frame"):
+        bob.verify_frame(f)
+    with pytest.raises(ValueError, match="reserved"):
+        alice.send("open", b"")
+
+
 def test_reflected_message_rejected():
     alice, bob = _pair()
     frame = alice.send("a", b"x")
@@ -189,16 +227,19 @@ def test_reflected_message_rejected():
 def test_different_pools_cannot_talk():
     a, _ = _pair(seed=1)
     _, b = _pair(seed=2)
-    frame = a.send("a", b"hello")
+    b.transport.inbox.clear()
     with pytest.raises(AuthenticationError, match="failed authentication"):
-        b.verify_frame(frame)
+        b.verify_frame(a.transport.peer.inbox[0])
 
 
-@pytest.mark.parametrize("tag_bits", [32, 64, 128])
+@pytest.mark.parametrize("tag_bits", [64, 96, 128])
 def test_exact_key_accounting(tag_bits):
-    boot = _bits(HASH_KEY_BITS + 2 * tag_bits * 7)
-    pa, pb = AuthKeyPool(boot), AuthKeyPool(boot.copy())
-    alice, bob = make_channel_pair(pa, pb, tag_bits=tag_bits)
+    """Defect 5: the old accounting reported 1,024 bits for a session that took 1,280 from
+    the pool (pads drawn in pairs, one direction's unused half never counted). Every pad
+    that leaves the pool is now counted, and the two ends count the same."""
+    pa, pb = _pools(HASH_KEY_BITS + 2 * tag_bits * 7, tag_bits)
+    before = pa.available_bits()
+    alice, bob = make_channel_pair(pa, pb)
     msgs = [("report", b"r" * 100), ("report", b"r" * 7), ("flags", b"f" * 33)]
     for kind, payload in msgs:
         alice.send(kind, payload)
@@ -206,21 +247,20 @@ def test_exact_key_accounting(tag_bits):
         bob.receive()
     bob.send("flags", b"ok")
     alice.receive()
-    used = HASH_KEY_BITS + tag_bits * 4
-    assert alice.consumed_bits == bob.consumed_bits == used
-    # three Alice→Bob pads were taken in pairs, so two Bob→Alice pads wait unused
-    assert alice.reserved_bits == bob.reserved_bits == 2 * tag_bits
-    assert pa.taken_bits == alice.consumed_bits + alice.reserved_bits
-    assert pb.taken_bits == pa.taken_bits
+    used = tag_bits * (4 + 1)                    # 3 + 1 messages + alice's open ...
+    assert alice.consumed_bits == tag_bits * (1 + 3 + 2)      # own open + 3 sent + bob's 2
+    assert alice.consumed_bits == bob.consumed_bits == used + tag_bits
+    assert before - pa.available_bits() == alice.consumed_bits
+    assert before - pb.available_bits() == bob.consumed_bits
     frame_overhead = 8 * (2 + 1 + 1 + 8 + 1 + 4) + tag_bits
     assert alice.sent_bits == {
+        "open": frame_overhead + 8 * 4,
         "report": 2 * frame_overhead + 8 * (6 + 6 + 100 + 7),
         "flags": frame_overhead + 8 * (5 + 33)}
-    assert alice.payload_bits == {"report": 8 * 107, "flags": 8 * 33}
+    assert alice.payload_bits == {"open": 0, "report": 8 * 107, "flags": 8 * 33}
     assert bob.received_bits == alice.sent_bits
-    assert bob.sent_bits == alice.received_bits == {"flags": frame_overhead + 8 * (5 + 2)}
-    assert (alice.sent_messages, alice.received_messages) == (3, 1)
-    # a failed verification consumes nothing
+    assert (alice.sent_messages, alice.received_messages) == (4, 2)
+    # a rejected frame consumes no pad
     bad = bytearray(alice.send("x", b"y"))
     bad[-1] ^= 1
     before = bob.consumed_bits
@@ -230,44 +270,108 @@ def test_exact_key_accounting(tag_bits):
 
 
 def test_pool_exhaustion_sends_nothing_and_replenish_resumes():
-    boot = _bits(HASH_KEY_BITS + 2 * 64)
-    alice, bob = make_channel_pair(AuthKeyPool(boot), AuthKeyPool(boot.copy()))
+    pa, pb = _pools(HASH_KEY_BITS + 2 * 64 * 2)
+    alice, bob = make_channel_pair(pa, pb)                    # each open used one pad
     alice.send("a", b"1")
     with pytest.raises(AuthKeyPoolExhausted):
         alice.send("a", b"2")
-    assert len(bob.transport.inbox) == 1
+    assert len(bob.transport.inbox) == 2
     assert bob.receive() == ("a", b"1")
-    more = _bits(256, 7)
-    alice.pool.replenish(more)
-    bob.pool.replenish(more)
+    more = _bits(128, 7)
+    for pool in (pa, pb):
+        pool.replenish(more[:64], more[64:])
     alice.send("a", b"2")
     assert bob.receive() == ("a", b"2")
 
 
-def test_replenish_from_key_stores(tmp_path):
-    key = _bits(3000, 5)
-    with KeyStore(tmp_path / "a.db") as sa, KeyStore(tmp_path / "b.db") as sb:
-        ids = sa.add_key("auth", key, block_bits=1000)
-        sb.add_key("auth", key, key_ids=ids, block_bits=1000)
-        boot = _bits(HASH_KEY_BITS)
-        pa, pb = AuthKeyPool(boot), AuthKeyPool(boot.copy())
-        alice, bob = make_channel_pair(pa, pb)
-        sent_ids = pa.reserve_from_store(sa, "auth", 1500)
-        assert sent_ids == ids[:2]
-        assert pb.replenish_from_store(sb, sent_ids) == 2000
-        for i in range(15):
-            alice.send("m", bytes([i]))
-            assert bob.receive() == ("m", bytes([i]))
-        with pytest.raises(KeyStoreError, match="already used"):
-            pb.replenish_from_store(sb, sent_ids)
+def _forgery_run(n_forged: int):
+    """Bob's inbox: Alice's open frame, ``n_forged`` forgeries of her next frame, the frame."""
+    alice, bob = _pair()
+    genuine = alice.send("msg", b"real")
+    forged = bytearray(genuine)
+    forged[-1] ^= 1
+    inbox = bob.transport.inbox
+    inbox.pop()
+    inbox.extend([bytes(forged)] * n_forged + [genuine])
+    return alice, bob
+
+
+def test_failed_verifications_close_the_channel():
+    """Defect 5: failed verifications were unlimited, so a forger could keep trying against
+    one pad. The channel now closes after ``max_failures`` (default 3) rejected frames, and
+    ``expect`` skips rejected frames only while it is open."""
+    alice, bob = _forgery_run(2)
+    assert bob.expect("msg") == b"real"                      # two rejections tolerated
+    assert bob.failures == 2 and not bob.closed
+    bob.transport.inbox.append(alice.send("msg", b"again"))
+    with pytest.raises(ProtocolAbort, match="expected a 'other' message"):
+        bob.expect("other")
+    _, bob = _forgery_run(3)
+    with pytest.raises(AuthenticationError, match="closed after 3 rejected"):
+        bob.expect("msg")
+    for call in (bob.receive, lambda: bob.send("x", b"")):
+        with pytest.raises(AuthenticationError, match="closed"):
+            call()
+    assert len(bob.transport.inbox) == 1                     # the genuine frame not taken
+
+
+def test_rebuilt_channel_rejects_replayed_frames(tmp_path):
+    """Defect 5: each session drew a fresh bootstrap key in-process and no pool state was
+    persisted, so a channel rebuilt from the same bootstrap accepted a replayed frame of an
+    earlier session. Now the pads and sequence numbers live in the key stores: frames of an
+    old session carry used sequence numbers and are rejected by any later channel."""
+    sa, sb = linked_stores(tmp_path, "sat-moscow", "satellite", "moscow")
+    alice, bob = make_channel_pair(sa.auth_key("sat-moscow"), sb.auth_key("sat-moscow"))
+    old = [bob.transport.inbox[0], alice.send("key-ids", b"session 1")]
+    assert bob.receive() == ("key-ids", b"session 1")
+    # a new session: both ends rebuild their channel from the store
+    alice, bob = make_channel_pair(sa.auth_key("sat-moscow"), sb.auth_key("sat-moscow"))
+    bob.transport.inbox.clear()
+    for frame in old:
+        with pytest.raises(AuthenticationError, match="replayed"):
+            bob.verify_frame(frame)
+    # the pads of session 1 are gone from both stores (Alice sent 3 frames, received none)
+    assert sa.auth_status()["sat-moscow"]["next_seq"] == [3, 0]
+    assert sb.auth_status()["sat-moscow"]["next_seq"] == [2, 2]
+
+
+class _Crash(Exception):
+    pass
+
+
+class _DeadTransport:
+    def send(self, frame):
+        raise _Crash("power cut")
+
+
+def test_a_pad_is_spent_before_its_frame_leaves(tmp_path):
+    """A crash after the pad is persisted but before the frame is sent burns that pad: the
+    restarted sender tags its next frame with the next pad (one pad never tags two frames),
+    and the receiver accepts the restarted sender's open frame, skipping the burned pad."""
+    sa, sb = linked_stores(tmp_path, "l", "a", "b")
+    c = AuthenticatedChannel(sa.auth_key("l"), _DeadTransport())
+    with pytest.raises(_Crash):
+        c.open()
+    assert sa.auth_status()["l"]["next_seq"] == [1, 0]       # pad 0 spent and persisted
+    alice, bob = make_channel_pair(sa.auth_key("l"), sb.auth_key("l"))
+    first = bob.transport.inbox[0]
+    assert first[4:12] == (1).to_bytes(8, "big")             # the restarted open is frame 1
+    alice.send("m", b"after the crash")
+    assert bob.receive() == ("m", b"after the crash")
+    assert bob.burned_bits == 64
+    assert sb.auth_status()["l"]["next_seq"] == [3, 1]
 
 
 def test_channel_parameter_checks():
-    pool = AuthKeyPool(_bits(512))
+    pool = AuthKeyPool.from_key(_bits(512), role=0)
     with pytest.raises(ValueError):
-        AuthenticatedChannel(pool, "eve", MemoryTransport())
+        AuthKeyPool.from_key(_bits(512), role=2)
     with pytest.raises(ValueError):
-        AuthenticatedChannel(pool, "alice", MemoryTransport(), tag_bits=24)
+        AuthenticatedChannel(pool, MemoryTransport(), max_failures=0)
+    with pytest.raises(ValueError):
+        make_channel_pair(pool, AuthKeyPool.from_key(_bits(512), role=0))
     alice, _ = _pair()
     with pytest.raises(ValueError):
         alice.send("", b"x")
+    with pytest.raises(KeyStoreError):
+        raise AuthKeyPoolExhausted("is a key store error")
