@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mozi.host.keystore import KeyStore
+from mozi.host.keystore import KeyStore, init_link
 from mozi.host.session import SessionConfig, run_session
 from mozi.sim import link, passes
 from mozi.sim.tagfile import TagData
@@ -30,10 +30,12 @@ def run() -> dict:
     alice = link.AliceFile(sim.alice, sim.metadata())
     duration = float(sim.t_stop_s - sim.t_start_s)
     with tempfile.TemporaryDirectory() as d:
-        sa, sb = KeyStore(Path(d) / "alice.db"), KeyStore(Path(d) / "bob.db")
+        sa = KeyStore(Path(d) / "alice.db", party="micius")
+        sb = KeyStore(Path(d) / "bob.db", party="xinglong")
+        init_link("micius2017", sa, sb)
         t0 = time.perf_counter()
         res = run_session(tags, alice, link="micius2017", store_alice=sa, store_bob=sb,
-                          config=SessionConfig(seed=2017))
+                          config=SessionConfig(insecure_seed=2017))
         wall = time.perf_counter() - t0
         sa.close()
         sb.close()
@@ -54,4 +56,5 @@ def run() -> dict:
         "aborted": res.aborted,
         "abort_reason": res.abort_reason,
         "auth_bits_consumed": res.auth_bits_consumed,
+        "auth_bits_replenished": res.auth_bits_replenished,
     }

@@ -23,27 +23,51 @@ crosses from one to the other travels as a message of an authenticated classical
 6. **Verification**: Toeplitz tag of ``⌈log2(1/ε_cor)⌉`` bits (:mod:`mozi.host.verification`);
    a mismatch discards the block.
 7. **Finite-key length** (Lim et al. 2014, :mod:`mozi.host.finite_key`); abort if ℓ ≤ 0.
-8. **Privacy amplification** (Toeplitz, FFT; Alice's seed sent to Bob) and **storage**: Alice
-   draws the key IDs and sends them; both stores get identical keys under identical IDs.
+8. **Privacy amplification** (Toeplitz, FFT; Alice's seed sent to Bob) and **storage**: the
+   first bits of the final key refill the link's authentication key by exactly what this
+   session took from it (:meth:`~mozi.host.auth.AuthKeyPool.refill_need`); the rest is cut
+   by :func:`~mozi.host.keystore.key_layout` into blocks Alice may send with (the first
+   ``alice_share``) and blocks Bob may send with. Alice draws the key IDs and sends them with
+   the refill sizes; both stores get identical keys under identical IDs and senders, each in
+   one transaction with its refill.
+
+The classical channel is the link's lasting authentication key in the two key stores
+(``mozi link init`` makes it): both ends open it, every pad is persisted before use, and
+``auth_bits_consumed`` / ``auth_bits_replenished`` report exactly what left and entered it.
+
+Randomness. Every random choice — Bob's squashing bits for multi-click events (the device's
+random words), the Cascade shuffles, the verification and privacy-amplification seeds, the key
+IDs — comes from a :class:`~mozi.host.randomness.SessionRandomness`: the OS CSPRNG, unless
+``SessionConfig.insecure_seed`` asks for a reproducible run, which marks the result and every
+stored key ``insecure_reproducible``.
 
 An abort stores nothing and returns a :class:`SessionResult` with ``aborted=True`` and the
-reason; input that cannot be processed at all (too few tags, unknown channels) raises a
-:class:`~mozi.sim.errors.MoziError`.
+reason (a QBER above the threshold, a failed verification, an authentication failure or a
+malformed message); input that cannot be processed at all (too few tags, unknown channels, no
+authentication key) raises a :class:`~mozi.sim.errors.MoziError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import secrets
 import struct
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from mozi.host import timing as tm
-from mozi.host.auth import AuthKeyPool, make_channel_pair
+from mozi.host.auth import (
+    DEFAULT_MAX_FAILURES,
+    AuthenticatedChannel,
+    AuthKeyPoolExhausted,
+    ChannelEmpty,
+    MemoryTransport,
+)
 from mozi.host.cascade import AliceParityOracle, reconcile
 from mozi.host.device import (
     Detections,
@@ -51,15 +75,16 @@ from mozi.host.device import (
     TransmitterDriver,
     open_device,
 )
-from mozi.host.errors import ProtocolAbort
+from mozi.host.errors import AuthenticationError, KeyStoreError, ProtocolAbort
 from mozi.host.finite_key import (
     DecoyStatistics,
     FiniteKeyParams,
     binary_entropy,
     finite_key_length,
 )
-from mozi.host.keystore import new_key_ids
-from mozi.host.privacy import privacy_amplify, random_seed_bits
+from mozi.host.keystore import KeyStore, key_layout
+from mozi.host.privacy import privacy_amplify
+from mozi.host.randomness import SessionRandomness
 from mozi.host.sifting import run_sifting
 from mozi.host.verification import verification_tag, verification_tag_bits
 from mozi.sim.errors import MoziError
@@ -68,6 +93,10 @@ from tqdm import tqdm
 
 __all__ = [
     "ChannelParityOracle",
+    "MessageTap",
+    "decode_align_sample",
+    "decode_key_ids",
+    "decode_verify",
     "SessionConfig",
     "SessionResult",
     "run_session",
@@ -84,10 +113,14 @@ class SessionConfig:
         Secrecy and correctness parameters.
     qber_threshold : float
         Abort when the X- or Z-basis QBER exceeds this.
-    seed : int or None
-        Seed of the session's public randomness (decoder random bits, Cascade shuffles,
-        verification and privacy-amplification seeds): the same seed gives the same key.
-        ``None`` draws the hashing seeds from the OS CSPRNG and a fresh session seed.
+    insecure_seed : int or None
+        ``None`` (the default): every random choice comes from the OS CSPRNG. An integer makes
+        the session reproducible — the same seed gives the same key — and therefore insecure:
+        Bob's squashing bits, the hashing seeds and the key IDs follow from the seed, and the
+        result and every stored key are marked ``insecure_reproducible``. For simulation and
+        tests only.
+    alice_share : float
+        Fraction of the stored key that Alice may send with (the rest is Bob's), in [0, 1].
     device : str
         Device backend for both parties (:func:`mozi.host.device.open_device`).
     window_sigmas : float
@@ -101,10 +134,8 @@ class SessionConfig:
         epoch, as with GPS-disciplined clocks; set it when Bob's tags start elsewhere).
     alignment_sample : int
         Detections Bob discloses for the alignment (removed from the key).
-    auth_tag_bits : int
-        Tag length of the authenticated channel.
-    auth_bootstrap_bits : int
-        Size of the pre-shared authentication key the session starts from.
+    auth_max_failures : int
+        Rejected classical messages after which the session aborts.
     cascade_passes : int
     profile_bin_s : float
         Width of the profile bins (seconds of pass time).
@@ -115,15 +146,15 @@ class SessionConfig:
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
     qber_threshold: float = 0.11
-    seed: int | None = None
+    insecure_seed: int | None = None
+    alice_share: float = 0.5
     device: str = "model"
     window_sigmas: float = 3.0
     max_drift: float = 2e-4
     max_slot_shift: int = 1 << 16
     alignment_center: int = 0
     alignment_sample: int = 512
-    auth_tag_bits: int = 64
-    auth_bootstrap_bits: int = 1 << 17
+    auth_max_failures: int = DEFAULT_MAX_FAILURES
     cascade_passes: int = 16
     profile_bin_s: float = 10.0
     block_events: int = 50_000
@@ -135,8 +166,15 @@ class SessionConfig:
                 raise ValueError(f"{name} must lie in (0, 1), not {v!r}")
         if not 0.0 < self.qber_threshold <= 0.5:
             raise ValueError(f"qber_threshold must lie in (0, 0.5], not {self.qber_threshold!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or self.seed < 0):
-            raise ValueError(f"seed must be a non-negative integer, not {self.seed!r}")
+        if self.insecure_seed is not None and (isinstance(self.insecure_seed, bool)
+                                               or not isinstance(self.insecure_seed, int)
+                                               or self.insecure_seed < 0):
+            raise ValueError(f"insecure_seed must be a non-negative integer, "
+                             f"not {self.insecure_seed!r}")
+        if not 0.0 <= self.alice_share <= 1.0:
+            raise ValueError(f"alice_share must lie in [0, 1], not {self.alice_share!r}")
+        if isinstance(self.auth_max_failures, bool) or self.auth_max_failures < 1:
+            raise ValueError("auth_max_failures must be a positive integer")
         if not self.window_sigmas > 0:
             raise ValueError("window_sigmas must be positive")
         if not 0 < self.max_drift < 0.01:
@@ -172,13 +210,18 @@ class SessionResult:
         ``λ_EC / (n · h(qber_z))``.
     verification_ok : bool or None
     auth_bits_consumed : int
-        Secret bits spent authenticating the classical messages (one party's pool).
+        Authentication key bits that left Alice's pool in this session (pads of the frames
+        sent and accepted, and pads burned); Bob's pool lost the same.
+    auth_bits_replenished : int
+        Bits of the final key that refilled the authentication key (both ends).
     final_key_bits : int
-        Stored key length (0 on abort).
+        Stored key length: the finite-key length minus the refill (0 on abort).
     aborted : bool
     abort_reason : str or None
     key_ids : list of str
         IDs under which both stores hold the key.
+    key_senders : list of str
+        For each key ID, the party that may send with the block.
     finite_key : dict or None
         The :class:`~mozi.host.finite_key.FiniteKeyResult` as a dict.
     profile : list of dict
@@ -191,8 +234,10 @@ class SessionResult:
         The slot alignment (:class:`~mozi.host.timing.AlignmentResult`).
     device_counters : dict
         Receiver and transmitter counters read from the devices.
-    seed : int
-        The session seed actually used.
+    insecure_reproducible : bool
+        The session's random choices came from ``insecure_seed``: its key is not secret.
+    insecure_seed : int or None
+        That seed (None for a secure session).
     """
 
     link: str
@@ -206,17 +251,20 @@ class SessionResult:
     ec_efficiency: float | None = None
     verification_ok: bool | None = None
     auth_bits_consumed: int = 0
+    auth_bits_replenished: int = 0
     final_key_bits: int = 0
     aborted: bool = False
     abort_reason: str | None = None
     key_ids: list[str] = dataclasses.field(default_factory=list)
+    key_senders: list[str] = dataclasses.field(default_factory=list)
     finite_key: dict | None = None
     profile: list[dict] = dataclasses.field(default_factory=list)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     timing: dict | None = None
     alignment: dict | None = None
     device_counters: dict[str, int] = dataclasses.field(default_factory=dict)
-    seed: int = 0
+    insecure_reproducible: bool = False
+    insecure_seed: int | None = None
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict of every field (numpy scalars converted)."""
@@ -309,12 +357,75 @@ class ChannelParityOracle(AliceParityOracle):
             raise ProtocolAbort("Cascade answers were altered on the public link")
 
 
-def _recv(channel, kind: str) -> bytes:
-    """Next message of the channel, which must be of ``kind``."""
-    got, payload = channel.receive()
-    if got != kind:
-        raise ProtocolAbort(f"expected a {kind!r} message, got {got!r}")
-    return payload
+def _recv(channel: AuthenticatedChannel, kind: str) -> bytes:
+    """Next accepted message of the channel, which must be of ``kind`` (see ``expect``)."""
+    return channel.expect(kind)
+
+
+@contextlib.contextmanager
+def _parsing(kind: str):
+    """Turn a malformed (authenticated, so the peer's own) message into a protocol abort."""
+    try:
+        yield
+    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ProtocolAbort(f"malformed {kind!r} message ({exc})") from None
+
+
+def decode_align_sample(payload: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bob's alignment sample: ``n`` slots (i64), then ``n`` bases, then ``n`` bits (u8)."""
+    with _parsing("align-sample"):
+        if len(payload) % 10 or not payload:
+            raise ValueError("length is not a positive multiple of 10 bytes")
+        n = len(payload) // 10
+        slots = np.frombuffer(payload, ">i8", n).astype(np.int64)
+        basis = np.frombuffer(payload, np.uint8, n, 8 * n)
+        bits = np.frombuffer(payload, np.uint8, n, 9 * n)
+        if basis.max() > 1 or bits.max() > 1 or slots.min() < 0:
+            raise ValueError("a basis, bit or slot out of range")
+    return slots, basis, bits
+
+
+def decode_verify(payload: bytes, n_key: int, t_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Alice's verification message: seed length u32, packed seed, packed tag."""
+    with _parsing("verify"):
+        (ns,) = struct.unpack_from(">I", payload)
+        nbytes = (ns + 7) // 8
+        if ns != n_key + t_bits - 1 or len(payload) != 4 + nbytes + (t_bits + 7) // 8:
+            raise ValueError("seed or tag of the wrong length")
+        seed = np.unpackbits(np.frombuffer(payload, np.uint8, nbytes, 4))[:ns]
+        tag = np.unpackbits(np.frombuffer(payload, np.uint8, offset=4 + nbytes))[:t_bits]
+    return seed, tag
+
+
+def decode_key_ids(payload: bytes) -> tuple[int, int, list[str]]:
+    """Alice's last message: the two refill sizes (u64 each), then the key IDs (16 bytes)."""
+    with _parsing("key-ids"):
+        if len(payload) < 16 or (len(payload) - 16) % 16:
+            raise ValueError("wrong length")
+        r0, r1 = struct.unpack_from(">QQ", payload)
+        ids = [str(uuid.UUID(bytes=payload[i:i + 16])) for i in range(16, len(payload), 16)]
+    return r0, r1, ids
+
+
+MessageTap = Callable[[str, bytes], list]
+"""A man in the middle on the classical channel: ``tap(direction, frame) -> frames``.
+
+``direction`` is ``"alice->bob"`` or ``"bob->alice"``; the frames returned (none, the frame,
+a modified frame, several) are delivered instead of ``frame``. Tests use it to tamper with,
+drop, replay and reorder messages.
+"""
+
+
+class _TappedTransport(MemoryTransport):
+    def __init__(self, name: str, tap: MessageTap | None):
+        super().__init__()
+        self._name = name
+        self._tap = tap
+
+    def send(self, frame: bytes) -> None:
+        frames = [frame] if self._tap is None else self._tap(self._name, bytes(frame))
+        for f in frames:
+            super().send(f)
 
 
 class _Abort(Exception):
@@ -349,19 +460,6 @@ def _tag_events(tags) -> tuple[np.ndarray, np.ndarray, float]:
     return ticks[starts], np.bitwise_or.reduceat(masks, starts).astype(np.uint8), float(res)
 
 
-def _seeds(seed: int) -> dict[str, int]:
-    ss = np.random.SeedSequence(seed)
-    names = ("decoder", "timing", "cascade", "verify", "pa")
-    return {n: int(s.generate_state(1, np.uint64)[0] >> np.uint64(1))
-            for n, s in zip(names, ss.spawn(len(names)), strict=True)}
-
-
-def _seed_bits(seed: int | None, n: int) -> np.ndarray | None:
-    if seed is None:
-        return None
-    return np.random.default_rng(seed).integers(0, 2, n, dtype=np.uint8)
-
-
 def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
              known: np.ndarray, slot_range: tuple[int, int] | None = None) -> list[dict]:
     """Per-bin sifted rate (kbit/s) and QBER of the sifted detections (both bases).
@@ -391,9 +489,9 @@ def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
              "qber": round(float(e[i] / k[i]), 6) if k[i] else None} for i in range(nb)]
 
 
-def run_session(tags, alice, *, link: str, store_alice, store_bob,
-                config: SessionConfig = SessionConfig(), progress: bool = False
-                ) -> SessionResult:
+def run_session(tags, alice, *, link: str, store_alice: KeyStore, store_bob: KeyStore,
+                config: SessionConfig = SessionConfig(), progress: bool = False,
+                tap: MessageTap | None = None) -> SessionResult:
     """Run the whole protocol for one link; on success both stores hold the same key.
 
     Parameters
@@ -404,31 +502,37 @@ def run_session(tags, alice, *, link: str, store_alice, store_bob,
         Alice's record of the pass: her source (choices of every slot) and metadata
         (``first_slot``, ``n_slots``, ``slot_period_ps``, ``pass``).
     link : str
-        Link name stored with the keys.
+        The link: both stores hold its authentication key (``mozi link init``), each naming
+        the other's party as its peer.
     store_alice, store_bob : mozi.host.keystore.KeyStore
         The two parties' key stores.
     config : SessionConfig
     progress : bool
         Show progress on stderr.
+    tap : MessageTap, optional
+        A man in the middle on the classical channel (tests).
 
     Returns
     -------
     SessionResult
         ``aborted=True`` (nothing stored) when the QBER exceeds the threshold, verification
-        fails, the slots cannot be aligned, or the finite-key length is not positive.
+        fails, the slots cannot be aligned, the finite-key length is not positive, or the
+        classical channel fails (rejected messages, a malformed or missing message).
 
     Raises
     ------
     MoziError
         Input that cannot be processed (no usable tags, unknown channel names, no periodic
-        structure in the tags, unavailable device).
+        structure in the tags, unavailable device), or stores without a matching
+        authentication key for the link.
     """
     if not isinstance(link, str) or not link:
         raise MoziError("link must be a non-empty name")
-    seed = config.seed if config.seed is not None else secrets.randbits(62)
-    fixed = config.seed is not None
-    seeds = _seeds(seed)
-    result = SessionResult(link=link, detections=int(len(tags)), seed=seed)
+    pools = _link_pools(link, store_alice, store_bob)
+    rand = SessionRandomness(config.insecure_seed)
+    result = SessionResult(link=link, detections=int(len(tags)),
+                           insecure_reproducible=rand.insecure_reproducible,
+                           insecure_seed=rand.insecure_seed)
     clock = time.perf_counter
     t_all = clock()
     bar = tqdm(total=8, desc=f"session {link}", unit="step", file=sys.stderr,
@@ -441,20 +545,50 @@ def run_session(tags, alice, *, link: str, store_alice, store_bob,
         return clock()
 
     try:
-        _run(tags, alice, link, store_alice, store_bob, config, seeds, fixed, result, step,
-             clock)
-    except _Abort as exc:
+        _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result, step,
+             clock, tap)
+    except (_Abort, ProtocolAbort, AuthenticationError, AuthKeyPoolExhausted,
+            ChannelEmpty) as exc:
         result.aborted = True
-        result.abort_reason = exc.reason
+        result.abort_reason = exc.reason if isinstance(exc, _Abort) else _reason(exc)
         result.final_key_bits = 0
         result.key_ids = []
+        result.key_senders = []
     finally:
         bar.close()
         result.timings["total"] = round(clock() - t_all, 4)
     return result
 
 
-def _run(tags, alice, link, store_alice, store_bob, config, seeds, fixed, result, step, clock):
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, AuthKeyPoolExhausted):
+        return f"the link's authentication key is exhausted ({exc}); install a new one"
+    if isinstance(exc, ChannelEmpty):
+        return "a message of the classical channel never arrived"
+    if isinstance(exc, AuthenticationError):
+        return f"classical channel: {exc}"
+    return str(exc)
+
+
+def _link_pools(link: str, store_alice: KeyStore, store_bob: KeyStore):
+    """The two ends' authentication keys of ``link``, checked to belong together."""
+    if store_alice.party == store_bob.party:
+        raise MoziError(f"Alice's and Bob's key stores both belong to {store_alice.party!r}")
+    for store, other in ((store_alice, store_bob), (store_bob, store_alice)):
+        peer = store.peer(link)
+        if peer is not None and peer != other.party:
+            raise MoziError(f"link {link!r} of {store.party!r} is shared with {peer!r}, not "
+                            f"with {other.party!r}")
+    pool_a, pool_b = store_alice.auth_key(link), store_bob.auth_key(link)
+    if pool_a.role == pool_b.role or pool_a.tag_bits != pool_b.tag_bits \
+            or pool_a.hash_key != pool_b.hash_key:
+        raise MoziError(f"the two stores' authentication keys of link {link!r} do not match; "
+                        f"create a matching pair with `mozi link init`")
+    return pool_a, pool_b
+
+
+def _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result, step, clock,
+         tap):
     t0 = clock()
     source = alice.source
     meta = dict(getattr(alice, "metadata", {}) or {})
@@ -466,13 +600,13 @@ def _run(tags, alice, link, store_alice, store_bob, config, seeds, fixed, result
 
     # 1. timing recovery (Bob)
     est = tm.estimate_timing(ticks, period_ps / res, max_drift=config.max_drift,
-                             seed=seeds["timing"])
+                             seed=rand.integer("timing"))
     result.timing = est.to_json()
     t0 = step("timing", t0)
 
     # 2. Bob's device: slot assignment + decoding, block by block
     with open_device(config.device) as bob_dev:
-        rx = ReceiverDriver(bob_dev, random_seed=seeds["decoder"])
+        rx = ReceiverDriver(bob_dev, random_key=rand.stream_key("decoder"))
         rx.reset()
         blocks = tm.slot_blocks(ticks, est, frac_bits=rx.frac_bits,
                                 window_sigmas=config.window_sigmas,
@@ -485,14 +619,17 @@ def _run(tags, alice, link, store_alice, store_bob, config, seeds, fixed, result
     det = _strictly_increasing(det)
     t0 = step("device", t0)
 
-    # authenticated channel from a pre-shared bootstrap key
-    boot = np.unpackbits(np.frombuffer(secrets.token_bytes(config.auth_bootstrap_bits // 8),
-                                       np.uint8))
-    ch_a, ch_b = make_channel_pair(AuthKeyPool(boot), AuthKeyPool(boot.copy()),
-                                   tag_bits=config.auth_tag_bits)
+    # the classical channel: the link's lasting authentication key at both ends
+    pool_a, pool_b = pools
+    ta, tb = _TappedTransport("alice->bob", tap), _TappedTransport("bob->alice", tap)
+    ta.peer, tb.peer = tb, ta
+    ch_a = AuthenticatedChannel(pool_a, ta, max_failures=config.auth_max_failures)
+    ch_b = AuthenticatedChannel(pool_b, tb, max_failures=config.auth_max_failures)
     try:
+        ch_a.open()
+        ch_b.open()
         _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob, config,
-                  seeds, fixed, result, step, clock, t0)
+                  rand, result, step, clock, t0)
     finally:
         result.auth_bits_consumed = int(ch_a.consumed_bits)
 
@@ -508,7 +645,7 @@ def _strictly_increasing(det: Detections) -> Detections:
 
 
 def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob, config,
-              seeds, fixed, result, step, clock, t0):
+              rand, result, step, clock, t0):
     first_slot = meta.get("first_slot")
     n_slots = meta.get("n_slots")
     slot_range = (int(first_slot), int(first_slot) + int(n_slots)) \
@@ -520,11 +657,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     pick = tm.alignment_sample(det.slots, config.alignment_sample)
     ch_b.send("align-sample", det.slots[pick].astype(">i8").tobytes()
               + det.basis[pick].tobytes() + det.bit[pick].tobytes())
-    payload = _recv(ch_a, "align-sample")
-    n = len(payload) // 10
-    s_slots = np.frombuffer(payload, ">i8", n).astype(np.int64)
-    s_basis = np.frombuffer(payload, np.uint8, n, 8 * n)
-    s_bits = np.frombuffer(payload, np.uint8, n, 9 * n)
+    s_slots, s_basis, s_bits = decode_align_sample(_recv(ch_a, "align-sample"))
     try:
         align = tm.find_slot_shift(s_slots, s_basis, s_bits, source.choices,
                                    center=config.alignment_center,
@@ -533,8 +666,11 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
         ch_a.send("align-shift", struct.pack(">q", align.shift))
     except tm.TimingError as exc:
         ch_a.send("align-failed", str(exc).encode())
-        raise _Abort(_recv(ch_b, "align-failed").decode()) from None
-    (shift,) = struct.unpack(">q", _recv(ch_b, "align-shift"))
+        with _parsing("align-failed"):
+            reason = _recv(ch_b, "align-failed").decode()
+        raise _Abort(reason) from None
+    with _parsing("align-shift"):
+        (shift,) = struct.unpack(">q", _recv(ch_b, "align-shift"))
     result.alignment = dataclasses.asdict(align)
     keep = np.ones(det.slots.size, bool)
     keep[pick] = False
@@ -580,8 +716,9 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
                      f"{config.qber_threshold:.4f}")
 
     # 5. Cascade over the channel
-    ch_a.send("cascade-seed", struct.pack(">Q", seeds["cascade"]))
-    (cascade_seed,) = struct.unpack(">Q", _recv(ch_b, "cascade-seed"))
+    ch_a.send("cascade-seed", struct.pack(">Q", rand.integer("cascade")))
+    with _parsing("cascade-seed"):
+        (cascade_seed,) = struct.unpack(">Q", _recv(ch_b, "cascade-seed"))
     oracle = ChannelParityOracle(a_sift.key, ch_a, ch_b)
     qber_est = min(max(result.qber_x, 1e-3), 0.25)
     ec = reconcile(a_sift.key, b_sift.key, qber_est, seed=cascade_seed,
@@ -601,17 +738,11 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
 
     # 6. verification: Alice sends seed and tag, Bob compares
     t_bits = verification_tag_bits(config.eps_cor)
-    vseed = _seed_bits(seeds["verify"] if fixed else None, n_z + t_bits - 1)
-    if vseed is None:
-        vseed = random_seed_bits(n_z + t_bits - 1)
+    vseed = rand.bits("verify", n_z + t_bits - 1)
     tag_a = verification_tag(a_sift.key, vseed, t_bits)
     ch_a.send("verify", struct.pack(">I", vseed.size) + np.packbits(vseed).tobytes()
               + np.packbits(tag_a).tobytes())
-    payload = _recv(ch_b, "verify")
-    (ns,) = struct.unpack_from(">I", payload)
-    nbytes = (ns + 7) // 8
-    seed_b = np.unpackbits(np.frombuffer(payload, np.uint8, nbytes, 4))[:ns]
-    tag_recv = np.unpackbits(np.frombuffer(payload, np.uint8, offset=4 + nbytes))[:t_bits]
+    seed_b, tag_recv = decode_verify(_recv(ch_b, "verify"), bob_key.size, t_bits)
     ok = bool(np.array_equal(verification_tag(bob_key, seed_b, t_bits), tag_recv))
     ch_b.send("verify-result", bytes([ok]))
     ok_a = _recv(ch_a, "verify-result") == b"\x01"
@@ -632,28 +763,68 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     if fk.aborted or fk.length <= 0:
         raise _Abort(fk.abort_reason or f"finite-key length {fk.length} is not positive")
 
-    # 8. privacy amplification and storage
-    pa_seed = _seed_bits(seeds["pa"] if fixed else None, n_z + fk.length - 1)
+    # 8. privacy amplification, refill of the authentication key, storage
+    pa_seed = rand.bits("pa", n_z + fk.length - 1)
     key_a, pa_seed = privacy_amplify(a_sift.key, fk.length, seed_bits=pa_seed)
-    ids = new_key_ids(fk.length)
     ch_a.send("pa-seed", np.packbits(pa_seed).tobytes())
-    ch_a.send("key-ids", "\n".join(ids).encode())
-    seed_recv = np.unpackbits(np.frombuffer(_recv(ch_b, "pa-seed"), np.uint8))[:pa_seed.size]
-    ids_b = _recv(ch_b, "key-ids").decode().split("\n")
+    with _parsing("pa-seed"):
+        raw = _recv(ch_b, "pa-seed")
+        if len(raw) != (n_z + fk.length - 1 + 7) // 8:
+            raise ValueError("seed of the wrong length")
+        seed_recv = np.unpackbits(np.frombuffer(raw, np.uint8))[:pa_seed.size]
     key_b, _ = privacy_amplify(bob_key, fk.length, seed_bits=seed_recv)
+
+    # Alice: refill what this session took (counting the pad of the key-ids message itself),
+    # then the layout of the rest, and its IDs
+    r_need = ch_a.pool.refill_need(pending_out=1)
+    r0 = min(r_need[0], fk.length)
+    r1 = min(r_need[1], fk.length - r0)
+    n_key = fk.length - r0 - r1
+    senders = (store_alice.party, store_bob.party)
+    layout = key_layout(n_key, senders, first_share=config.alice_share) if n_key else []
+    ids = rand.uuids("key-ids", len(layout))
+    ch_a.send("key-ids", struct.pack(">QQ", r0, r1) + b"".join(uuid.UUID(k).bytes
+                                                                for k in ids))
+    b_r0, b_r1, ids_b = decode_key_ids(_recv(ch_b, "key-ids"))
+    # Bob: the refill must be exactly what his own pool lacks, the layout his own rule's
+    b_need = ch_b.pool.refill_need()
+    b_key = fk.length - b_r0 - b_r1
+    b_layout = key_layout(b_key, senders, first_share=config.alice_share) if b_key > 0 else []
+    if (b_r0, b_r1) != (min(b_need[0], fk.length), min(b_need[1], fk.length - b_r0)) \
+            or len(ids_b) != len(b_layout):
+        raise _Abort("the peers disagree on the authentication refill or the key layout")
     if not np.array_equal(key_a, key_b):
         raise _Abort("final keys differ after privacy amplification")
     t0 = step("privacy amplification", t0)
+
     key_meta = {"pass_id": meta.get("pass") or None, "eps_sec": config.eps_sec,
-                "eps_cor": config.eps_cor, "session_seed": result.seed,
-                "qber_z": result.qber_z, "sifted_z_bits": n_z}
-    store_alice.add_key(link, key_a, key_ids=ids, meta=key_meta)
+                "eps_cor": config.eps_cor, "qber_z": result.qber_z, "sifted_z_bits": n_z,
+                "insecure_reproducible": rand.insecure_reproducible}
+    if rand.insecure_reproducible:
+        key_meta["insecure_seed"] = rand.insecure_seed
+    cut = r0 + r1
+    refill_a = (key_a[:r0], key_a[r0:cut])
+    refill_b = (key_b[:b_r0], key_b[b_r0:b_r0 + b_r1])
+    store_alice.commit_session(link, peer=store_bob.party, pool=ch_a.pool, refill=refill_a,
+                               key_bits=key_a[cut:], layout=layout, key_ids=ids,
+                               meta=key_meta)
     try:
-        store_bob.add_key(link, key_b, key_ids=ids_b, meta=key_meta)
+        store_bob.commit_session(link, peer=store_alice.party, pool=ch_b.pool,
+                                 refill=refill_b, key_bits=key_b[cut:], layout=b_layout,
+                                 key_ids=ids_b, meta=key_meta)
     except BaseException:
-        # never leave a key at one end only: Alice's copy is erased (marked consumed)
-        store_alice.consume_many(ids, purpose="discarded: the peer could not store the key")
+        # never leave a key at one end only: Alice's copy is erased and her refill undone
+        _undo(store_alice, ch_a.pool, ids, (r0, r1))
         raise
-    result.final_key_bits = int(fk.length)
+    result.auth_bits_replenished = int(cut)
+    result.final_key_bits = int(n_key)
     result.key_ids = list(ids)
+    result.key_senders = [sender for sender, _ in layout]
     step("storage", t0)
+
+
+def _undo(store: KeyStore, pool, ids: list[str], refill: tuple[int, int]) -> None:
+    with contextlib.suppress(KeyStoreError):
+        if ids:
+            store.discard(ids, reason="the peer could not store the key")
+        pool.drop_refill(refill)

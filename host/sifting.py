@@ -127,10 +127,10 @@ class AliceSifted:
 
 
 def _expect(channel: AuthenticatedChannel, kind: str) -> bytes:
-    got, payload = channel.receive()
-    if got != kind:
-        raise SiftingError(f"expected a {kind!r} message, got {got!r}")
-    return payload
+    try:
+        return channel.expect(kind)
+    except ProtocolAbort as exc:
+        raise SiftingError(str(exc)) from None
 
 
 def _packbits(bits: np.ndarray) -> bytes:
@@ -214,9 +214,13 @@ def decode_report(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise SiftingError("sift-report slot difference too long")
     vals = (raw & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
     d = np.add.reduceat(vals, starts) if raw.size else np.zeros(0, np.uint64)
-    slots = np.concatenate([[first], first + np.cumsum(d.astype(np.int64))]).astype(np.int64)
     if np.any(d == 0):
         raise SiftingError("sift-report slots are not strictly increasing")
+    # the int64 cumulative sum below must not wrap: bound it in floating point first (its
+    # rounding error, < 2**11 here, stays far inside the margin)
+    if first + float(d.astype(np.float64).sum()) > 2.0 ** 63 - 2.0 ** 12:
+        raise SiftingError("sift-report slot numbers out of range")
+    slots = np.concatenate([[first], first + np.cumsum(d.astype(np.int64))]).astype(np.int64)
     basis = np.unpackbits(np.frombuffer(payload, np.uint8, nb, len(payload) - nb))[:n]
     return slots, basis.astype(np.uint8)
 
@@ -255,7 +259,7 @@ def bob_receive_flags(channel: AuthenticatedChannel, slots: np.ndarray, basis: n
     if match.size != slots.size:
         raise SiftingError(f"{match.size} match flags for {slots.size} reports")
     payload = _expect(channel, "sift-intensity")
-    (count,) = struct.unpack_from(">I", payload)
+    count = struct.unpack_from(">I", payload)[0] if len(payload) >= 4 else -1
     if count != int(match.sum()) or len(payload) != 4 + (count + 3) // 4:
         raise SiftingError("intensity announcement does not match the flags")
     inten = proto.unpack_words2(payload[4:], count)

@@ -4,12 +4,24 @@ import json
 
 import numpy as np
 import pytest
+from mozi.host.errors import KeyStoreError
 from mozi.host.keystore import KeyStore
-from mozi.host.session import SessionConfig, SessionResult, run_session
+from mozi.host.session import (
+    SessionConfig,
+    SessionResult,
+    decode_align_sample,
+    decode_key_ids,
+    decode_verify,
+    run_session,
+)
 from mozi.sim import link, passes
 from mozi.sim.errors import MoziError
 from mozi.sim.eve import InterceptResend
 from mozi.sim.tagfile import TagData
+
+from tests.host.keys import linked_stores
+
+LINK = "sat-xinglong"
 
 
 def _simulate(t_start, t_stop, seed=7, eve=None):
@@ -26,12 +38,21 @@ def slice30():
 
 
 @pytest.fixture(scope="module")
+def slice10():
+    """10 s: too short for a positive key, but the whole protocol runs up to that check."""
+    return _simulate(130.0, 140.0, seed=11)
+
+
+def _stores(tmp_path, link=LINK):
+    return linked_stores(tmp_path, link, "satellite", "xinglong")
+
+
+@pytest.fixture(scope="module")
 def session30(slice30, tmp_path_factory):
     tags, alice, _ = slice30
-    d = tmp_path_factory.mktemp("stores")
-    sa, sb = KeyStore(d / "alice.db"), KeyStore(d / "bob.db")
-    res = run_session(tags, alice, link="sat-xinglong", store_alice=sa, store_bob=sb,
-                      config=SessionConfig(seed=2017))
+    sa, sb = _stores(tmp_path_factory.mktemp("stores"))
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                      config=SessionConfig(insecure_seed=2017))
     return res, sa, sb
 
 
@@ -53,7 +74,11 @@ def test_positive_finite_key_and_identical_stores(session30, slice30):
     np.testing.assert_array_equal(bits_a, bits_b)
     assert 0.4 < bits_a.mean() < 0.6
     assert [k.key_id for k in ka] == [k.key_id for k in kb] == res.key_ids
-    assert all(k.link == "sat-xinglong" and k.eps_sec == 1e-10 for k in ka + kb)
+    assert all(k.link == LINK and k.eps_sec == 1e-10 for k in ka + kb)
+    # Alice and Bob may each send with half the key; the layout is the same at both ends
+    assert [k.sender for k in ka] == [k.sender for k in kb] == res.key_senders
+    assert abs(sa.status()[LINK]["send_bits"] - res.final_key_bits / 2) <= 1
+    assert sa.status()[LINK]["send_bits"] == sb.status()[LINK]["receive_bits"]
     # figures consistent with the simulator's ground truth
     assert res.alignment["shift"] == -100        # 1 µs clock offset = 100 slots
     assert abs(res.timing["drift"] - 5e-8) < 1e-9
@@ -62,7 +87,7 @@ def test_positive_finite_key_and_identical_stores(session30, slice30):
     assert 0.005 < res.qber_z < 0.02 and 0.005 < res.qber_x < 0.02
     assert 1.0 < res.ec_efficiency < 1.2
     assert res.ec_leaked_bits == res.finite_key["lambda_ec"]
-    assert res.finite_key["length"] == res.final_key_bits
+    assert res.finite_key["length"] == res.final_key_bits + res.auth_bits_replenished
     assert res.auth_bits_consumed > 0
     assert [b["t_s"] for b in res.profile] == [120.0, 130.0, 140.0]
     assert all(8 < b["sifted_kbps"] < 12 and b["qber"] < 0.02 for b in res.profile)
@@ -75,32 +100,36 @@ def test_result_is_json(session30):
     back = json.loads(text)
     for key in ("link", "detections", "in_window_fraction", "sifted_bits", "qber_z", "qber_x",
                 "ec_leaked_bits", "ec_efficiency", "verification_ok", "auth_bits_consumed",
-                "final_key_bits", "aborted", "abort_reason", "key_ids", "finite_key",
-                "profile", "timings"):
+                "auth_bits_replenished", "final_key_bits", "aborted", "abort_reason",
+                "key_ids", "key_senders", "finite_key", "profile", "timings",
+                "insecure_reproducible"):
         assert key in back
     assert back["final_key_bits"] == res.final_key_bits
     assert isinstance(res, SessionResult)
 
 
-def test_same_seed_same_key(slice30, session30, tmp_path):
+def test_same_insecure_seed_same_key_and_marked(slice30, session30, tmp_path):
     tags, alice, _ = slice30
     first, sa, _ = session30
-    sa2, sb2 = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
-    again = run_session(tags, alice, link="sat-xinglong", store_alice=sa2, store_bob=sb2,
-                        config=SessionConfig(seed=2017))
+    sa2, sb2 = _stores(tmp_path)
+    again = run_session(tags, alice, link=LINK, store_alice=sa2, store_bob=sb2,
+                        config=SessionConfig(insecure_seed=2017))
     assert again.final_key_bits == first.final_key_bits
     assert again.ec_leaked_bits == first.ec_leaked_bits
+    assert again.key_ids == first.key_ids               # the IDs replay too
     a1 = np.concatenate([k.bits for k in _keys(sa, first.key_ids)])
     a2 = np.concatenate([k.bits for k in _keys(sb2, again.key_ids)])
     np.testing.assert_array_equal(a1, a2)
+    assert first.insecure_reproducible and first.insecure_seed == 2017
+    assert all(k.meta["insecure_reproducible"] is True and k.meta["insecure_seed"] == 2017
+               for k in _keys(sa, first.key_ids))
 
 
 def test_intercept_resend_aborts_and_stores_nothing(tmp_path):
     tags, alice, sim = _simulate(130.0, 140.0, seed=11, eve=InterceptResend(1.0))
     assert sim.totals["qber"] > 0.2
-    sa, sb = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
-    res = run_session(tags, alice, link="sat-eve", store_alice=sa, store_bob=sb,
-                      config=SessionConfig(seed=1))
+    sa, sb = _stores(tmp_path, "sat-eve")
+    res = run_session(tags, alice, link="sat-eve", store_alice=sa, store_bob=sb)
     assert res.aborted
     assert res.final_key_bits == 0 and res.key_ids == []
     assert "QBER" in res.abort_reason or "alignment" in res.abort_reason
@@ -110,63 +139,81 @@ def test_intercept_resend_aborts_and_stores_nothing(tmp_path):
 
 def test_qber_threshold_just_below_the_observed_qber_aborts(slice30, tmp_path):
     tags, alice, _ = slice30
-    sa, sb = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
-    res = run_session(tags, alice, link="x", store_alice=sa, store_bob=sb,
-                      config=SessionConfig(seed=3, qber_threshold=0.0105))
+    sa, sb = _stores(tmp_path)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                      config=SessionConfig(qber_threshold=0.0105))
     assert res.aborted and "QBER" in res.abort_reason
     assert sa.list() == [] and sb.list() == []
 
 
 def test_unusable_input_raises(slice30, tmp_path):
     tags, alice, _ = slice30
-    sa, sb = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
+    sa, sb = _stores(tmp_path)
     few = TagData(tags.timestamps_ps[:50], tags.channels[:50])
     with pytest.raises(MoziError, match="too few"):
-        run_session(few, alice, link="x", store_alice=sa, store_bob=sb)
+        run_session(few, alice, link=LINK, store_alice=sa, store_bob=sb)
     odd = TagData(tags.timestamps_ps, tags.channels, 1, ("H", "V", "D", "Q"))
     with pytest.raises(MoziError, match="channel"):
-        run_session(odd, alice, link="x", store_alice=sa, store_bob=sb)
+        run_session(odd, alice, link=LINK, store_alice=sa, store_bob=sb)
     with pytest.raises(MoziError, match="device"):
-        run_session(tags, alice, link="x", store_alice=sa, store_bob=sb,
+        run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
                     config=SessionConfig(device="rtl"))
+    with pytest.raises(MoziError, match="no authentication key for link 'other'"):
+        run_session(tags, alice, link="other", store_alice=sa, store_bob=sb)
     assert sa.list() == [] and sb.list() == []
 
 
+def test_stores_of_another_link_pair_are_refused(slice10, tmp_path):
+    tags, alice, _ = slice10
+    sa, _ = _stores(tmp_path / "one")
+    _, sb = _stores(tmp_path / "two")                    # a different pre-shared key
+    with pytest.raises(MoziError, match="do not match"):
+        run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
+    with pytest.raises(MoziError, match="both belong"):
+        run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sa)
+
+
 @pytest.mark.parametrize("bad", [dict(eps_sec=0.0), dict(eps_cor=1.0), dict(qber_threshold=0.6),
-                                 dict(seed=-1), dict(alignment_sample=4)])
+                                 dict(insecure_seed=-1), dict(insecure_seed=True),
+                                 dict(alignment_sample=4), dict(alice_share=1.5),
+                                 dict(auth_max_failures=0)])
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         SessionConfig(**bad)
 
 
-class _FailingStore:
-    """A key store whose writes fail (disk full, locked …)."""
+class _FailingStore(KeyStore):
+    """A key store whose session commit fails (disk full, locked …)."""
 
-    def add_key(self, *args, **kwargs):
-        from mozi.host.errors import KeyStoreError
+    def commit_session(self, *args, **kwargs):
         raise KeyStoreError("disk full")
 
 
 def test_a_key_never_stays_at_one_end_only(slice30, tmp_path):
     tags, alice, _ = slice30
-    sa = KeyStore(tmp_path / "a.db")
+    sa, sb = _stores(tmp_path)
+    sb.close()
+    sb = _FailingStore(tmp_path / "xinglong.db")
+    pad_before = sa.auth_status()[LINK]["pad_bits"]
     with pytest.raises(MoziError, match="disk full"):
-        run_session(tags, alice, link="x", store_alice=sa, store_bob=_FailingStore(),
-                    config=SessionConfig(seed=5))
+        run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
     records = sa.list()
     assert records and all(r.state == "consumed" for r in records)
     assert all(sa.get(r.key_id).bits is None for r in records)
+    # Alice's refill was undone too: both ends' authentication keys still match
+    st_a, st_b = sa.auth_status()[LINK], sb.auth_status()[LINK]
+    assert sum(st_a["pad_bits"]) < sum(pad_before)
+    assert st_a["added_bits"] == st_b["added_bits"]
 
 
 def test_alignment_center_for_tags_from_another_epoch(tmp_path):
     tags, alice, _ = _simulate(135.0, 143.0, seed=21)
     late = TagData(tags.timestamps_ps + 10**12, tags.channels)      # Bob's clock 1 s ahead
-    sa, sb = KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db")
-    lost = run_session(late, alice, link="x", store_alice=sa, store_bob=sb,
-                       config=SessionConfig(seed=1))
+    sa, sb = _stores(tmp_path)
+    lost = run_session(late, alice, link=LINK, store_alice=sa, store_bob=sb)
     assert lost.aborted and "alignment" in lost.abort_reason
-    found = run_session(late, alice, link="x", store_alice=sa, store_bob=sb,
-                        config=SessionConfig(seed=1, alignment_center=-10**8))
+    found = run_session(late, alice, link=LINK, store_alice=sa, store_bob=sb,
+                        config=SessionConfig(alignment_center=-10**8))
     # Bob counts slots of his (0.05 ppm fast) period: the extra second is 10^8 − 5 of them
     assert found.alignment["shift"] == -(10**8 - 5) - 100
     assert found.qber_x < 0.02
@@ -181,3 +228,199 @@ def test_profile_divides_partial_bins_by_the_time_they_cover():
     assert [p["t_s"] for p in points] == [0.0, 10.0, 20.0]
     assert [p["duration_s"] for p in points] == [5.0, 10.0, 5.0]
     assert [p["sifted_kbps"] for p in points] == [0.5, 0.5, 0.5]
+
+
+# -- secret randomness (defect 2 of the security issue) ----------------------------------------
+
+
+def _published_integers(doc, records):
+    """Every integer an eavesdropper can read in the result and the keys' metadata."""
+    found = set()
+
+    def walk(x):
+        if isinstance(x, bool):
+            return
+        if isinstance(x, int) and x >= 0:
+            found.add(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(doc)
+    for r in records:
+        walk(r.to_dict())
+    return found
+
+
+def _old_decoder_words(seed: int, n: int) -> np.ndarray:
+    """How Mozi 0.1 derived Bob's squashing words from the published session seed."""
+    child = np.random.SeedSequence(seed).spawn(5)[0]
+    decoder_seed = int(child.generate_state(1, np.uint64)[0] >> np.uint64(1))
+    rng = np.random.default_rng(decoder_seed)
+    out = np.zeros(0, np.uint8)
+    while out.size < n:
+        out = np.concatenate([out, rng.integers(0, 4, 1 << 16, dtype=np.uint8)])
+    return out[:n]
+
+
+def test_squashing_words_cannot_be_predicted_from_published_data(slice30, tmp_path,
+                                                                 monkeypatch):
+    """Defect 2: Bob's random basis and bit for multi-click events came from numpy.random
+    seeded by the session seed, published in the result and in every key's metadata — so the
+    words (and with them Bob's bits of every cross-basis multi-click) could be recomputed
+    from public data. Now they are ChaCha20 under a key from the OS CSPRNG that is never
+    published: no published integer, by the old derivation or as a plain numpy seed,
+    reproduces them."""
+    from mozi.host import device
+
+    used = []
+    take = device.RandomWordSource.take
+    monkeypatch.setattr(device.RandomWordSource, "take",
+                        lambda self, n: used.append(take(self, n)) or used[-1])
+    tags, alice, _ = slice30
+    sa, sb = _stores(tmp_path)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
+    assert not res.aborted and not res.insecure_reproducible and res.insecure_seed is None
+    words = np.concatenate(used)[:4096]
+    doc = res.to_json()
+    assert "seed" not in doc and "session_seed" not in json.dumps(doc)
+    candidates = _published_integers(doc, sa.list())
+    assert candidates
+    best = 0.0
+    for c in sorted(candidates)[:2000]:
+        for guess in (_old_decoder_words(c, words.size),
+                      np.random.default_rng(c).integers(0, 4, words.size, dtype=np.uint8)):
+            best = max(best, float(np.mean(guess == words)))
+    assert best < 0.35, f"a published integer predicts {best:.0%} of Bob's squashing words"
+
+
+def test_secure_sessions_on_the_same_data_give_unrelated_keys(slice30, session30, tmp_path):
+    """Without the insecure seed, the hashing seeds and the key IDs are fresh each time."""
+    tags, alice, _ = slice30
+    first, sa1, _ = session30
+    sa, sb = _stores(tmp_path)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
+    assert not set(res.key_ids) & set(first.key_ids)
+    k1 = np.concatenate([k.bits for k in _keys(sa1, first.key_ids)])
+    k2 = np.concatenate([k.bits for k in _keys(sa, res.key_ids)])
+    n = min(k1.size, k2.size)
+    assert 0.45 < np.mean(k1[:n] == k2[:n]) < 0.55
+    assert all(k.meta["insecure_reproducible"] is False and "insecure_seed" not in k.meta
+               for k in _keys(sa, res.key_ids))
+
+
+# -- the lasting authentication key (defect 5) ------------------------------------------------
+
+
+def test_the_session_consumes_and_refills_the_lasting_key_exactly(session30):
+    """Defect 5: each session drew a fresh bootstrap key in-process and nothing refilled or
+    persisted it; the bits used for authentication were not subtracted from the stored key.
+    Now the session authenticates with the stores' lasting key, the refill comes out of the
+    final key, and both are reported exactly."""
+    res, sa, sb = session30
+    st_a, st_b = sa.auth_status()[LINK], sb.auth_status()[LINK]
+    assert st_a["used_bits"] == st_b["used_bits"] == res.auth_bits_consumed
+    assert res.auth_bits_replenished == res.auth_bits_consumed      # back to the full pool
+    assert st_a["pad_bits"] == st_b["pad_bits"] == st_a["target_bits"]
+    assert st_a["added_bits"] - res.auth_bits_replenished == sum(st_a["target_bits"]) + 128
+    assert res.final_key_bits == res.finite_key["length"] - res.auth_bits_replenished
+    assert st_a["next_seq"] == st_b["next_seq"] and min(st_a["next_seq"]) > 5
+
+
+def _kind(frame: bytes) -> bytes:
+    """The message kind of an authenticated-channel frame (its length is byte 12)."""
+    return frame[13:13 + frame[12]]
+
+
+def _recorder(log):
+    def tap(direction, frame):
+        log.append((direction, frame))
+        return [frame]
+    return tap
+
+
+def test_a_replayed_frame_of_an_earlier_session_is_rejected(slice10, tmp_path):
+    """Defect 5: a channel rebuilt from the same bootstrap accepted a replayed old frame. In
+    the second session a frame of the first is injected before a genuine one: it is rejected
+    (and counted), and the session goes on to its own end."""
+    tags, alice, _ = slice10
+    sa, sb = _stores(tmp_path)
+    log = []
+    first = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                        tap=_recorder(log))
+    old = [f for d, f in log if d == "alice->bob" and _kind(f) == b"cascade-seed"][0]
+
+    def replay(direction, frame):
+        if direction == "alice->bob" and _kind(frame) == b"cascade-seed":
+            return [old, frame]
+        return [frame]
+
+    again = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=replay)
+    for res in (first, again):
+        assert res.aborted and "secret key length" in res.abort_reason
+    assert sb.auth_status()[LINK]["failures"] == 1
+    assert sa.list() == [] and sb.list() == []
+
+
+def test_tampered_frames_abort_the_session_then_the_link_recovers(slice10, tmp_path):
+    """Three forged copies of a message close the channel: the session aborts and stores
+    nothing. The two ends' pools stay in step, so the next session runs normally."""
+    tags, alice, _ = slice10
+    sa, sb = _stores(tmp_path)
+
+    def forge(direction, frame):
+        if _kind(frame) == b"sift-flags":
+            bad = bytearray(frame)
+            bad[40] ^= 1
+            return [bytes(bad)] * 3 + [frame]
+        return [frame]
+
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=forge)
+    assert res.aborted and "closed after 3 rejected frames" in res.abort_reason
+    assert res.final_key_bits == 0 and sa.list() == [] and sb.list() == []
+    nxt = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
+    assert nxt.aborted and "secret key length" in nxt.abort_reason   # got to the very end
+    assert sb.auth_status()[LINK]["failures"] == 3
+
+
+def test_a_dropped_message_aborts_the_session(slice10, tmp_path):
+    tags, alice, _ = slice10
+    sa, sb = _stores(tmp_path)
+
+    def drop(direction, frame):
+        return [] if _kind(frame) == b"x-errors" else [frame]
+
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=drop)
+    assert res.aborted and "never arrived" in res.abort_reason
+
+
+def test_exhausted_authentication_key_aborts_cleanly(slice10, tmp_path):
+    tags, alice, _ = slice10
+    sa, sb = _stores(tmp_path)
+    sa.close()
+    sb.close()
+    sa, sb = linked_stores(tmp_path / "small", LINK, "satellite", "xinglong",
+                           key_bits=128 + 2 * 64 * 4)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
+    assert res.aborted and "authentication key is exhausted" in res.abort_reason
+
+
+def test_malformed_session_messages_are_protocol_aborts():
+    from mozi.host.errors import ProtocolAbort
+
+    ok = np.arange(3, dtype=">i8").tobytes() + bytes([0, 1, 0]) + bytes([1, 1, 0])
+    slots, basis, bits = decode_align_sample(ok)
+    assert slots.tolist() == [0, 1, 2] and basis.tolist() == [0, 1, 0]
+    for bad in (b"", ok[:-1], ok[:24] + bytes([2, 0, 0]) + ok[27:]):
+        with pytest.raises(ProtocolAbort, match="align-sample"):
+            decode_align_sample(bad)
+    with pytest.raises(ProtocolAbort, match="verify"):
+        decode_verify(b"\x00\x00", 10, 50)
+    with pytest.raises(ProtocolAbort, match="verify"):
+        decode_verify((58).to_bytes(4, "big") + bytes(8), 10, 50)
+    assert decode_key_ids(bytes(16)) == (0, 0, [])
+    with pytest.raises(ProtocolAbort, match="key-ids"):
+        decode_key_ids(bytes(20))

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from mozi.host.auth import HASH_KEY_BITS, AuthKeyPool, make_channel_pair
+from mozi.host.auth import AuthKeyPool, make_channel_pair
 from mozi.host.device import TransmitterDriver, open_device
 from mozi.host.errors import AuthenticationError, ProtocolAbort
 from mozi.host.sifting import (
@@ -18,9 +18,11 @@ from mozi.sim.model import alice_record
 from mozi.sim.source import AliceSource
 
 
-def _channels(tag_bits=64):
+def _channels(tag_bits=64, max_failures=3):
     boot = np.random.default_rng(0).integers(0, 2, 1 << 14).astype(np.uint8)
-    return make_channel_pair(AuthKeyPool(boot), AuthKeyPool(boot.copy()), tag_bits=tag_bits)
+    return make_channel_pair(AuthKeyPool.from_key(boot, role=0, tag_bits=tag_bits),
+                             AuthKeyPool.from_key(boot, role=1, tag_bits=tag_bits),
+                             max_failures=max_failures)
 
 
 def _bob(src, n=20_000, qber=0.03, seed=0):
@@ -59,11 +61,13 @@ def test_sifting_counts_match_ground_truth():
             stats.m_x, np.bincount(a_int[x & (bit != a_bit)], minlength=3))
     qx = bob.stats.m_x.sum() / bob.stats.n_x.sum()
     assert 0.02 < qx < 0.04
-    # five messages, each authenticated once on each side; nothing left in the inboxes
-    assert ch_a.sent_messages == 3 and ch_b.sent_messages == 2
-    assert ch_a.consumed_bits == HASH_KEY_BITS + 5 * 64 == ch_b.consumed_bits
+    # five messages (and each end's open frame), each authenticated once on each side;
+    # nothing left in the inboxes
+    assert ch_a.sent_messages == 1 + 3 and ch_b.sent_messages == 1 + 2
+    # five messages and the two ends' open frames, one 64-bit pad each, at both ends
+    assert ch_a.consumed_bits == 7 * 64 == ch_b.consumed_bits
     assert not ch_a.transport.inbox and not ch_b.transport.inbox
-    assert set(ch_b.payload_bits) == {"sift-report", "x-bits"}
+    assert set(ch_b.payload_bits) == {"open", "sift-report", "x-bits"}
     # varint differences (mean gap 5000 slots: 2 bytes) + 1 bit of basis per detection
     assert ch_b.payload_bits["sift-report"] < 8 * 2.2 * slots.size
 
@@ -71,12 +75,12 @@ def test_sifting_counts_match_ground_truth():
 def test_tampered_report_is_rejected():
     src = AliceSource(5)
     slots, basis, bit, _ = _bob(src, n=500)
-    ch_a, ch_b = _channels()
+    ch_a, ch_b = _channels(max_failures=1)
     tx = TransmitterDriver(open_device("model"))
     bob_send_report(ch_b, slots, basis)
-    frame = bytearray(ch_a.transport.inbox.popleft())
+    frame = bytearray(ch_a.transport.inbox.pop())
     frame[40] ^= 1                                        # flip one bit of a reported slot
-    ch_a.transport.inbox.appendleft(bytes(frame))
+    ch_a.transport.inbox.append(bytes(frame))
     with pytest.raises(AuthenticationError):
         alice_answer_report(ch_a, tx, _records(src))
 
