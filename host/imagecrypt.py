@@ -7,24 +7,32 @@ Two modes, as in the Micius China–Russia experiment:
     authenticated with a one-time Wegman–Carter MAC: a 128-bit polynomial hash over
     GF(2^128) (:class:`mozi.host.auth.PolyHash`) of header and ciphertext, XORed with 128
     fresh key bits. Key consumed: ``8·size + 256`` bits (hash key, tag pad, then the pad for
-    the data), taken from the oldest available blocks of the link; the unused tail of the
-    last block is wasted. Refused (:class:`~mozi.host.errors.KeyStoreError`) when the link
-    has too little key. Forgery probability ``<= (size/16 + 2) / 2**128``.
+    the data), taken from the oldest available blocks of the link *that the sender may send
+    with*; the unused tail of the last block is wasted. Refused
+    (:class:`~mozi.host.errors.KeyStoreError`) when the sender has too little key on the
+    link. Forgery probability ``<= (size/16 + 2) / 2**128``.
 ``aes-gcm``
     AES-256-GCM (package ``cryptography``) under a 256-bit QKD key (one whole block of the
-    link), random 96-bit nonce, header as associated data: for files larger than the key
-    budget. Computationally secure only.
+    sender's on the link), random 96-bit nonce, header as associated data: for files larger
+    than the key budget. Computationally secure only.
 ``auto``
-    ``otp`` when the link has enough key for it, otherwise ``aes-gcm``.
+    ``otp`` when the sender has enough key on the link for it, otherwise ``aes-gcm``.
+
+Direction. Every key block has one sender (:mod:`mozi.host.keystore`): :func:`encrypt_file`
+uses only the blocks of the store's own party and writes that party's name into the header;
+:func:`decrypt_file` accepts only blocks of the named sender, which must be the peer. So two
+stations encrypting at the same time take different blocks, and a file sent back to its
+sender cannot be decrypted by it.
 
 Ciphertext format (all integers big-endian)::
 
     magic      8 bytes  b"MOZICRYP"
-    version    u8       1
+    version    u8       2
     mode       u8       1 = otp, 2 = aes-gcm
     n_ids      u16      number of key IDs
     length     u64      plaintext length in bytes
     link_len   u8       then link_len bytes: the link name (UTF-8)
+    sender_len u8       then sender_len bytes: the sender's party name (UTF-8)
     key IDs    16 bytes each (UUID)
     otp:       ciphertext (length bytes) | tag (16 bytes)
     aes-gcm:   nonce (12 bytes) | ciphertext (length bytes) | GCM tag (16 bytes)
@@ -67,7 +75,7 @@ __all__ = [
 ]
 
 MAGIC = b"MOZICRYP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MODES = {"otp": 1, "aes-gcm": 2}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
 _FIXED = struct.Struct(">8sBBHQB")
@@ -90,6 +98,8 @@ class CryptResult:
     mode : str
         ``"otp"`` or ``"aes-gcm"``.
     link : str
+    sender : str
+        The party that encrypted the file (whose key blocks were used).
     key_ids : tuple of str
         Key blocks used (consumed).
     plaintext_bytes, ciphertext_bytes : int
@@ -101,6 +111,7 @@ class CryptResult:
 
     mode: str
     link: str
+    sender: str
     key_ids: tuple[str, ...]
     plaintext_bytes: int
     ciphertext_bytes: int
@@ -126,14 +137,15 @@ def _read(path: Path) -> bytes:
         raise FileAccessError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     """Write ``data`` to a fresh temporary file beside ``path`` (flushed and synced).
 
-    The file is created with mode ``0o666`` minus the umask, like any new file.
+    The file is created with ``mode`` minus the umask: ``0o666`` for a ciphertext (public),
+    ``0o600`` for a decrypted plaintext (the secret).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except OSError as exc:
         raise FileAccessError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -155,20 +167,22 @@ def _commit(tmp: Path, path: Path) -> None:
         raise FileAccessError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _header(mode: str, link: str, key_ids, length: int) -> bytes:
-    link_b = link.encode("utf-8")
-    if len(link_b) > 255:
-        raise ValueError("link name longer than 255 bytes")
+def _header(mode: str, link: str, sender: str, key_ids, length: int) -> bytes:
+    link_b, sender_b = link.encode("utf-8"), sender.encode("utf-8")
+    if len(link_b) > 255 or len(sender_b) > 255:
+        raise ValueError("link or party name longer than 255 bytes")
     if len(key_ids) > 0xFFFF:
         raise KeyStoreError(f"a file can name at most 65535 key blocks, not {len(key_ids)}")
     return (_FIXED.pack(MAGIC, FORMAT_VERSION, MODES[mode], len(key_ids), length, len(link_b))
-            + link_b + b"".join(uuid.UUID(k).bytes for k in key_ids))
+            + link_b + bytes([len(sender_b)]) + sender_b
+            + b"".join(uuid.UUID(k).bytes for k in key_ids))
 
 
 @dataclass(frozen=True)
 class _Parsed:
     mode: str
     link: str
+    sender: str
     key_ids: tuple[str, ...]
     length: int
     header: bytes
@@ -192,15 +206,18 @@ def read_header(data: bytes) -> _Parsed:
         raise FileFormatError(f"unsupported ciphertext format version {version}")
     if mode not in _MODE_NAMES:
         raise FileFormatError(f"unknown cipher mode {mode}")
-    end = _FIXED.size + link_len + 16 * n_ids
-    if len(data) < end:
+    pos = _FIXED.size + link_len
+    if len(data) < pos + 1 or len(data) < pos + 1 + data[pos] + 16 * n_ids:
         raise FileFormatError("truncated ciphertext header")
+    sender_len = data[pos]
+    end = pos + 1 + sender_len + 16 * n_ids
     try:
-        link = data[_FIXED.size:_FIXED.size + link_len].decode("utf-8")
+        link = data[_FIXED.size:pos].decode("utf-8")
+        sender = data[pos + 1:pos + 1 + sender_len].decode("utf-8")
     except UnicodeDecodeError:
-        raise FileFormatError("corrupt ciphertext header (link name)") from None
+        raise FileFormatError("corrupt ciphertext header (link or sender name)") from None
     ids = tuple(str(uuid.UUID(bytes=data[i:i + 16]))
-                for i in range(_FIXED.size + link_len, end, 16))
+                for i in range(pos + 1 + sender_len, end, 16))
     if not ids:
         raise FileFormatError("corrupt ciphertext header (no key IDs)")
     name = _MODE_NAMES[mode]
@@ -209,7 +226,7 @@ def read_header(data: bytes) -> _Parsed:
     if len(body) != length + extra:
         raise FileFormatError(f"ciphertext body has {len(body)} bytes, header says "
                               f"{length + extra} (truncated or corrupt file)")
-    return _Parsed(name, link, ids, length, data[:end], body)
+    return _Parsed(name, link, sender, ids, length, data[:end], body)
 
 
 def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> CryptResult:
@@ -220,7 +237,7 @@ def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> 
     in_path, out_path : str or Path
         Plaintext to read, ciphertext to write (atomically: temporary file, then rename).
     store : KeyStore
-        The sender's key store; the key blocks used are consumed.
+        The sender's key store; the key blocks used (its own party's) are consumed.
     link : str
         Link whose key to use; the receiver holds the same blocks under the same IDs.
     mode : {"auto", "otp", "aes-gcm"}
@@ -232,7 +249,8 @@ def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> 
     Raises
     ------
     KeyStoreError
-        Not enough key on the link for the mode (``otp`` with a too short key is refused).
+        Not enough key of the sender's on the link for the mode (``otp`` with a too short key
+        is refused).
     FileAccessError
         Input unreadable or output unwritable.
     """
@@ -241,22 +259,22 @@ def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> 
     in_path, out_path = Path(in_path), Path(out_path)
     plain = _read(in_path)
     need = otp_key_bits(len(plain))
+    have = store.sendable_bits(link)
     if mode == "auto":
-        mode = "otp" if store.available_bits(link) >= need else "aes-gcm"
+        mode = "otp" if have >= need else "aes-gcm"
     purpose = f"{mode} {in_path.name}"
     if mode == "otp":
-        have = store.available_bits(link)
         if have < need:
             raise KeyStoreError(f"one-time pad needs {need} key bits for {in_path.name} "
-                                f"({len(plain)} bytes) but link {link!r} has {have}; "
-                                "use --mode aes-gcm")
+                                f"({len(plain)} bytes) but {store.party!r} may send with "
+                                f"{have} on link {link!r}; use --mode aes-gcm")
         blocks = store.reserve(link, need, purpose=purpose)
     else:
         need = _AES_KEY_BITS
         blocks = store.reserve(link, need, purpose=purpose)
     ids = [k for k, _ in blocks]
     bits = np.concatenate([b for _, b in blocks])
-    header = _header(mode, link, ids, len(plain))
+    header = _header(mode, link, store.party, ids, len(plain))
     if mode == "otp":
         hasher = PolyHash(bits_to_int(bits[:HASH_KEY_BITS]))
         tag_pad = bits_to_int(bits[HASH_KEY_BITS:_MAC_KEY_BITS])
@@ -268,8 +286,9 @@ def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> 
         nonce = secrets.token_bytes(_NONCE_BYTES)
         body = nonce + AESGCM(key).encrypt(nonce, plain, header)
     data = header + body
-    _commit(_write_temp(out_path, data), out_path)
-    return CryptResult(mode=mode, link=link, key_ids=tuple(ids), plaintext_bytes=len(plain),
+    _commit(_write_temp(out_path, data, 0o666), out_path)
+    return CryptResult(mode=mode, link=link, sender=store.party, key_ids=tuple(ids),
+                       plaintext_bytes=len(plain),
                        ciphertext_bytes=len(data), key_bits_used=need,
                        key_bits_consumed=int(bits.size))
 
@@ -282,8 +301,9 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
     in_path, out_path : str or Path
         Ciphertext to read; plaintext to write, only after authentication succeeded.
     store : KeyStore
-        The receiver's key store, holding the key IDs named in the header; they are
-        consumed when the plaintext is written.
+        The receiver's key store, holding the key IDs named in the header (blocks of the
+        sender named there, the store's peer on the link); they are consumed when the
+        plaintext is written.
 
     Returns
     -------
@@ -294,7 +314,8 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
     FileFormatError
         Not a Mozi ciphertext, or truncated.
     KeyStoreError
-        Unknown or already-used key ID, or a key of another link.
+        Unknown or already-used key ID, a key of another link or of another sender, or a
+        file that names the receiver itself as its sender.
     AuthenticationError
         The file was tampered with (or encrypted with other keys); no key is consumed.
     FileAccessError
@@ -302,6 +323,9 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
     """
     in_path, out_path = Path(in_path), Path(out_path)
     parsed = read_header(_read(in_path))
+    if parsed.sender == store.party:
+        raise KeyStoreError(f"{in_path.name} was encrypted by {store.party!r} itself: a party "
+                            f"cannot decrypt with the key blocks it sends with")
     records = [store.get(k) for k in parsed.key_ids]
     for r in records:
         if r.state != "available" or r.bits is None:
@@ -309,6 +333,9 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
         if r.link != parsed.link:
             raise KeyStoreError(f"key {r.key_id} belongs to link {r.link!r}, the file "
                                 f"names {parsed.link!r}")
+        if r.sender != parsed.sender:
+            raise KeyStoreError(f"key {r.key_id} is for messages from {r.sender!r}, the file "
+                                f"names {parsed.sender!r} as its sender")
     bits = np.concatenate([r.bits for r in records])
     need = otp_key_bits(parsed.length) if parsed.mode == "otp" else _AES_KEY_BITS
     if bits.size < need:
@@ -331,14 +358,16 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
         except InvalidTag:
             raise AuthenticationError(f"{in_path.name}: authentication failed (tampered "
                                       "ciphertext or wrong key); nothing written") from None
-    tmp = _write_temp(out_path, plain)
+    tmp = _write_temp(out_path, plain, 0o600)
     try:
-        store.consume_many(list(parsed.key_ids), purpose=f"decrypt {in_path.name}")
+        store.consume_many(list(parsed.key_ids), sender=parsed.sender,
+                           purpose=f"decrypt {in_path.name}")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _commit(tmp, out_path)
-    return CryptResult(mode=parsed.mode, link=parsed.link, key_ids=parsed.key_ids,
+    return CryptResult(mode=parsed.mode, link=parsed.link, sender=parsed.sender,
+                       key_ids=parsed.key_ids,
                        plaintext_bytes=len(plain), ciphertext_bytes=len(parsed.header)
                        + len(parsed.body), key_bits_used=need,
                        key_bits_consumed=int(bits.size))

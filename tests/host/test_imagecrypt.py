@@ -13,9 +13,11 @@ from mozi.host.imagecrypt import (
     otp_key_bits,
     read_header,
 )
-from mozi.host.keystore import KeyStore, new_key_ids
+from mozi.host.keystore import KeyStore
 from mozi.host.sample_images import SAMPLES, logo_image, map_image, sample_path
 from PIL import Image
+
+from tests.host.keys import share_key, stores
 
 SEED = 8675309
 LINK = "moscow-urumqi"
@@ -27,12 +29,10 @@ def _bits(n, seed=SEED):
 
 @pytest.fixture
 def pair(tmp_path):
-    """Moscow's and Urumqi's stores sharing 200 kbit on LINK in 8192-bit blocks."""
-    key = _bits(200_000)
-    ids = new_key_ids(key.size)
-    mos, uru = KeyStore(tmp_path / "moscow.db"), KeyStore(tmp_path / "urumqi.db")
-    mos.add_key(LINK, key, key_ids=ids)
-    uru.add_key(LINK, key, key_ids=ids)
+    """Moscow's and Urumqi's stores sharing 200 kbit on LINK in 8192-bit blocks: the first
+    100 kbit for Moscow to send with, the rest for Urumqi."""
+    mos, uru = stores(tmp_path, "moscow", "urumqi")
+    share_key(mos, uru, LINK, _bits(200_000))
     yield mos, uru
     mos.close()
     uru.close()
@@ -51,13 +51,19 @@ def test_otp_round_trip_logo_bit_exact(pair, tmp_path):
     assert res.mode == "otp" and res.plaintext_bytes == size
     assert res.key_bits_used == otp_key_bits(size) == 8 * size + 256
     assert res.key_bits_consumed == 8192 * len(res.key_ids) >= res.key_bits_used
-    assert mos.available_bits(LINK) == 200_000 - res.key_bits_consumed
+    assert mos.sendable_bits(LINK) == 100_000 - res.key_bits_consumed
+    assert res.sender == "moscow"
+    assert all(mos.get(k).sender == "moscow" for k in res.key_ids)
     cipher = (tmp_path / "logo.mzc").read_bytes()
     assert cipher.startswith(MAGIC) and src.read_bytes() not in cipher
     out = decrypt_file(tmp_path / "logo.mzc", tmp_path / "logo.png", uru)
     assert out.mode == "otp" and out.key_ids == res.key_ids
     assert (tmp_path / "logo.png").read_bytes() == src.read_bytes()
-    assert uru.status() == mos.status()
+    assert (tmp_path / "logo.png").stat().st_mode & 0o077 == 0     # the plaintext is private
+    for link, s in uru.status().items():                          # the same blocks are gone
+        m = mos.status()[link]
+        assert (s["available_bits"], s["send_bits"], s["receive_bits"]) == \
+            (m["available_bits"], m["receive_bits"], m["send_bits"])
 
 
 def test_otp_pad_is_the_key(pair, tmp_path):
@@ -100,8 +106,9 @@ def test_tiny_files(pair, tmp_path, size):
 
 def test_otp_refuses_short_key(pair, tmp_path):
     mos, _ = pair
-    (tmp_path / "big").write_bytes(bytes(30_000))          # 240 kbit > 200 kbit of key
-    with pytest.raises(KeyStoreError, match="one-time pad needs 240256 key bits"):
+    (tmp_path / "big").write_bytes(bytes(15_000))          # 120 kbit > Moscow's 100 kbit
+    with pytest.raises(KeyStoreError, match="one-time pad needs 120256 key bits .* 'moscow' "
+                                            "may send with 100000"):
         encrypt_file(tmp_path / "big", tmp_path / "c", mos, link=LINK, mode="otp")
     assert not (tmp_path / "c").exists()
     assert mos.available_bits(LINK) == 200_000             # nothing consumed
@@ -162,7 +169,7 @@ def test_key_used_once_and_unknown_ids(pair, tmp_path):
     with pytest.raises(KeyStoreError, match="already used"):
         decrypt_file(tmp_path / "c", tmp_path / "q2", uru)
     assert not (tmp_path / "q2").exists()
-    with KeyStore(tmp_path / "empty.db") as empty:
+    with KeyStore(tmp_path / "empty.db", party="urumqi") as empty:
         with pytest.raises(KeyStoreError, match="unknown key ID"):
             decrypt_file(tmp_path / "c", tmp_path / "q3", empty)
     assert not (tmp_path / "q3").exists()
@@ -174,14 +181,16 @@ def test_key_used_once_and_unknown_ids(pair, tmp_path):
 
 def test_key_of_another_link_rejected(tmp_path):
     key = _bits(5000)
-    ids = new_key_ids(key.size)
-    with KeyStore(tmp_path / "a.db") as a, KeyStore(tmp_path / "b.db") as b:
-        a.add_key("l1", key, key_ids=ids)
-        b.add_key("l2", key, key_ids=ids)
-        (tmp_path / "p").write_bytes(b"abc")
-        encrypt_file(tmp_path / "p", tmp_path / "c", a, link="l1", mode="otp")
-        with pytest.raises(KeyStoreError, match="belongs to link 'l2'"):
-            decrypt_file(tmp_path / "c", tmp_path / "q", b)
+    a, b = stores(tmp_path, "a", "b")
+    layout = [("a", 5000)]
+    ids = a.add_key("l1", key, peer="b", layout=layout)
+    b.add_key("l2", key, peer="a", layout=layout, key_ids=ids)
+    (tmp_path / "p").write_bytes(b"abc")
+    encrypt_file(tmp_path / "p", tmp_path / "c", a, link="l1", mode="otp")
+    with pytest.raises(KeyStoreError, match="belongs to link 'l2'"):
+        decrypt_file(tmp_path / "c", tmp_path / "q", b)
+    a.close()
+    b.close()
 
 
 @pytest.mark.parametrize("mode", ["otp", "aes-gcm"])
@@ -229,3 +238,62 @@ def test_committed_sample_images_match_their_generator():
     assert set(SAMPLES) == {"mozi-logo.png", "mozi-map.png"}
     with pytest.raises(KeyError):
         sample_path("lena.png")
+
+
+@pytest.mark.parametrize("mode", ["otp", "aes-gcm"])
+def test_both_stations_encrypting_at_once_use_different_blocks(pair, tmp_path, mode):
+    """Defect 1 of the security issue (two-time pad). ``KeyStore.reserve`` used to take the
+    oldest available block of the link at either end, with no notion of direction: Moscow and
+    Urumqi each encrypting a file before decrypting the other's took the *same* block, so
+    ``c_A ⊕ c_B = p_A ⊕ p_B`` (and the one-time MAC key and the AES key were shared), and
+    the second decryption failed with "already used". Now each party sends only with its own
+    blocks: the two files name disjoint key IDs, and both decrypt."""
+    mos, uru = pair
+    p_m, p_u = bytes(range(200)), bytes(reversed(range(200)))
+    (tmp_path / "pm").write_bytes(p_m)
+    (tmp_path / "pu").write_bytes(p_u)
+    res_m = encrypt_file(tmp_path / "pm", tmp_path / "cm", mos, link=LINK, mode=mode)
+    res_u = encrypt_file(tmp_path / "pu", tmp_path / "cu", uru, link=LINK, mode=mode)
+    assert not set(res_m.key_ids) & set(res_u.key_ids)
+    assert (res_m.sender, res_u.sender) == ("moscow", "urumqi")
+    c_m, c_u = read_header((tmp_path / "cm").read_bytes()), read_header(
+        (tmp_path / "cu").read_bytes())
+    xor = bytes(a ^ b for a, b in zip(c_m.body[:200], c_u.body[:200], strict=True))
+    assert xor != bytes(a ^ b for a, b in zip(p_m, p_u, strict=True))
+    decrypt_file(tmp_path / "cm", tmp_path / "qm", uru)
+    decrypt_file(tmp_path / "cu", tmp_path / "qu", mos)
+    assert (tmp_path / "qm").read_bytes() == p_m and (tmp_path / "qu").read_bytes() == p_u
+
+
+def test_a_file_sent_back_to_its_sender_is_refused(pair, tmp_path):
+    """Reflection: Moscow's own ciphertext fed back to Moscow names Moscow's blocks; a party
+    never decrypts with the blocks it sends with (old code: "already used" only by luck of
+    the consumption order, and a forged header naming an unused Moscow block got further)."""
+    mos, uru = pair
+    (tmp_path / "p").write_bytes(b"to urumqi")
+    encrypt_file(tmp_path / "p", tmp_path / "c", mos, link=LINK, mode="otp")
+    with pytest.raises(KeyStoreError, match="encrypted by 'moscow' itself"):
+        decrypt_file(tmp_path / "c", tmp_path / "q", mos)
+    assert not (tmp_path / "q").exists()
+
+
+def test_header_naming_another_sender_is_refused_before_any_key_use(pair, tmp_path):
+    """The header's sender must own every block it names; Urumqi's own blocks cannot be
+    presented to Urumqi as Moscow's (checked before authentication, nothing consumed)."""
+    mos, uru = pair
+    (tmp_path / "p").write_bytes(b"x" * 50)
+    res = encrypt_file(tmp_path / "p", tmp_path / "c", uru, link=LINK, mode="otp")
+    data = bytearray((tmp_path / "c").read_bytes())
+    sender_at = 8 + 1 + 1 + 2 + 8 + 1 + len(LINK)
+    assert data[sender_at + 1:sender_at + 1 + 6] == b"urumqi"
+    data[sender_at + 1:sender_at + 1 + 6] = b"moscow"   # claim Moscow sent Urumqi's blocks
+    (tmp_path / "c2").write_bytes(bytes(data))
+    before = mos.status()
+    with pytest.raises(KeyStoreError, match="encrypted by 'moscow' itself"):
+        decrypt_file(tmp_path / "c2", tmp_path / "q", mos)
+    data[sender_at + 1:sender_at + 1 + 6] = b"kazan!"
+    (tmp_path / "c3").write_bytes(bytes(data))
+    with pytest.raises(KeyStoreError, match="for messages from 'urumqi'"):
+        decrypt_file(tmp_path / "c3", tmp_path / "q", mos)
+    assert mos.status() == before and not (tmp_path / "q").exists()
+    assert mos.get(res.key_ids[0]).state == "available"
