@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mozi.sim.errors import MoziError
+
 HELP = "replay the Micius China–Russia relay experiment in software (with a report)"
 
 EXIT_INCOMPLETE = 3
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="process only a short slice of each pass around its culmination")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"scenario seed (default {DEFAULT_SEED})")
+                        help=f"scenario seed (default {DEFAULT_SEED}); the demo is a replay: "
+                             f"its keys follow from the seed and are marked "
+                             f"insecure_reproducible")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout")
     parser.add_argument("--no-progress", action="store_true",
@@ -53,7 +57,7 @@ def _summary(doc: dict) -> str:
         verdict = "identical" if im["decrypted_identical"] else \
             f"FAILED{': ' + im['error'] if im.get('error') else ''}"
         lines.append(f"image       {im['name']} ({im['bytes']:,} bytes, {im['mode']}): "
-                     f"decrypted at Urumqi {verdict}")
+                     f"{im['from']} -> {im['to']}, {verdict}")
     lines.append(f"report      {doc['out']}/{doc['outputs']['html']} "
                  f"({doc['wall_time_s']:.0f} s)")
     return "\n".join(lines)
@@ -62,9 +66,13 @@ def _summary(doc: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``mozi demo``; see the module docstring for the exit status."""
     from mozi.host.demo import DemoConfig, json_text, run_demo
+    from mozi.host.randomness import warn_insecure
 
+    if args.seed < 0:
+        raise MoziError(f"--seed must be a non-negative integer, not {args.seed}")
     config = DemoConfig(seed=args.seed, quick=args.quick)
-    doc = run_demo(args.out, config, progress=not args.no_progress)
+    doc = run_demo(args.out, config, progress=not args.no_progress,
+                   on_start=lambda: warn_insecure("the demo", config.seed))
     doc["out"] = str(args.out)
     if args.json:
         sys.stdout.write(json_text(doc))

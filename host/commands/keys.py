@@ -1,7 +1,9 @@
 """``mozi keys``: show what a key store holds (``status``, the default) or every block (``list``).
 
-``status`` prints, per link, the available and consumed blocks and bits; ``list`` prints one
-line per key block (ID, link, size, state, pass, creation time) — never key material. With
+``status`` prints, per link, the peer, the available and consumed blocks and bits, and how
+many of the available bits this party may send with (the rest are the peer's, for messages
+this party receives); ``list`` prints one line per key block (ID, link, sender, size, state,
+pass, creation time) — never key material. With
 ``--json`` one JSON document goes to stdout. The store is only read; a missing store is an
 error (it is not created).
 """
@@ -30,15 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
-def _status_text(path: Path, status: dict) -> str:
+def _status_text(path: Path, party: str, status: dict) -> str:
     if not status:
-        return f"key store {path}: empty"
+        return f"key store {path} ({party}): empty"
     width = max(len("link"), *(len(k) for k in status))
-    lines = [f"key store {path}",
-             f"{'link':<{width}}  {'available':>10} {'bits':>13}  {'consumed':>10} {'bits':>13}"]
+    peer_w = max(len("peer"), *(len(s["peer"]) for s in status.values()))
+    lines = [f"key store {path} ({party})",
+             f"{'link':<{width}}  {'peer':<{peer_w}}  {'available':>10} {'bits':>13} "
+             f"{'to send':>13} {'to receive':>13}  {'consumed':>10} {'bits':>13}"]
     for link, s in status.items():
-        lines.append(f"{link:<{width}}  {s['available_blocks']:>10,} "
-                     f"{s['available_bits']:>13,}  {s['consumed_blocks']:>10,} "
+        lines.append(f"{link:<{width}}  {s['peer']:<{peer_w}}  {s['available_blocks']:>10,} "
+                     f"{s['available_bits']:>13,} {s['send_bits']:>13,} "
+                     f"{s['receive_bits']:>13,}  {s['consumed_blocks']:>10,} "
                      f"{s['consumed_bits']:>13,}")
     return "\n".join(lines)
 
@@ -47,11 +52,12 @@ def _list_text(path: Path, records) -> str:
     if not records:
         return f"key store {path}: no key blocks"
     width = max(len("link"), *(len(r.link) for r in records))
-    lines = [f"{'key id':<36}  {'link':<{width}}  {'bits':>8}  {'state':<9}  "
-             f"{'pass':<16}  created"]
+    s_w = max(len("sender"), *(len(r.sender) for r in records))
+    lines = [f"{'key id':<36}  {'link':<{width}}  {'sender':<{s_w}}  {'bits':>8}  "
+             f"{'state':<9}  {'pass':<16}  created"]
     for r in records:
-        lines.append(f"{r.key_id:<36}  {r.link:<{width}}  {r.n_bits:>8}  {r.state:<9}  "
-                     f"{(r.pass_id or '-'):<16}  {r.created}")
+        lines.append(f"{r.key_id:<36}  {r.link:<{width}}  {r.sender:<{s_w}}  {r.n_bits:>8}  "
+                     f"{r.state:<9}  {(r.pass_id or '-'):<16}  {r.created}")
     return "\n".join(lines)
 
 
@@ -66,15 +72,17 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 total = {k: sum(s[k] for s in status.values())
                          for k in ("available_blocks", "available_bits", "consumed_blocks",
-                                   "consumed_bits")}
-                doc = {"store": str(path), "links": status, "total": total}
+                                   "consumed_bits", "send_bits", "receive_bits")}
+                doc = {"store": str(path), "party": store.party, "links": status,
+                       "total": total}
             else:
-                print(_status_text(path, status))
+                print(_status_text(path, store.party, status))
                 return 0
         else:
             records = store.list(args.link, state=args.state)
             if args.json:
-                doc = {"store": str(path), "keys": [r.to_dict() for r in records]}
+                doc = {"store": str(path), "party": store.party,
+                       "keys": [r.to_dict() for r in records]}
             else:
                 print(_list_text(path, records))
                 return 0

@@ -3,18 +3,25 @@
 Reads Bob's detections (the project's tag file or a PicoQuant PTU T2 file) and Alice's record
 of what she sent, runs the whole protocol (time-bin recovery, sifting, parameter estimation,
 Cascade, verification, privacy amplification) and stores the final key under the same key IDs
-in Alice's and Bob's key stores. Both input files are read and checked before a key store is
-opened, so a bad input file stores nothing and creates no file.
+in Alice's and Bob's key stores. The two stores must exist and share the link's
+authentication key (``mozi link init LINK alice=A.db bob=B.db``); the session consumes and
+refills it. Both input files are read and checked before a key store is opened, so a bad input
+file stores nothing.
+
+Every random choice comes from the OS CSPRNG. ``--insecure-seed N`` replays a session exactly
+(simulation, tests): it prints a warning and marks the result and the keys
+``insecure_reproducible``.
 
 Exit status: 0 when a key was stored, 1 on a user error (one line on stderr), 3 when the
-protocol aborted (QBER above the threshold or no positive finite-key length; nothing stored).
+protocol aborted (QBER above the threshold, no positive finite-key length, a failed
+verification or authentication; nothing stored).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -27,8 +34,6 @@ HELP = "post-process one link: Bob's time tags + Alice's record → a stored sec
 EXIT_ABORTED = 3
 """Exit status when the protocol aborted and no key was stored."""
 
-_SIDECARS = ("", "-wal", "-shm", "-journal")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``mozi session`` arguments to ``parser``."""
@@ -39,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--link", required=True, metavar="NAME",
                         help="link name stored with the keys, e.g. sat-moscow")
     parser.add_argument("--store-alice", required=True, metavar="PATH", type=Path,
-                        help="Alice's key store (SQLite; created if missing)")
+                        help="Alice's key store (made by `mozi link init`)")
     parser.add_argument("--store-bob", required=True, metavar="PATH", type=Path,
-                        help="Bob's key store (SQLite; created if missing)")
+                        help="Bob's key store (made by `mozi link init`)")
     parser.add_argument("--format", choices=("auto", "mozi", "ptu"), default="auto",
                         help="format of BOB_TAGS (default: auto-detect from its first bytes)")
     parser.add_argument("--channels", metavar="MAP", default=None,
@@ -52,8 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="correctness parameter ε_cor (default 1e-15)")
     parser.add_argument("--qber-threshold", type=float, default=None, metavar="Q",
                         help="abort above this QBER, as a fraction (default 0.11)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the public randomness (default: fresh)")
+    parser.add_argument("--alice-share", type=float, default=None, metavar="F",
+                        help="fraction of the key Alice may send with (default 0.5; Bob gets "
+                             "the rest)")
+    parser.add_argument("--insecure-seed", type=int, default=None, metavar="N",
+                        help="replay mode for simulation and tests: every random choice, the "
+                             "secret ones included, follows from N; the keys are marked "
+                             "insecure_reproducible")
     parser.add_argument("--device", default="model",
                         help="device backend: model (golden models; default), rtl, serial:PORT")
     parser.add_argument("--json", action="store_true",
@@ -145,14 +155,21 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     else:
         ids = doc.get("key_ids") or []
         lines.append(f"  secret key {doc.get('final_key_bits', 0):,} bits stored under "
-                     f"{len(ids)} key ID(s) in both key stores")
+                     f"{len(ids)} key ID(s) in both key stores; authentication used "
+                     f"{doc.get('auth_bits_consumed', 0):,} bits and was refilled with "
+                     f"{doc.get('auth_bits_replenished', 0):,}")
+        if doc.get("insecure_reproducible"):
+            lines.append("  INSECURE: reproducible from its seed; do not use this key")
     return lines
 
 
-def _remove_new_store(path: Path) -> None:
-    for suffix in _SIDECARS:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{path}{suffix}")
+def _open_store(path: Path, role: str, link: str):
+    from mozi.host.keystore import KeyStore
+
+    if not path.is_file():
+        raise MoziError(f"no key store at {path}; make the link's two stores with "
+                        f"`mozi link init {link} alice=STORE bob=STORE` ({role}'s store)")
+    return KeyStore(path, create=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,9 +177,14 @@ def run(args: argparse.Namespace) -> int:
     # imported here, not at module level: the CLI imports every command to build its parser,
     # and the session engine (scipy, the device models) is not needed for `mozi --help`
     from mozi.host.device import open_device
-    from mozi.host.keystore import KeyStore
+    from mozi.host.randomness import warn_insecure
     from mozi.host.session import SessionConfig, run_session
 
+    for name in ("eps_sec", "eps_cor", "qber_threshold", "alice_share"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise MoziError(f"bad session parameter: --{name.replace('_', '-')} must be a "
+                            f"finite number")
     tags = load_tags(args.bob_tags, args.format, args.channels)
     alice = load_alice(args.alice)
 
@@ -170,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         "eps_sec": args.eps_sec,
         "eps_cor": args.eps_cor,
         "qber_threshold": args.qber_threshold,
-        "seed": args.seed,
+        "insecure_seed": args.insecure_seed,
+        "alice_share": args.alice_share,
         "device": args.device,
     }
     try:
@@ -181,25 +204,14 @@ def run(args: argparse.Namespace) -> int:
     # an unavailable device fails here, before a key store is touched or progress is shown
     open_device(config.device).close()
 
-    paths = [args.store_alice, args.store_bob]
     if args.store_alice.resolve() == args.store_bob.resolve():
         raise MoziError("--store-alice and --store-bob must be different files")
-    new = [not p.exists() for p in paths]
-    stores: list[KeyStore] = []
-    ok = False
-    try:
-        for p in paths:
-            stores.append(KeyStore(p))
-        result = run_session(tags, alice, link=args.link, store_alice=stores[0],
-                             store_bob=stores[1], config=config, progress=True)
-        ok = not result.aborted
-    finally:
-        for store in stores:
-            store.close()
-        if not ok:      # nothing was stored: leave no key store file we created behind
-            for p, was_new in zip(paths, new, strict=True):
-                if was_new:
-                    _remove_new_store(p)
+    if config.insecure_seed is not None:
+        warn_insecure("this session", config.insecure_seed)
+    with _open_store(args.store_alice, "Alice", args.link) as store_a, \
+            _open_store(args.store_bob, "Bob", args.link) as store_b:
+        result = run_session(tags, alice, link=args.link, store_alice=store_a,
+                             store_bob=store_b, config=config, progress=True)
 
     doc = result.to_json()
     if args.json:
@@ -207,4 +219,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print("\n".join(summary_lines(doc)))
-    return 0 if ok else EXIT_ABORTED
+    return EXIT_ABORTED if result.aborted else 0

@@ -28,6 +28,12 @@ WINDOW = (120.0, 150.0)        # seconds of the 2017 pass, around its closest ap
 SESSION_SEED = "17"
 
 
+def _link(tmp_path, link, a="a.db", b="b.db"):
+    """``mozi link init`` for a satellite and a station store in ``tmp_path``."""
+    assert main(["link", "init", link, f"satellite={tmp_path / a}",
+                 f"xinglong={tmp_path / b}"]) == 0
+
+
 def _simulate(folder, *, eve=None, window=WINDOW):
     folder.mkdir(parents=True, exist_ok=True)
     sim = simulate_pass(micius2017(), seed=SEED, t_start=window[0], t_stop=window[1], eve=eve)
@@ -74,11 +80,16 @@ def _assert_nothing_created(tmp_path, *names):
 
 
 def test_session_from_mozi_tags_stores_identical_keys(sim_dir, tmp_path, capsys):
-    rc, out, _ = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link",
-                      "sat-xinglong", "--store-alice", tmp_path / "a.db", "--store-bob",
-                      tmp_path / "b.db", "--seed", SESSION_SEED, "--json")
+    _link(tmp_path, "sat-xinglong")
+    _link(tmp_path, "sat-xinglong", "a2.db", "b2.db")
+    capsys.readouterr()
+    rc, out, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link",
+                        "sat-xinglong", "--store-alice", tmp_path / "a.db", "--store-bob",
+                        tmp_path / "b.db", "--insecure-seed", SESSION_SEED, "--json")
     assert rc == 0
+    assert "insecure reproducible mode (seed 17)" in err
     doc = json.loads(out)
+    assert doc["insecure_reproducible"] is True
     for key in ("link", "detections", "in_window_fraction", "sifted_bits", "qber_z", "qber_x",
                 "ec_leaked_bits", "ec_efficiency", "verification_ok", "final_key_bits",
                 "aborted", "key_ids", "finite_key", "profile"):
@@ -97,7 +108,7 @@ def test_session_from_mozi_tags_stores_identical_keys(sim_dir, tmp_path, capsys)
     # the same detections from a PTU file with a permuted channel map give the same key
     rc, out, _ = _run(capsys, sim_dir / "bob.ptu", sim_dir / "alice.json", "--link",
                       "sat-xinglong", "--store-alice", tmp_path / "a2.db", "--store-bob",
-                      tmp_path / "b2.db", "--channels", "0:A,1:D,2:V,3:H", "--seed",
+                      tmp_path / "b2.db", "--channels", "0:A,1:D,2:V,3:H", "--insecure-seed",
                       SESSION_SEED, "--json")
     assert rc == 0
     doc_ptu = json.loads(out)
@@ -112,11 +123,26 @@ def test_session_from_mozi_tags_stores_identical_keys(sim_dir, tmp_path, capsys)
 
 
 def test_text_summary(sim_dir, tmp_path, capsys):
-    rc, out, _ = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
-                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    _link(tmp_path, "l")
+    capsys.readouterr()
+    rc, out, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+                        "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
     assert rc == 0
-    assert "secret key" in out and "stored under" in out
-    assert out.startswith("link l: ")
+    assert "secret key" in out and "stored under" in out and "refilled" in out
+    assert out.startswith("link l: ") and "INSECURE" not in out
+    assert "insecure" not in err                       # a real session warns of nothing
+
+
+def test_stores_must_exist_and_share_the_link(sim_dir, tmp_path, capsys):
+    rc, _, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1 and "mozi link init l" in _error_line(err)
+    _assert_nothing_created(tmp_path, "a.db", "b.db")
+    _link(tmp_path, "other")
+    capsys.readouterr()
+    rc, _, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+                      "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db")
+    assert rc == 1 and "no authentication key for link 'l'" in _error_line(err)
 
 
 def test_truncated_tag_file(sim_dir, tmp_path, capsys):
@@ -165,6 +191,9 @@ def test_truncated_ptu_file(sim_dir, tmp_path, capsys):
     (["--qber-threshold", "0"], "qber_threshold"),
     (["--device", "serial:/dev/null"], "serial:/dev/null"),
     (["--device", "fpga"], "unknown device"),
+    (["--eps-cor", "nan"], "finite number"),
+    (["--alice-share", "1.5"], "alice_share"),
+    (["--insecure-seed", "-3"], "insecure_seed"),
 ])
 def test_bad_options(sim_dir, tmp_path, capsys, extra, message):
     src = sim_dir / ("bob.ptu" if "0:H,1:Q" in extra else "bob.tags")
@@ -198,9 +227,12 @@ def test_same_store_twice(sim_dir, tmp_path, capsys):
 def test_intercept_resend_aborts_and_stores_nothing(tmp_path, capsys):
     folder = tmp_path / "eve"
     _simulate(folder, eve=InterceptResend(1.0), window=(130.0, 140.0))
-    # an existing store must survive untouched; a new one must not be left behind
+    _link(tmp_path, "l")
+    # the stores' other keys must survive untouched
     with KeyStore(tmp_path / "a.db") as store:
-        old_ids = store.add_key("other", np.ones(100, np.uint8))
+        old_ids = store.add_key("other", np.ones(100, np.uint8), peer="kazan",
+                                layout=[("satellite", 100)])
+    capsys.readouterr()
     rc, out, _ = _run(capsys, folder / "bob.tags", folder / "alice.json", "--link", "l",
                       "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db",
                       "--json")
@@ -208,6 +240,5 @@ def test_intercept_resend_aborts_and_stores_nothing(tmp_path, capsys):
     doc = json.loads(out)
     assert doc["aborted"] and doc["abort_reason"]
     assert doc["final_key_bits"] == 0 and doc["key_ids"] == []
-    _assert_nothing_created(tmp_path, "b.db")
     assert sorted(_store_keys(tmp_path / "a.db", "other")) == sorted(old_ids)
-    assert _store_keys(tmp_path / "a.db", "l") == {}
+    assert _store_keys(tmp_path / "a.db", "l") == {} == _store_keys(tmp_path / "b.db", "l")
