@@ -4,11 +4,19 @@ Micius (Alice on both links) makes one pass over Zvenigorod near Moscow and one 
 near Urumqi. Each pass is simulated (:func:`mozi.sim.passes.geometric_pass`,
 :func:`mozi.sim.link.simulate_pass`) and post-processed into a finite-key-secure key
 (:func:`mozi.host.session.run_session`), stored in the satellite's and the station's key
-stores. The satellite then acts as a trusted relay (:func:`mozi.host.relay.relay_keys`): it
-publishes ``K_SM ⊕ K_SU`` and Urumqi derives Moscow's key. With that shared key Moscow encrypts
-the two sample images (:mod:`mozi.host.sample_images`, :mod:`mozi.host.imagecrypt`), Urumqi
-decrypts them, and the demo checks the result is bit-exact. A report (plot, Markdown, HTML) and
-the JSON document of the run are written to the output folder.
+stores; each link's classical channel is authenticated with a pre-shared key made for the
+scenario (:func:`mozi.host.keystore.init_link`, as ``mozi link init`` does). The satellite
+then acts as a trusted relay (:func:`mozi.host.relay.relay_keys`): it sends ``K_SM ⊕ K_SU``
+over both authenticated links and Urumqi derives Moscow's key. With that shared key the
+stations exchange the two sample images (:mod:`mozi.host.sample_images`,
+:mod:`mozi.host.imagecrypt`): Moscow sends the logo to Urumqi, Urumqi sends the map to Moscow,
+each with the relayed blocks only it may send with; the demo checks both arrive bit-exact. A
+report (plot, Markdown, HTML) and the JSON document of the run are written to the output
+folder.
+
+The demo is a replay: its sessions run in the insecure reproducible mode
+(``SessionConfig.insecure_seed``), so the same seed gives the same keys, and every key it
+stores is marked ``insecure_reproducible`` — demo keys must not protect real data.
 
 Everything is first written to a hidden work folder inside the output folder and moved into
 place only when the run has finished, so an interrupted or failed run leaves no half-written
@@ -40,7 +48,7 @@ from typing import Any
 
 import numpy as np
 from mozi.host import imagecrypt, relay, sample_images
-from mozi.host.keystore import KeyStore
+from mozi.host.keystore import KeyStore, init_link
 from mozi.host.report import atomic_write, write_report
 from mozi.host.session import SessionConfig, run_session
 from mozi.sim import link as simlink
@@ -127,16 +135,23 @@ class DemoConfig:
         Passes run while the satellite is above this elevation.
     eps_sec, eps_cor, qber_threshold : float
         Security parameters and abort threshold of each session.
+    satellite_share : float
+        Fraction of each satellite–station key the satellite may send with: all of it, since
+        the scenario uses these keys only for the relay, which the satellite initiates.
+    relay_first_share : float
+        Fraction of the relayed key Moscow may send with (Urumqi has the rest).
     links : tuple of DemoLink
     """
 
     seed: int = DEFAULT_SEED
     quick: bool = False
-    quick_window_s: float = 40.0
+    quick_window_s: float = 50.0
     elevation_mask_deg: float = 15.0
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
     qber_threshold: float = 0.11
+    satellite_share: float = 1.0
+    relay_first_share: float = 0.5
     links: tuple[DemoLink, ...] = field(default=LINKS)
 
 
@@ -178,7 +193,8 @@ def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
     _log(progress, f"{spec.link}: {len(tags):,} detections in {t1 - t0:.0f} s; "
                    f"post-processing")
     session_cfg = SessionConfig(eps_sec=config.eps_sec, eps_cor=config.eps_cor,
-                                qber_threshold=config.qber_threshold, seed=seed)
+                                qber_threshold=config.qber_threshold, insecure_seed=seed,
+                                alice_share=config.satellite_share)
     t_post = time.perf_counter()
     result = run_session(tags, alice, link=spec.link, store_alice=stores["satellite"],
                          store_bob=stores[spec.party], config=session_cfg, progress=progress)
@@ -215,22 +231,26 @@ def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
     return doc
 
 
+#: Who sends which sample image: (image, sending party, receiving party).
+IMAGE_ROUTES = (("mozi-logo.png", "moscow", "urumqi"), ("mozi-map.png", "urumqi", "moscow"))
+
+
 def _exchange_images(work: Path, stores: dict[str, KeyStore], progress: bool
                      ) -> list[dict[str, Any]]:
     folder = work / IMAGES_DIR
-    originals = sample_images.write_samples(folder)
-    # the large image first: AES-256-GCM needs one key block, the one-time pad then gets
-    # whatever the relay left (and auto mode falls back to AES-GCM if that is too little)
-    originals.sort(key=lambda p: p.stat().st_size, reverse=True)
+    originals = {p.name: p for p in sample_images.write_samples(folder)}
     images = []
-    for src in originals:
+    for name, sender, receiver in IMAGE_ROUTES:
+        src = originals[name]
         cipher = folder / f"{src.name}.mozi"
         plain = folder / f"decrypted-{src.name}"
-        entry: dict[str, Any] = {"name": src.name, "bytes": src.stat().st_size}
+        entry: dict[str, Any] = {"name": src.name, "bytes": src.stat().st_size,
+                                 "from": sender, "to": receiver}
         try:
-            enc = imagecrypt.encrypt_file(src, cipher, stores["moscow"], link=RELAY_LINK,
+            # auto: the one-time pad when the sender's share of the relayed key suffices
+            enc = imagecrypt.encrypt_file(src, cipher, stores[sender], link=RELAY_LINK,
                                           mode="auto")
-            dec = imagecrypt.decrypt_file(cipher, plain, stores["urumqi"])
+            dec = imagecrypt.decrypt_file(cipher, plain, stores[receiver])
         except MoziError as exc:
             entry.update({"mode": None, "decrypted_identical": False, "error": str(exc)})
             _log(progress, f"{src.name}: FAILED: {exc}")
@@ -245,7 +265,7 @@ def _exchange_images(work: Path, stores: dict[str, KeyStore], progress: bool
                 "key_ids": list(enc.key_ids),
             })
             _log(progress, f"{src.name}: {entry['bytes']:,} bytes, {enc.mode}, encrypted at "
-                           f"Moscow, decrypted at Urumqi: "
+                           f"{sender.capitalize()}, decrypted at {receiver.capitalize()}: "
                            f"{'identical' if entry['decrypted_identical'] else 'DIFFERENT'}")
         images.append(entry)
     images.sort(key=lambda e: e["bytes"])
@@ -266,7 +286,8 @@ def _move_into_place(work: Path, out: Path) -> None:
 
 def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, *,
              progress: bool = True,
-             on_link: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_link: Callable[[dict[str, Any]], None] | None = None,
+             on_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run the whole China–Russia scenario and write its outputs into ``out_dir``.
 
     Parameters
@@ -280,6 +301,8 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
         Progress bars and one-line status messages on stderr.
     on_link : callable, optional
         Called with each link's document as soon as its session has finished.
+    on_start : callable, optional
+        Called once the output folder is ready, before the first pass is simulated.
 
     Returns
     -------
@@ -303,12 +326,16 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
         work = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
     except OSError as exc:
         raise DemoOutputError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
+    if on_start is not None:
+        on_start()
 
     try:
         stores: dict[str, KeyStore] = {}
         try:
             for party, name in STORE_FILES.items():
-                stores[party] = KeyStore(work / name)
+                stores[party] = KeyStore(work / name, party=party)
+            for spec in config.links:        # the scenario's pre-shared authentication keys
+                init_link(spec.link, stores["satellite"], stores[spec.party])
             links = []
             for i, spec in enumerate(config.links):
                 links.append(_run_link(i, spec, config, work, stores, progress))
@@ -319,10 +346,11 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
             if all(not d.get("aborted") and d.get("final_key_bits", 0) > 0 for d in links):
                 ann = relay.relay_keys(stores["satellite"], stores["moscow"], stores["urumqi"],
                                        link_sm=config.links[0].link,
-                                       link_su=config.links[1].link, relay_link=RELAY_LINK)
+                                       link_su=config.links[1].link, relay_link=RELAY_LINK,
+                                       first_share=config.relay_first_share)
                 relay_bits, relay_ids = ann.n_bits, list(ann.key_ids)
-                _log(progress, f"relay: satellite announced K_SM ⊕ K_SU; Moscow and Urumqi "
-                               f"share {relay_bits:,} bits")
+                _log(progress, f"relay: satellite sent K_SM ⊕ K_SU over both authenticated "
+                               f"links; Moscow and Urumqi share {relay_bits:,} bits")
                 images = _exchange_images(work, stores, progress)
             else:
                 _log(progress, "relay skipped: a link produced no key")
@@ -337,12 +365,14 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
             "description": (
                 "Micius (Alice) shares a finite-key-secure key with Zvenigorod near Moscow "
                 "and with Nanshan near Urumqi, one simulated pass each; as trusted relay it "
-                "announces K_SM ⊕ K_SU so Urumqi obtains Moscow's key; two images encrypted "
-                "at Moscow are decrypted at Urumqi."
+                "announces K_SM ⊕ K_SU so Urumqi obtains Moscow's key; Moscow sends one image "
+                "to Urumqi and Urumqi one to Moscow, each encrypted with relayed key only it "
+                "may send with."
                 + (" Quick run: only a slice of each pass around its culmination."
                    if config.quick else "")),
             "quick": config.quick,
             "seed": config.seed,
+            "insecure_reproducible": True,
             "qber_threshold": config.qber_threshold,
             "settings": {k: v for k, v in asdict(config).items() if k != "links"},
             "links": links,

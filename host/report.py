@@ -223,11 +223,12 @@ def _fk_rows(doc: Mapping[str, Any]) -> list[list[str]]:
 
 _LINK_HEAD = ["link", "detections", "sifted bits", "QBER Z", "QBER X", "EC efficiency f",
               "secret key bits", "status"]
-_IMAGE_HEAD = ["image", "bytes", "mode", "decrypted identical"]
+_IMAGE_HEAD = ["image", "bytes", "from", "to", "mode", "decrypted identical"]
 
 
 def _image_rows(doc: Mapping[str, Any]) -> list[list[str]]:
-    return [[str(im.get("name")), _num(im.get("bytes")), str(im.get("mode")),
+    return [[str(im.get("name")), _num(im.get("bytes")), str(im.get("from", "moscow")),
+             str(im.get("to", "urumqi")), str(im.get("mode")),
              "yes" if im.get("decrypted_identical") else "NO"]
             for im in doc.get("images", [])]
 
@@ -238,11 +239,15 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+_INSECURE = ("Insecure reproducible run: the keys of this demo follow from its seed and must "
+             "not protect real data.")
+
+
 def _verdict(doc: Mapping[str, Any]) -> str:
     images = doc.get("images", [])
     if images and all(im.get("decrypted_identical") for im in images):
-        return (f"All {len(images)} images encrypted at Moscow were decrypted bit-exact at "
-                f"Urumqi.")
+        return (f"All {len(images)} images exchanged between Moscow and Urumqi were decrypted "
+                f"bit-exact.")
     if not images:
         return "No image was exchanged (no shared key)."
     return "Some image did NOT decrypt bit-exact."
@@ -269,6 +274,8 @@ def render_markdown(doc: Mapping[str, Any], *, plot_name: str | None = REPORT_FI
     if doc.get("description"):
         parts += [str(doc["description"]), ""]
     parts += [_verdict(doc), ""]
+    if doc.get("insecure_reproducible"):
+        parts += [f"**{_INSECURE}**", ""]
     parts += ["## Links", "", _md_table(_LINK_HEAD, _link_rows(doc)), ""]
     if _pass_rows(doc):
         parts += ["## Passes", "", _md_table(_PASS_HEAD, _pass_rows(doc)), ""]
@@ -280,7 +287,7 @@ def render_markdown(doc: Mapping[str, Any], *, plot_name: str | None = REPORT_FI
                   f"The satellite announced K_SM ⊕ K_SU; Moscow and Urumqi now share "
                   f"**{_num(doc['relay_key_bits'])} bits** of key.", ""]
     if doc.get("images"):
-        parts += ["## Images (encrypted at Moscow, decrypted at Urumqi)", "",
+        parts += ["## Images", "",
                   _md_table(_IMAGE_HEAD, _image_rows(doc)), ""]
     if plot_name:
         parts += ["## Along the passes", "", f"![sifted rate, QBER and key]({plot_name})", ""]
@@ -331,6 +338,8 @@ def render_html(doc: Mapping[str, Any], *, png: bytes | None = None) -> str:
     if doc.get("description"):
         parts.append(f"<p>{esc(str(doc['description']))}</p>")
     parts.append(f"<p><strong>{esc(_verdict(doc))}</strong></p>")
+    if doc.get("insecure_reproducible"):
+        parts.append(f"<p><em>{esc(_INSECURE)}</em></p>")
     parts += ["<h2>Links</h2>", _html_table(_LINK_HEAD, _link_rows(doc))]
     if _pass_rows(doc):
         parts += ["<h2>Passes</h2>", _html_table(_PASS_HEAD, _pass_rows(doc))]
@@ -343,7 +352,7 @@ def render_html(doc: Mapping[str, Any], *, png: bytes | None = None) -> str:
                   f"Urumqi now share <strong>{esc(_num(doc['relay_key_bits']))} bits</strong> "
                   f"of key.</p>"]
     if doc.get("images"):
-        parts += ["<h2>Images (encrypted at Moscow, decrypted at Urumqi)</h2>",
+        parts += ["<h2>Images</h2>",
                   _html_table(_IMAGE_HEAD, _image_rows(doc))]
     if png:
         data = base64.b64encode(png).decode("ascii")

@@ -16,7 +16,7 @@ from mozi.host.cli import main
 from mozi.host.commands.demo import _summary
 from mozi.host.demo import RELAY_LINK, STORE_FILES, DemoConfig, run_demo
 from mozi.host.imagecrypt import otp_key_bits
-from mozi.host.keystore import DEFAULT_BLOCK_BITS, KeyStore
+from mozi.host.keystore import KeyStore
 from mozi.host.sample_images import SAMPLES
 
 # one worker runs the whole module under `pytest -n 2 --dist loadgroup`, so the module-scoped
@@ -86,14 +86,36 @@ def test_images_decrypted_bit_exact(demo):
         assert cipher[:8] == b"MOZICRYP"
         assert original not in cipher
     modes = {im["name"]: im for im in doc["images"]}
+    # Moscow sends the logo, Urumqi the map, each with relayed blocks only it may send with
+    assert (modes["mozi-logo.png"]["from"], modes["mozi-logo.png"]["to"]) == ("moscow", "urumqi")
+    assert (modes["mozi-map.png"]["from"], modes["mozi-map.png"]["to"]) == ("urumqi", "moscow")
     assert modes["mozi-map.png"]["mode"] == "aes-gcm"          # larger than any pass's key
-    # the map takes one key block first; the logo gets the one-time pad if the rest suffices
-    # (it does with the embedded defaults: ~36 kbit relayed in --quick mode)
+    # the logo gets the one-time pad when Moscow's half of the relayed key suffices (it does
+    # with the embedded defaults: ~50 kbit relayed in --quick mode)
     logo = modes["mozi-logo.png"]
-    assert doc["relay_key_bits"] >= otp_key_bits(logo["bytes"]) + DEFAULT_BLOCK_BITS, \
+    assert doc["relay_key_bits"] // 2 >= otp_key_bits(logo["bytes"]), \
         "the quick demo no longer relays enough key for the logo's one-time pad"
     assert logo["mode"] == "otp"
     assert logo["key_bits_used"] == otp_key_bits(logo["bytes"])
+    with KeyStore(out / STORE_FILES["moscow"], create=False) as mos:
+        assert {mos.get(k).sender for k in logo["key_ids"]} == {"moscow"}
+        assert {mos.get(k).sender for k in modes["mozi-map.png"]["key_ids"]} == {"urumqi"}
+
+
+def test_demo_is_marked_insecure_and_stores_are_private(demo):
+    _, doc, out = demo
+    assert doc["insecure_reproducible"] is True
+    assert all(d["insecure_reproducible"] for d in doc["links"])
+    assert "Insecure reproducible run" in (out / "report.md").read_text()
+    for name in STORE_FILES.values():
+        assert (out / name).stat().st_mode & 0o077 == 0
+        with KeyStore(out / name, create=False) as store:
+            assert all(r.meta["insecure_reproducible"] for r in store.list())
+    for spec in ("sat-moscow", "sat-urumqi"):
+        with KeyStore(out / "satellite.db", create=False) as sat:
+            st = sat.auth_status()[spec]
+            # refilled after the session; the relay then spent two pads (open + relay)
+            assert st["pad_bits"] == [st["target_bits"][0] - 2 * 64, st["target_bits"][1]]
 
 
 def test_output_files(demo):
@@ -125,7 +147,7 @@ def test_output_folder_is_a_file(tmp_path, capsys):
     rc = main(["demo", "--quick", "--no-progress", "--out", str(target)])
     err = capsys.readouterr().err
     assert rc == 1
-    assert err.count("\n") == 1 and err.startswith("mozi demo: error: ")
+    assert err.count("\n") == 1 and err.startswith("mozi demo: error: ")   # no warning either
     assert target.read_text() == "x"
 
 
@@ -138,6 +160,7 @@ def test_link_keys_in_stores(demo):
                 KeyStore(out / STORE_FILES[party], create=False) as ground:
             for store in (sat, ground):
                 records = store.list(d["link"])
+                assert {r.sender for r in records} == {"satellite"}   # all for the relay
                 assert sorted(r.key_id for r in records) == sorted(d["key_ids"])
                 assert sum(r.n_bits for r in records) == d["final_key_bits"]
                 consumed = sum(r.n_bits for r in records if r.state == "consumed")

@@ -63,7 +63,7 @@ def test_markdown_content():
     assert "| satellite-moscow | 123,456 | 600,000 | 1.23 % | 1.51 % | 1.071 | 150,000 | ok |" \
         in md
     assert "aborted: QBER 25.00 % above threshold 11.00 %" in md
-    assert "| micius-256x64.png | 2,048 | otp | yes |" in md
+    assert "| micius-256x64.png | 2,048 | moscow | urumqi | otp | yes |" in md
     assert "![sifted rate, QBER and key](report.png)" in md
     assert "decrypted bit-exact" in md
     assert "| satellite-moscow | 300,000 | 0 | 94,327 | 6.14 % | 24,880 | 150,000 |" in md
