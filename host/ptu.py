@@ -163,9 +163,15 @@ def _one_line(exc: object) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:200] or type(exc).__name__
 
 
+#: Resolutions a PTU file may declare: 1 fs (a thousandth of the finest tagger bin) to 1 s.
+_RESOLUTION_RANGE_S = (1e-15, 1.0)
+
+
 def _resolution_ps(seconds: float, name: str) -> Fraction:
-    if not np.isfinite(seconds) or seconds <= 0:
-        raise FileFormatError(f"{name}: MeasDesc_GlobalResolution {seconds!r} s is not positive")
+    lo, hi = _RESOLUTION_RANGE_S
+    if not np.isfinite(seconds) or not lo <= seconds <= hi:
+        raise FileFormatError(f"{name}: MeasDesc_GlobalResolution {seconds!r} s is outside "
+                              f"[{lo:g}, {hi:g}] s")
     return Fraction(seconds * 1e12).limit_denominator(1000)
 
 
@@ -195,6 +201,9 @@ def _decode_t2(raw: np.ndarray, rectype: int
         sync = np.zeros(raw.shape, dtype=bool)
         periods = overflow.astype(np.int64)
         chan = np.where(special, -1, field_)
+    # the file's last tick, in exact integers: the int64 arithmetic below must not wrap
+    if int(periods.sum(dtype=np.int64)) * wrap + wrap > 2**63 - 1:
+        raise FileFormatError("time tags overflow 64-bit ticks (too many overflow periods)")
     times = np.cumsum(periods) * wrap + np.where(overflow, 0, tick)
     return times, chan.astype(np.int16), sync, marker
 

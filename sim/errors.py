@@ -7,3 +7,9 @@ class MoziError(Exception):
 
 class FileFormatError(MoziError):
     """An input file is corrupt, truncated or not of the expected format."""
+
+
+def short_repr(value, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: for error messages that echo input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from mozi.sim.errors import FileFormatError
+from mozi.sim.errors import FileFormatError, short_repr
 from mozi.sim.eve import Eavesdropper, direct_components
 from mozi.sim.model import decode_basis
 from mozi.sim.passes import PassProfile
@@ -437,7 +437,7 @@ class AliceFile:
 
 
 def write_alice(path: str | os.PathLike, result: SimResult) -> None:
-    """Write Alice's side file (JSON) atomically.
+    """Write Alice's side file (JSON) atomically, readable by its owner only (mode 0600).
 
     Raises
     ------
@@ -446,7 +446,9 @@ def write_alice(path: str | os.PathLike, result: SimResult) -> None:
     """
     doc = {"format": _ALICE_FORMAT, "version": _ALICE_VERSION,
            "source": result.alice.to_dict(), "metadata": result.metadata()}
-    atomic_write(path, [(json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")])
+    # Alice's seed gives every bit she sent: the file is as secret as a key store
+    atomic_write(path, [(json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")],
+                 mode=0o600)
 
 
 def read_alice(path: str | os.PathLike) -> AliceFile:
@@ -462,17 +464,29 @@ def read_alice(path: str | os.PathLike) -> AliceFile:
         doc = json.loads(path.read_text("utf-8"))
     except OSError as exc:
         raise AliceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise AliceFileError(f"{path}: not a Mozi Alice file (invalid JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != _ALICE_FORMAT:
         raise AliceFileError(f"{path}: not a Mozi Alice file")
     if doc.get("version") != _ALICE_VERSION:
-        raise AliceFileError(f"{path}: unsupported Alice file version {doc.get('version')!r}")
+        raise AliceFileError(f"{path}: unsupported Alice file version "
+                             f"{short_repr(doc.get('version'))}")
     try:
         source = AliceSource.from_dict(doc["source"])
         metadata = doc["metadata"]
     except (KeyError, ConfigurationError) as exc:
-        raise AliceFileError(f"{path}: corrupt Alice file ({exc})") from None
+        raise AliceFileError(f"{path}: corrupt Alice file ({str(exc)[:120]})") from None
     if not isinstance(metadata, dict):
         raise AliceFileError(f"{path}: corrupt Alice file (metadata)")
+    for name in ("first_slot", "n_slots"):
+        value = metadata.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value < 2**62):
+            raise AliceFileError(f"{path}: corrupt Alice file (metadata {name})")
+    period = metadata.get("slot_period_ps")
+    if period is not None and (isinstance(period, bool) or not isinstance(period, int | float)
+                               or not 0 < period < 1e15):
+        raise AliceFileError(f"{path}: corrupt Alice file (metadata slot_period_ps)")
+    if not isinstance(metadata.get("pass", ""), str | None):
+        raise AliceFileError(f"{path}: corrupt Alice file (metadata pass)")
     return AliceFile(source, metadata)

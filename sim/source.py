@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from mozi.sim.errors import MoziError
+from mozi.sim.errors import MoziError, short_repr
 from mozi.sim.model import alice_record
 
 __all__ = ["AliceSource", "ConfigurationError", "SourceConfig", "splitmix64_mix"]
@@ -77,15 +77,16 @@ class SourceConfig:
         object.__setattr__(self, "intensities", tuple(float(x) for x in self.intensities))
         object.__setattr__(self, "probabilities", tuple(float(x) for x in self.probabilities))
         if not (np.isfinite(self.rep_rate_hz) and self.rep_rate_hz > 0):
-            raise ConfigurationError(f"rep_rate_hz must be positive, not {self.rep_rate_hz!r}")
+            raise ConfigurationError(f"rep_rate_hz must be positive, not "
+                                     f"{short_repr(self.rep_rate_hz)}")
         if len(self.intensities) != 3 or any(not 0 <= m < 1e3 for m in self.intensities):
             raise ConfigurationError("intensities must be three mean photon numbers >= 0")
         p = self.probabilities
-        if len(p) != 3 or any(x < 0 for x in p) or abs(sum(p) - 1.0) > 1e-9:
+        if len(p) != 3 or not all(0.0 <= x <= 1.0 for x in p) or not abs(sum(p) - 1.0) <= 1e-9:
             raise ConfigurationError(
                 "probabilities must be three non-negative numbers summing to 1")
         if not 0.0 <= self.p_z <= 1.0:
-            raise ConfigurationError(f"p_z must lie in [0, 1], not {self.p_z!r}")
+            raise ConfigurationError(f"p_z must lie in [0, 1], not {short_repr(self.p_z)}")
 
     @property
     def slot_period_ps(self) -> float:
@@ -112,7 +113,7 @@ class SourceConfig:
                        intensities=tuple(d["intensities"]),
                        probabilities=tuple(d["probabilities"]),
                        p_z=float(d["p_z"]))
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ConfigurationError(f"bad source description: {exc}") from None
 
 
@@ -130,7 +131,8 @@ class AliceSource:
     def __init__(self, seed: int, config: SourceConfig = SourceConfig()) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) \
                 or not 0 <= int(seed) <= _MASK64:
-            raise ConfigurationError(f"seed must be an integer in [0, 2**64), not {seed!r}")
+            raise ConfigurationError(f"seed must be an integer in [0, 2**64), not "
+                                     f"{short_repr(seed)}")
         self.seed = int(seed)
         self.config = config
         self._key = np.uint64(int(splitmix64_mix(np.uint64(self.seed ^ _SEED_SALT))[0]))

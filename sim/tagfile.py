@@ -52,6 +52,8 @@ FORMAT_VERSION = 1
 #: One record on disk: timestamp (resolution units) and channel index, packed (9 bytes).
 RECORD_DTYPE = np.dtype([("t", "<i8"), ("ch", "u1")])
 _FIXED = struct.Struct("<8sHHIQQII")   # the first 40 bytes
+#: Largest resolution a file may declare: one second (a tagger's bin is far finer).
+_MAX_RESOLUTION_PS = 10**12
 
 
 class TagFileError(FileFormatError):
@@ -62,10 +64,12 @@ class OutputError(MoziError):
     """An output file could not be written."""
 
 
-def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> None:
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview], *,
+                 mode: int = 0o666) -> None:
     """Write ``chunks`` to ``path`` through a temporary file renamed into place.
 
-    Either the complete file appears at ``path`` or nothing changes there.
+    Either the complete file appears at ``path`` or nothing changes there. The file gets
+    ``mode`` minus the umask.
 
     Raises
     ------
@@ -76,7 +80,7 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     created = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         created = True
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -177,8 +181,8 @@ def write_tags(
         raise ValueError("timestamps_ps and channels must be integer arrays")
     if not 1 <= len(names) <= 255 or any(len(n.encode("utf-8")) > 255 for n in names):
         raise ValueError("need 1 to 255 channel names of at most 255 bytes")
-    if int(resolution_ps) < 1:
-        raise ValueError("resolution_ps must be a positive integer")
+    if not 1 <= int(resolution_ps) <= _MAX_RESOLUTION_PS:
+        raise ValueError(f"resolution_ps must be an integer in [1, {_MAX_RESOLUTION_PS}]")
     if ch.size and (ch.min() < 0 or ch.max() >= len(names)):
         raise ValueError("channel index out of range of channel_names")
     rec = np.empty(ts.size, RECORD_DTYPE)
@@ -189,7 +193,8 @@ def write_tags(
     meta = json.dumps(metadata or {}, sort_keys=True, allow_nan=False).encode("utf-8")
     data = memoryview(rec.tobytes())
     head = _header(int(resolution_ps), names, meta, rec.size, zlib.crc32(data))
-    atomic_write(path, (head, data))
+    # which detector clicked is Bob's raw key: the file is readable by its owner only
+    atomic_write(path, (head, data), mode=0o600)
 
 
 def read_tags(path: str | os.PathLike) -> TagData:
@@ -226,7 +231,7 @@ def read_tags(path: str | os.PathLike) -> TagData:
     (head_crc,) = struct.unpack_from("<I", raw, hsize - 4)
     if zlib.crc32(raw[:hsize - 4]) != head_crc:
         raise bad("corrupt header (checksum mismatch)")
-    if not 1 <= n_ch <= 255 or res < 1:
+    if not 1 <= n_ch <= 255 or not 1 <= res <= _MAX_RESOLUTION_PS:
         raise bad("corrupt header (channel count or resolution)")
     pos = _FIXED.size
     names = []
@@ -238,7 +243,7 @@ def read_tags(path: str | os.PathLike) -> TagData:
         if pos + msize > hsize - 4:
             raise bad("corrupt header (metadata overruns header)")
         metadata = json.loads(raw[pos:pos + msize].decode("utf-8"))
-    except (IndexError, UnicodeDecodeError, json.JSONDecodeError):
+    except (IndexError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise bad("corrupt header (channel names or metadata)") from None
     if not isinstance(metadata, dict):
         raise bad("corrupt header (metadata is not a JSON object)")

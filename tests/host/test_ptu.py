@@ -280,3 +280,27 @@ def test_hydraharp_v1_single_period_overflows(tmp_path):
     tags = read_ptu(path)
     np.testing.assert_array_equal(tags.timestamps_ps, ticks)
     assert tags.metadata["record_type"] == "HydraHarpT2"
+
+
+@pytest.mark.parametrize("resolution", [4e-16, 1e-300, 5e-324, 1e300, 2.0, -1e-12, 0.0,
+                                        float("nan"), float("inf")])
+def test_resolution_out_of_range_is_refused(tmp_path, resolution):
+    """Defect 6 of the security issue: a resolution below ~5e-16 s crashed the reader with
+    ``ZeroDivisionError`` (the fraction of picoseconds rounded to 0) and one of 1e300 with
+    ``OverflowError``. Resolutions outside [1 fs, 1 s] are now a one-line format error."""
+    records = hydraharp2_records([10, 20], [0, 1])
+    path = write_ptu(tmp_path / "r.ptu", HYDRAHARP2_T2, resolution, records)
+    with pytest.raises(FileFormatError, match="GlobalResolution .* outside"):
+        read_ptu(path)
+
+
+def test_times_past_int64_are_refused_not_wrapped(tmp_path):
+    """Defect 6: the overflow periods were summed in int64, so a file whose times pass 2**63
+    ticks wrapped around silently to negative or small times. Now it is refused."""
+    overflow = (1 << 31) | (0x3F << 25) | ((1 << 25) - 1)      # 2**25 - 1 periods at once
+    n = (2**63 // (1 << 25)) // ((1 << 25) - 1) + 2             # enough of them to pass 2**63
+    records = np.concatenate([np.full(n, overflow, np.uint32),
+                              np.array([(0 << 25) | 5], np.uint32)]).astype("<u4")
+    path = write_ptu(tmp_path / "wrap.ptu", HYDRAHARP2_T2, 1e-12, records)
+    with pytest.raises(FileFormatError, match="overflow 64-bit"):
+        read_ptu(path)

@@ -166,3 +166,47 @@ def test_metadata_must_be_json(tmp_path):
         write_tags(tmp_path / "m.tags", np.array([1]), np.array([0]),
                    metadata={"x": float("nan")})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("resolution", [2**63, 2**64 - 1, 10**12 + 1])
+def test_huge_resolution_is_a_corrupt_header(tmp_path, resolution):
+    """Defect 6 of the security issue: a resolution of 2**63 or more (with all timestamps 0,
+    so the overflow check passed) crashed ``read_tags`` with ``OverflowError`` in
+    ``np.int64(res)``. Resolutions above 10^12 ps are now a corrupt header."""
+    path, raw = _written(tmp_path, 3)
+    hsize = struct.unpack_from("<I", raw, 12)[0]
+    body = np.zeros(3, RECORD_DTYPE).tobytes()                 # every timestamp 0
+    head = raw[:hsize]
+    struct.pack_into("<Q", head, 16, resolution)
+    struct.pack_into("<I", head, 36, zlib.crc32(body))
+    path.write_bytes(bytes(_reheader(head)) + body)
+    with pytest.raises(TagFileError, match="channel count or resolution"):
+        read_tags(path)
+    with pytest.raises(ValueError, match="resolution_ps"):
+        write_tags(tmp_path / "w.tags", np.zeros(1, np.int64), np.zeros(1, np.uint8),
+                   resolution_ps=resolution)
+
+
+def test_deeply_nested_metadata_is_a_corrupt_header(tmp_path):
+    """Defect 6: metadata JSON nested 50,000 deep crashed the reader with ``RecursionError``
+    (and ``mozi session`` showed a traceback). It is now a corrupt header."""
+    from mozi.sim.tagfile import _header
+
+    meta = ("[" * 50_000 + "]" * 50_000).encode()
+    (tmp_path / "n.tags").write_bytes(_header(1, ("H", "V", "D", "A"), meta, 0,
+                                              zlib.crc32(b"")))
+    with pytest.raises(TagFileError, match="channel names or metadata"):
+        read_tags(tmp_path / "n.tags")
+
+
+def test_tag_files_are_private(tmp_path):
+    """Which detector clicked is Bob's raw key: tag files are written 0600."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_tags(tmp_path / "t.tags", *sample(10))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "t.tags").stat().st_mode) == 0o600
