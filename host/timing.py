@@ -357,7 +357,9 @@ def slot_blocks(timestamps: np.ndarray, timing: TimingEstimate, *, frac_bits: in
     start = 0
     n = t.size
     while start < n:
-        limit_t = t[start] + max_slots * P
+        # tags before t[start] + max_slots·P; an integer bound (t < x ⟺ t < ⌈x⌉ for integer
+        # t) keeps numpy from converting the whole tag array to float on every block
+        limit_t = int(math.ceil(int(t[start]) + max_slots * P))
         hard = min(n, start + max_events, int(np.searchsorted(t, limit_t, side="left")))
         if hard >= n:
             stop = n
