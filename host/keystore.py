@@ -942,9 +942,13 @@ class KeyStore:
                  np.packbits(p1).tobytes(), p1.size, p0.size, p1.size,
                  int(np.asarray(key_bits).size), _now()))
 
-    def _remove_auth_key(self, link: str) -> None:
+    def _remove_auth_key(self, link: str, *, forget_link: bool) -> None:
+        """Undo :meth:`init_auth_key` (and the link record it made, if ``forget_link``)."""
         with self._write(erases=True):
             self._db.execute("DELETE FROM auth_keys WHERE link = ?", (link,))
+            if forget_link:
+                self._db.execute("DELETE FROM links WHERE link = ? AND NOT EXISTS "
+                                 "(SELECT 1 FROM keys WHERE keys.link = links.link)", (link,))
 
     def has_auth_key(self, link: str) -> bool:
         """Whether ``link`` has an authentication key in this store."""
@@ -1063,11 +1067,12 @@ def init_link(link: str, first: KeyStore, second: KeyStore, *,
                                 f"already")
     psk = np.unpackbits(np.frombuffer(secrets.token_bytes((int(key_bits) + 7) // 8),
                                       np.uint8))[:int(key_bits)]
+    new_link = first.peer(link) is None
     first.init_auth_key(link, peer=second.party, role=0, key_bits=psk, tag_bits=t)
     try:
         second.init_auth_key(link, peer=first.party, role=1, key_bits=psk, tag_bits=t)
     except BaseException:
-        first._remove_auth_key(link)
+        first._remove_auth_key(link, forget_link=new_link)
         raise
     return (int(key_bits) - HASH_KEY_BITS) // 2 // t
 

@@ -546,5 +546,6 @@ def test_init_link_installs_both_or_neither(tmp_path):
     with pytest.raises(KeyStoreError, match="shared with 'zz'"):
         init_link("ab", a, b)
     assert not a.has_auth_key("ab") and not b.has_auth_key("ab")
+    assert a.links() == {}                                  # no trace of the attempt at a
     with pytest.raises(ValueError, match="tag_bits"):
         init_link("cd", a, b, tag_bits=32)
