@@ -18,10 +18,12 @@ target (:mod:`tests.test_fuzz`). A crash prints its target, index and seed: the 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import json
 import math
+import shutil
 import struct
 import sys
 import tempfile
@@ -60,6 +62,14 @@ DEFAULT_COUNT = 2000
 DEFAULT_SEED = 20261201
 #: Longest error message accepted (one line: the file name and the problem).
 MAX_MESSAGE = 400
+
+_ROOT = Path(tempfile.mkdtemp(prefix="mozi-fuzz-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+def _folder(name: str) -> Path:
+    """A fresh folder for one target's files (all removed when the process exits)."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_ROOT))
 
 _INTS = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 2**31 - 1,
          2**31, 2**32 - 1, 2**32, 2**48, 2**53, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
@@ -171,7 +181,7 @@ class Target:
 
 def _tag_seeds() -> list[bytes]:
     seeds = []
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory(dir=_ROOT) as d:
         p = Path(d) / "t.tags"
         rng = np.random.default_rng(1)
         for n, res, names, meta in ((20, 1, ("H", "V", "D", "A"), {"pass": "x"}),
@@ -222,7 +232,7 @@ def _structured_tag_file(rng: np.random.Generator, seeds: list[bytes]) -> bytes:
 
 
 def _file_target(name: str, make, load) -> Target:
-    folder = Path(tempfile.mkdtemp(prefix=f"mozi-fuzz-{name}-"))
+    folder = _folder(name)
     path = folder / "input"
 
     def run(data):
@@ -309,7 +319,7 @@ def alice_target() -> Target:
 
 
 def ciphertext_target() -> Target:
-    folder = Path(tempfile.mkdtemp(prefix="mozi-fuzz-cipher-"))
+    folder = _folder("cipher")
     mos = KeyStore(folder / "moscow.db", party="moscow")
     uru = KeyStore(folder / "urumqi.db", party="urumqi")
     share_key(mos, uru, "moscow-urumqi",
@@ -492,7 +502,6 @@ def auth_frame_target() -> Target:
 
 
 def _message_seeds() -> list[tuple[str, bytes]]:
-    folder = Path(tempfile.mkdtemp(prefix="mozi-fuzz-relay-"))
     ann = relay.RelayAnnouncement(
         satellite="satellite", stations=("moscow", "urumqi"), links=("sat-moscow", "sat-urumqi"),
         relay_link="moscow-urumqi", n_bits=20,
@@ -500,7 +509,6 @@ def _message_seeds() -> list[tuple[str, bytes]]:
         key_ids=(str(uuid.uuid4()), str(uuid.uuid4())),
         layout=(("moscow", 10), ("urumqi", 10)), announcement=np.ones(20, np.uint8),
         eps_sec=2e-10, eps_cor=None)
-    del folder
     align = np.arange(4, dtype=">i8").tobytes() + bytes([0, 1, 0, 1]) + bytes([1, 1, 0, 0])
     verify = struct.pack(">I", 59) + bytes(8) + bytes(7)
     return [("relay", ann.to_bytes()),
@@ -562,7 +570,7 @@ _WORDS = ["", "l", "sat-moscow", "a b", "é", "../x", "x" * 300, "-", "--", "sat
 
 def argument_target() -> Target:
     """Command lines: every command with hostile values, files and flags."""
-    folder = Path(tempfile.mkdtemp(prefix="mozi-fuzz-argv-"))
+    folder = _folder("argv")
     files = _argument_files(folder)
     paths = list(files.values())
     from mozi.host.cli import main
