@@ -206,7 +206,7 @@ def decode_report(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
     (first,) = struct.unpack_from(">q", payload, 4)
     raw = np.frombuffer(payload, np.uint8, len(payload) - 12 - nb, 12)
     ends = np.flatnonzero((raw & 0x80) == 0)
-    if ends.size != n - 1 or (raw.size and ends[-1] != raw.size - 1):
+    if ends.size != n - 1 or (raw.size and (not ends.size or ends[-1] != raw.size - 1)):
         raise SiftingError("sift-report slot differences are malformed")
     starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
     pos = np.arange(raw.size) - np.repeat(starts, np.diff(np.concatenate([starts, [raw.size]])))

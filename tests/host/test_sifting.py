@@ -128,3 +128,15 @@ def test_report_encoding_large_random():
     np.testing.assert_array_equal(b2, b)
     with pytest.raises(SiftingError):
         decode_report(payload[:4] + payload[12:])
+
+
+@pytest.mark.parametrize("payload", [
+    bytes.fromhex("00000001" "0000000000000003" "c5" "01"),       # found by `make fuzz`
+    bytes.fromhex("00000001" "0000000000000003" "c5" "fffffeffffff"),
+    bytes.fromhex("00000002" "0000000000000003" "80" "01"),
+])
+def test_report_with_stray_difference_bytes_is_malformed(payload):
+    """One report and leftover varint bytes (all continuation bytes): an IndexError in the old
+    decoder; a ``SiftingError`` now."""
+    with pytest.raises(SiftingError):
+        decode_report(payload)
