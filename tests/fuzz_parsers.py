@@ -621,7 +621,9 @@ def argument_target() -> Target:
 
     def run(argv):
         out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # relative paths in a fuzzed command line (new stores, outputs) land in the folder
+        with contextlib.chdir(folder), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
             try:
                 code = main(argv)
             except SystemExit as exc:
