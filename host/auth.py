@@ -446,17 +446,29 @@ class MemoryTransport:
 
     ``inbox`` is a :class:`collections.deque` of frames (``bytes``); tests may inspect,
     drop, duplicate or modify its entries to play the man in the middle.
+
+    Parameters
+    ----------
+    tap : callable, optional
+        A man in the middle on this end's sends: ``tap(name, frame) -> frames`` (none, the
+        frame, a modified frame, several) are delivered instead of ``frame``.
+    name : str
+        The name ``tap`` receives, e.g. the direction or the link.
     """
 
-    def __init__(self):
+    def __init__(self, *, tap=None, name: str = ""):
         self.inbox: deque[bytes] = deque()
         self.peer: MemoryTransport | None = None
+        self._tap = tap
+        self.name = name
 
     def send(self, frame: bytes) -> None:
-        """Deliver ``frame`` to the peer's inbox."""
+        """Deliver ``frame`` (or what the tap makes of it) to the peer's inbox."""
         if self.peer is None:
             raise MoziError("transport is not connected")
-        self.peer.inbox.append(bytes(frame))
+        frame = bytes(frame)
+        for f in [frame] if self._tap is None else self._tap(self.name, frame):
+            self.peer.inbox.append(bytes(f))
 
     def recv(self) -> bytes:
         """The oldest waiting frame.
@@ -471,9 +483,10 @@ class MemoryTransport:
         return self.inbox.popleft()
 
     @staticmethod
-    def pair() -> tuple[MemoryTransport, MemoryTransport]:
-        """Two connected transports."""
-        a, b = MemoryTransport(), MemoryTransport()
+    def pair(*, tap=None, names: tuple[str, str] = ("a->b", "b->a")
+             ) -> tuple[MemoryTransport, MemoryTransport]:
+        """Two connected transports, each end's sends through ``tap`` under its name."""
+        a, b = MemoryTransport(tap=tap, name=names[0]), MemoryTransport(tap=tap, name=names[1])
         a.peer, b.peer = b, a
         return a, b
 

@@ -459,7 +459,6 @@ class KeyStore:
             self._db.close()
             raise KeyStoreError(f"key store {self.path} belongs to {self.party!r}, "
                                 f"not {party!r}")
-        _tighten(self.path)
         self._checkpoint()      # a process killed after erasing key left it in the log
 
     # -- plumbing --------------------------------------------------------------------------

@@ -403,9 +403,8 @@ def relay_keys(satellite: KeyStore, moscow: KeyStore, urumqi: KeyStore, *,
     ends = {}
     for link, station in ((link_sm, moscow), (link_su, urumqi)):
         # one-way channels: only the satellite speaks (and so only it spends pads)
-        t_sat, t_station = MemoryTransport.pair()
-        sat_end = AuthenticatedChannel(
-            satellite.auth_key(link), t_sat if tap is None else _Tapped(t_sat, link, tap))
+        t_sat, t_station = MemoryTransport.pair(tap=tap, names=(link, link))
+        sat_end = AuthenticatedChannel(satellite.auth_key(link), t_sat)
         ends[link] = (sat_end, AuthenticatedChannel(station.auth_key(link), t_station))
         sat_end.open()
     ann = satellite_announce(satellite, link_sm=link_sm, link_su=link_su, relay_link=relay_link,
@@ -414,12 +413,3 @@ def relay_keys(satellite: KeyStore, moscow: KeyStore, urumqi: KeyStore, *,
         send_announcement(ends[link][0], ann)
         station_accept(station, ends[link][1], link=link)
     return ann
-
-
-class _Tapped:
-    def __init__(self, transport, link: str, tap):
-        self._transport, self._link, self._tap = transport, link, tap
-
-    def send(self, frame: bytes) -> None:
-        for f in self._tap(self._link, bytes(frame)):
-            self._transport.send(f)

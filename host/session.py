@@ -416,24 +416,6 @@ drop, replay and reorder messages.
 """
 
 
-class _TappedTransport(MemoryTransport):
-    def __init__(self, name: str, tap: MessageTap | None):
-        super().__init__()
-        self._name = name
-        self._tap = tap
-
-    def send(self, frame: bytes) -> None:
-        frames = [frame] if self._tap is None else self._tap(self._name, bytes(frame))
-        for f in frames:
-            super().send(f)
-
-
-class _Abort(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def _tag_events(tags) -> tuple[np.ndarray, np.ndarray, float]:
     """Tag records → (timestamp ticks, channel mask) events, same-tick records OR-merged."""
     names = tuple(tags.channel_names)
@@ -547,10 +529,9 @@ def run_session(tags, alice, *, link: str, store_alice: KeyStore, store_bob: Key
     try:
         _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result, step,
              clock, tap)
-    except (_Abort, ProtocolAbort, AuthenticationError, AuthKeyPoolExhausted,
-            ChannelEmpty) as exc:
+    except (ProtocolAbort, AuthenticationError, AuthKeyPoolExhausted, ChannelEmpty) as exc:
         result.aborted = True
-        result.abort_reason = exc.reason if isinstance(exc, _Abort) else _reason(exc)
+        result.abort_reason = _reason(exc)
         result.final_key_bits = 0
         result.key_ids = []
         result.key_senders = []
@@ -621,8 +602,7 @@ def _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result,
 
     # the classical channel: the link's lasting authentication key at both ends
     pool_a, pool_b = pools
-    ta, tb = _TappedTransport("alice->bob", tap), _TappedTransport("bob->alice", tap)
-    ta.peer, tb.peer = tb, ta
+    ta, tb = MemoryTransport.pair(tap=tap, names=("alice->bob", "bob->alice"))
     ch_a = AuthenticatedChannel(pool_a, ta, max_failures=config.auth_max_failures)
     ch_b = AuthenticatedChannel(pool_b, tb, max_failures=config.auth_max_failures)
     try:
@@ -653,7 +633,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
 
     # 3. slot alignment: Bob discloses a run of detections, Alice answers the shift
     if det.slots.size < config.alignment_sample + 16:
-        raise _Abort(f"only {det.slots.size} detections: too few to align and sift")
+        raise ProtocolAbort(f"only {det.slots.size} detections: too few to align and sift")
     pick = tm.alignment_sample(det.slots, config.alignment_sample)
     ch_b.send("align-sample", det.slots[pick].astype(">i8").tobytes()
               + det.basis[pick].tobytes() + det.bit[pick].tobytes())
@@ -668,7 +648,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
         ch_a.send("align-failed", str(exc).encode())
         with _parsing("align-failed"):
             reason = _recv(ch_b, "align-failed").decode()
-        raise _Abort(reason) from None
+        raise ProtocolAbort(reason) from None
     with _parsing("align-shift"):
         (shift,) = struct.unpack(">q", _recv(ch_b, "align-shift"))
     result.alignment = dataclasses.asdict(align)
@@ -710,9 +690,9 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     result.profile = profile(np.zeros(n_z, bool), False)
     t0 = step("sifting", t0)
     if n_x == 0 or n_z == 0:
-        raise _Abort("no sifted detections in one of the bases")
+        raise ProtocolAbort("no sifted detections in one of the bases")
     if result.qber_x > config.qber_threshold:
-        raise _Abort(f"X-basis QBER {result.qber_x:.4f} exceeds the threshold "
+        raise ProtocolAbort(f"X-basis QBER {result.qber_x:.4f} exceeds the threshold "
                      f"{config.qber_threshold:.4f}")
 
     # 5. Cascade over the channel
@@ -733,7 +713,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     result.profile = profile(flips, True)
     t0 = step("error correction", t0)
     if result.qber_z > config.qber_threshold:
-        raise _Abort(f"Z-basis QBER {result.qber_z:.4f} exceeds the threshold "
+        raise ProtocolAbort(f"Z-basis QBER {result.qber_z:.4f} exceeds the threshold "
                      f"{config.qber_threshold:.4f}")
 
     # 6. verification: Alice sends seed and tag, Bob compares
@@ -749,7 +729,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     result.verification_ok = ok and ok_a
     t0 = step("verification", t0)
     if not result.verification_ok:
-        raise _Abort("verification failed: the corrected keys differ; block discarded")
+        raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
 
     # 7. finite-key length
     params = FiniteKeyParams(intensities=source.config.intensities,
@@ -761,7 +741,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     fk = finite_key_length(stats, ec.leaked_bits, params)
     result.finite_key = fk.as_dict()
     if fk.aborted or fk.length <= 0:
-        raise _Abort(fk.abort_reason or f"finite-key length {fk.length} is not positive")
+        raise ProtocolAbort(fk.abort_reason or f"finite-key length {fk.length} is not positive")
 
     # 8. privacy amplification, refill of the authentication key, storage
     pa_seed = rand.bits("pa", n_z + fk.length - 1)
@@ -792,9 +772,9 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     b_layout = key_layout(b_key, senders, first_share=config.alice_share) if b_key > 0 else []
     if (b_r0, b_r1) != (min(b_need[0], fk.length), min(b_need[1], fk.length - b_r0)) \
             or len(ids_b) != len(b_layout):
-        raise _Abort("the peers disagree on the authentication refill or the key layout")
+        raise ProtocolAbort("the peers disagree on the authentication refill or the key layout")
     if not np.array_equal(key_a, key_b):
-        raise _Abort("final keys differ after privacy amplification")
+        raise ProtocolAbort("final keys differ after privacy amplification")
     t0 = step("privacy amplification", t0)
 
     key_meta = {"pass_id": meta.get("pass") or None, "eps_sec": config.eps_sec,
