@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -357,7 +358,12 @@ def test_timing_period_must_match_source():
 
 def test_alice_file_round_trip(tmp_path, top):
     path = tmp_path / "alice.json"
-    write_alice(path, top)
+    old = os.umask(0o022)
+    try:
+        write_alice(path, top)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600   # her seed gives every bit she sent
     af = read_alice(path)
     assert af.source == top.alice
     assert af.metadata == json.loads(json.dumps(top.metadata()))
