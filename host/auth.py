@@ -310,13 +310,6 @@ class AuthKeyPool:
     target_bits : pair of int, optional
         Pad bits per direction the pool is refilled to after a session
         (:meth:`refill_need`); default: the initial size.
-
-    Attributes
-    ----------
-    consumed_bits : int
-        Pad bits that left this pool object (used or burned), both directions.
-    replenished_bits : int
-        Bits added to this pool object by :meth:`replenish`.
     """
 
     def __init__(self, *, hash_key: int, pads, role: int, tag_bits: int = DEFAULT_TAG_BITS,
@@ -334,9 +327,6 @@ class AuthKeyPool:
             raise ValueError("sequence numbers must be non-negative")
         self.target_bits = tuple(int(x) for x in (
             target_bits if target_bits is not None else (p.size for p in self._pads)))
-        self.consumed_bits = 0
-        self.replenished_bits = 0
-        self.failures = 0
 
     @classmethod
     def from_key(cls, key_bits, *, role: int, tag_bits: int = DEFAULT_TAG_BITS) -> AuthKeyPool:
@@ -410,7 +400,6 @@ class AuthKeyPool:
         self._save(direction, seq + 1, rest)
         self._next[direction] = seq + 1
         self._pads[direction] = rest
-        self.consumed_bits += n
         return n
 
     def replenish(self, bits0, bits1) -> int:
@@ -426,13 +415,11 @@ class AuthKeyPool:
     def _apply_refill(self, refill) -> None:
         self._pads = [np.concatenate([self._pads[0], refill[0]]),
                       np.concatenate([self._pads[1], refill[1]])]
-        self.replenished_bits += int(refill[0].size + refill[1].size)
-
-    def record_failure(self) -> None:
-        """Count one rejected frame."""
-        self.failures += 1
 
     # -- persistence hooks (no-ops in memory) -------------------------------------------------
+
+    def record_failure(self) -> None:
+        """Persist that a frame was rejected (the channel counts its own)."""
 
     def _save(self, direction: int, next_seq: int, pads: np.ndarray) -> None:
         """Persist one direction's new state before it takes effect."""

@@ -1137,11 +1137,9 @@ class StoredAuthKeyPool(AuthKeyPool):
                        added=-(int(sizes[0]) + int(sizes[1])))
         self._version += 1
         self._pads = keep
-        self.replenished_bits -= int(sizes[0]) + int(sizes[1])
 
     def record_failure(self) -> None:
-        """Count one rejected frame in the store too."""
-        super().record_failure()
+        """Count one rejected frame in the store (``auth_status()["failures"]``)."""
         with self.store._write():
             self._bump("failures = failures + 1", ())
         self._version += 1
