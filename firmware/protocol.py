@@ -1,22 +1,48 @@
-"""Host ↔ firmware link protocol: opcodes, register map and framing — defined once, here.
+"""Host ↔ firmware link protocol (version 2): opcodes, register map and framing — defined once.
 
 Both the gateware tops (``mozi.firmware``) and the host's device drivers (``mozi.host.device``)
-import this module, so an opcode, a register address or the CRC can never disagree between the
-two sides.
+import this module, so an opcode, a register address, a register width or the CRC can never
+disagree between the two sides.
 
 Framing
 -------
 Every message, in either direction, is one frame::
 
-    +------+------+--------+-----------+---------------+---------+
-    | 0xA5 | 0x5A | opcode | length    | payload       | CRC-16  |
-    |  1 B |  1 B |   1 B  | 2 B, BE   | ``length`` B  | 2 B, BE |
-    +------+------+--------+-----------+---------------+---------+
+    +------+------+--------+-----+-----------+---------------+---------+
+    | 0xA5 | 0x5A | opcode | seq | length    | payload       | CRC-16  |
+    |  1 B |  1 B |   1 B  | 1 B | 2 B, BE   | ``length`` B  | 2 B, BE |
+    +------+------+--------+-----+-----------+---------------+---------+
 
 The CRC is CRC-16/XMODEM (:data:`CRC`, from the Amaranth CRC catalog, so the gateware's
 ``amaranth.lib.crc.Processor`` and the host compute the very same function) over the opcode,
-length and payload bytes. Multi-byte integers are big-endian (MSB first, like the packed bits of
-DESIGN.md). A payload holds at most :data:`MAX_PAYLOAD` bytes.
+sequence, length and payload bytes. Multi-byte integers are big-endian (MSB first, like the
+packed bits of DESIGN.md). A payload holds at most :data:`MAX_PAYLOAD` bytes, and at most the
+device's ``LINK_MAX_PAYLOAD`` register in either direction (its frame buffers).
+
+Both ends parse the byte stream with the same rules (:class:`Deframer`): outside a frame,
+bytes up to the next ``A5 5A`` are skipped and counted as framing errors; a header whose
+length exceeds the receiver's buffer is a framing error and hunting resumes after it; a frame
+whose CRC does not match is counted and dropped whole.
+
+Error semantics
+---------------
+The device buffers every request frame whole and checks its CRC before it acts, so a frame
+that fails its CRC **has no effect**: the device answers ``ERROR`` ``BAD_FRAME`` (with the
+sequence byte as received) and the host sends the request again. A response carries its
+request's ``seq``. The device keeps its last response: a request with the same ``seq`` and
+CRC as the last one it executed (a retry, or a duplicated frame) is answered from that copy
+and not executed again (``LINK_RETRIES`` counts them); ``seq`` 0 is never treated as a
+duplicate, and a driver starts with it. A request whose ``seq`` is neither 0, the last one's
+nor its successor (1 … 255 cyclically) is a delayed copy of an older request: it is answered
+``ERROR`` ``STALE`` and not executed. ``BAD_FRAME`` and ``STALE`` answers do not replace the
+stored last response. A host that hears nothing for a while sends a *break* before it repeats
+its request: ``LINK_MAX_PAYLOAD + FRAME_OVERHEAD`` bytes of :data:`BREAK_BYTE`, which hold no
+sync byte and complete any frame the device is stuck inside (its tail lost): a header
+completed by them has an oversize length, and a payload completed by them fails its CRC
+(but for the CRC's 2**-16). (Zeros would not do: ``A5 5A`` followed by zeros is a valid frame.)
+So a corrupted, truncated, duplicated, delayed or reordered frame in
+either direction ends in a retry or in a clear error, never in a request executed twice or a
+response taken for another request's.
 
 Messages
 --------
@@ -27,23 +53,43 @@ request                   payload                                response
 ========================  =====================================  ============================
 ``PING``                  anything (echoed)                      ``PONG`` (same payload)
 ``READ_REG``              address u16                            ``REG_VALUE`` address u16,
-                                                                 value u64
-``WRITE_REG``             address u16, value u64                 ``ACK``
-``RANDOM_WORDS``          count u32, 2-bit words packed 4 per    ``ACK``
+                                                                 value (register bytes)
+``WRITE_REG``             address u16, value (register bytes)    ``ACK``
+``RANDOM_WORDS``          count u16, 2-bit words packed 4 per    ``ACK``
                           byte, first word in bits 7..6
 ``TAG_EVENTS``            flags u8 (bit 0: ``last``), then       ``DETECTIONS``: events of
                           :data:`TAG_EVENT_BYTES`-byte events    :data:`DETECTION_BYTES` bytes
 ``LOAD_RECORDS``          first slot u48, count u32, 4-bit       ``ACK``
                           records packed 2 per byte (high
-                          nibble first)
+                          nibble first), repeated
 ``SIFT_REPORTS``          :data:`REPORT_BYTES`-byte reports      ``SIFT_RESULT``: one byte
                                                                  per report
-``TOEPLITZ``              n u32, m u32, packed x (n bits),       ``TOEPLITZ_RESULT``: packed
-                          packed seed (n + m - 1 bits)           y (m bits)
+``TOEPLITZ_START``        n u32, m u32                           ``ACK``
+``TOEPLITZ_DATA``         the next bytes of the job's input      ``ACK``
+                          (see below)
+``TOEPLITZ_READ``         (empty)                                ``TOEPLITZ_RESULT``: the
+                                                                 next bytes of packed y
 ========================  =====================================  ============================
 
-Any request may instead be answered by ``ERROR``: code u8 (:class:`ErrorCode`) followed by a
-UTF-8 message.
+Any request may instead be answered by ``ERROR``: code u8 (:class:`ErrorCode`), optionally
+followed by a UTF-8 message (the gateware sends the code alone). A request answered by
+``ERROR`` other than ``BAD_FRAME`` had no effect either, unless its code says otherwise.
+
+Register values travel in :attr:`Register.nbytes` bytes, big-endian, holding the register's
+``width`` bits (two's complement for a signed register) zero-extended: bits above ``width``
+must be zero (else ``BAD_VALUE``). The ``value`` of the wire is converted in exactly one place,
+:meth:`Register.encode` / :meth:`Register.decode`.
+
+Toeplitz jobs
+-------------
+A job of ``n`` input bits and ``m`` output bits does not fit one frame at the sizes privacy
+amplification uses ((10^6, 10^5) needs 262 kB), so it is streamed: ``TOEPLITZ_START`` fixes
+``n`` and ``m`` (and aborts any job in progress); ``TOEPLITZ_DATA`` frames then carry, split
+anywhere, the byte stream ``packbits(seed) ‖ packbits(x)`` — the seed first, as the hasher
+core consumes it, each MSB-first and zero-padded to whole bytes, as the host holds its bits;
+after the last byte the device hashes, and ``TOEPLITZ_READ`` frames return ``packbits(y)`` in
+order, up to ``LINK_MAX_PAYLOAD`` bytes each. A ``TOEPLITZ_DATA`` beyond the job's bytes, or a
+``TOEPLITZ_READ`` before the job is complete or after its last byte, is ``SEQUENCE``.
 
 Wire records
 ------------
@@ -55,11 +101,18 @@ Wire records
 * sift result: ``match | bit << 1 | intensity << 2``.
 
 The receiver's merge stage holds its latest event across ``TAG_EVENTS`` frames and emits it
-when an event of another slot arrives or a frame with the ``last`` flag ends; the basis decoder
-consumes exactly one random word per emitted event from the ``RANDOM_WORDS`` FIFO. The
-transmitter sifts each ``SIFT_REPORTS`` frame against the records loaded since the previous one,
-then clears its record memory (on the satellite that memory is the pattern generator's own
-record stream; a replay loads only the slots that matter).
+when an event of another slot arrives or a frame with the ``last`` flag ends. The basis decoder
+consumes exactly one random word per merged event (an event with an empty mask consumes its
+word and is dropped, counted in ``RX_DROPPED``, its lost count riding on the next detection).
+A ``TAG_EVENTS`` frame of ``k`` events needs ``k + 1`` words in the FIFO (``RANDOM_UNDERFLOW``
+otherwise, with no effect) and ``(k + 1) * DETECTION_BYTES <= LINK_MAX_PAYLOAD``
+(``TOO_LARGE``). The transmitter sifts each ``SIFT_REPORTS`` frame against the records loaded
+since the previous one, then clears its record memory. Record segments are loaded in
+increasing slot order, none overlapping the one before (``SIFT_ORDER`` otherwise) and none
+running past slot ``2**48`` (``BAD_REQUEST``); records and segments beyond the capacity
+registers are ``TOO_LARGE``; a malformed payload is ``BAD_REQUEST`` before anything else is
+checked. A reported slot outside every loaded segment, or reports not strictly increasing,
+are ``SIFT_ORDER``.
 """
 
 from __future__ import annotations
@@ -74,18 +127,24 @@ from amaranth.lib.crc import catalog
 from mozi.sim.errors import MoziError
 
 __all__ = [
+    "BREAK_BYTE",
     "CRC",
     "DETECTION_BYTES",
     "DEVICE_ID",
+    "DEVICE_MAX_PAYLOAD",
+    "FRAME_OVERHEAD",
     "MAX_PAYLOAD",
+    "MAX_REGISTER_BYTES",
     "PROTOCOL_VERSION",
     "REGISTERS",
     "REPORT_BYTES",
     "SYNC",
     "TAG_EVENT_BYTES",
     "ErrorCode",
+    "Deframer",
     "Frame",
     "FrameError",
+    "LinkCounters",
     "Opcode",
     "Register",
     "crc16",
@@ -106,12 +165,19 @@ __all__ = [
 
 #: Frame start marker.
 SYNC = b"\xa5\x5a"
-#: Largest payload of one frame, in bytes.
+#: Largest payload the frame format can carry, in bytes (a device's buffers hold less:
+#: ``LINK_MAX_PAYLOAD``).
 MAX_PAYLOAD = 0xFFFF
+#: Payload bytes the firmware's frame buffers hold (``LINK_MAX_PAYLOAD``), each direction.
+DEVICE_MAX_PAYLOAD = 4096
 #: Version of this protocol, readable in the ``VERSION`` register.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Value of the ``ID`` register ("MOZI").
 DEVICE_ID = 0x4D4F5A49
+#: Bytes of a frame around its payload: sync, opcode, seq, length, CRC.
+FRAME_OVERHEAD = 8
+#: The byte a break is made of (see "Error semantics").
+BREAK_BYTE = b"\xff"
 
 #: CRC-16/XMODEM over 8-bit words (polynomial 0x1021, init 0, no reflection).
 CRC = catalog.CRC16_XMODEM(8)
@@ -120,7 +186,7 @@ TAG_EVENT_BYTES = 9
 DETECTION_BYTES = 9
 REPORT_BYTES = 7
 
-_HEADER = struct.Struct(">2sBH")
+_HEADER = struct.Struct(">BBH")     # opcode, seq, length (after the sync bytes)
 
 
 def _crc_fast_ok() -> bool:
@@ -161,7 +227,9 @@ class Opcode(enum.Enum, shape=8):
     TAG_EVENTS = 0x11
     LOAD_RECORDS = 0x20
     SIFT_REPORTS = 0x21
-    TOEPLITZ = 0x30
+    TOEPLITZ_START = 0x30
+    TOEPLITZ_DATA = 0x31
+    TOEPLITZ_READ = 0x32
     PONG = 0x81
     REG_VALUE = 0x82
     ACK = 0x83
@@ -179,13 +247,16 @@ class ErrorCode(enum.Enum, shape=8):
     BAD_ADDRESS = 0x03       #: no such register
     READ_ONLY = 0x04         #: write to a read-only register
     BAD_VALUE = 0x05         #: register value out of range (e.g. window outside the period)
-    RANDOM_UNDERFLOW = 0x06  #: the basis decoder ran out of random words
+    RANDOM_UNDERFLOW = 0x06  #: too few random words in the FIFO for the frame's events
     SIFT_ORDER = 0x07        #: reports not strictly increasing, or outside the loaded records
-    TOO_LARGE = 0x08         #: the response would not fit a frame / the core's memory
+    TOO_LARGE = 0x08         #: the request or its response would not fit the device's memory
+    BAD_FRAME = 0x09         #: CRC mismatch or oversize length: the frame had no effect
+    SEQUENCE = 0x0A          #: a Toeplitz frame out of its job's order (no job, or too much)
+    STALE = 0x0B             #: a request whose seq is neither the last one's nor the next
 
 
 class FrameError(MoziError):
-    """A malformed frame: bad sync, oversize length, unknown opcode or CRC mismatch."""
+    """A malformed frame or wire record."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,15 +265,30 @@ class Frame:
 
     Attributes
     ----------
-    opcode : Opcode
+    opcode : int
+        The opcode byte (an :class:`Opcode` value when known; :attr:`op` converts).
     payload : bytes
+    seq : int
+        Sequence byte.
+    crc : int
+        The frame's CRC (identifies a retried request).
     """
 
-    opcode: Opcode
+    opcode: int
     payload: bytes = b""
+    seq: int = 0
+    crc: int = 0
+
+    @property
+    def op(self) -> Opcode | None:
+        """The opcode as :class:`Opcode`, or ``None`` for a byte that is no opcode."""
+        try:
+            return Opcode(self.opcode)
+        except ValueError:
+            return None
 
 
-def encode_frame(opcode: Opcode, payload: bytes = b"") -> bytes:
+def encode_frame(opcode: Opcode, payload: bytes = b"", seq: int = 0) -> bytes:
     """Frame one message.
 
     Parameters
@@ -210,22 +296,108 @@ def encode_frame(opcode: Opcode, payload: bytes = b"") -> bytes:
     opcode : Opcode
     payload : bytes
         At most :data:`MAX_PAYLOAD` bytes.
+    seq : int
+        Sequence byte (a response carries its request's).
 
     Returns
     -------
     bytes
-        ``SYNC, opcode, length, payload, CRC``.
+        ``SYNC, opcode, seq, length, payload, CRC``.
     """
     opcode = Opcode(opcode)
     payload = bytes(payload)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    body = struct.pack(">BH", opcode.value, len(payload)) + payload
+    body = _HEADER.pack(opcode.value, seq & 0xFF, len(payload)) + payload
     return SYNC + body + struct.pack(">H", crc16(body))
 
 
+@dataclasses.dataclass
+class LinkCounters:
+    """What a :class:`Deframer` counted: the link error registers of the device.
+
+    Attributes
+    ----------
+    framing : int
+        Bytes skipped outside a frame, plus headers with an oversize length.
+    crc : int
+        Frames dropped for a CRC mismatch.
+    """
+
+    framing: int = 0
+    crc: int = 0
+
+
+class Deframer:
+    """The byte-stream parser of both ends (the gateware's deframer implements these rules).
+
+    Bytes are fed in any pieces; complete frames come out. Outside a frame the parser hunts
+    for ``A5 5A`` (every other byte counts as a framing error; an ``A5`` that is not followed
+    by ``5A`` is one, and the byte after it is examined afresh). A header whose length exceeds
+    ``max_payload`` is a framing error, reported as a ``BAD_FRAME`` event, and hunting resumes
+    right after it. A frame with a bad CRC is counted, reported as a ``BAD_FRAME`` event, and
+    dropped whole; hunting resumes after its last byte.
+
+    Parameters
+    ----------
+    max_payload : int
+        The receiving buffer's size.
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD):
+        self.max_payload = max_payload
+        self.counters = LinkCounters()
+        self._buf = bytearray()
+
+    def discard(self) -> None:
+        """Forget a partly received frame (the sender stopped in the middle of it); the bytes
+        are counted as framing errors."""
+        self.counters.framing += len(self._buf)
+        self._buf.clear()
+
+    def feed(self, data: bytes) -> list[Frame | int]:
+        """Parse ``data``; return, in order, each good :class:`Frame` and, for each frame that
+        was dropped (bad CRC or oversize length), its sequence byte as received (an int)."""
+        self._buf += data
+        out: list[Frame | int] = []
+        buf = self._buf
+        pos = 0
+        while True:
+            start = buf.find(SYNC, pos)
+            if start < 0:
+                # keep a trailing A5 (it may start a sync); everything else is skipped
+                keep = len(buf) - 1 if buf[-1:] == SYNC[:1] else len(buf)
+                self.counters.framing += max(0, keep - pos)
+                pos = max(pos, keep)
+                break
+            self.counters.framing += start - pos
+            if len(buf) - start < 2 + _HEADER.size:
+                pos = start
+                break
+            op, seq, length = _HEADER.unpack_from(buf, start + 2)
+            if length > self.max_payload:
+                self.counters.framing += 1
+                out.append(seq)
+                pos = start + 2 + _HEADER.size
+                continue
+            end = start + 2 + _HEADER.size + length + 2
+            if len(buf) < end:
+                pos = start
+                break
+            body = bytes(buf[start + 2:end - 2])
+            (crc,) = struct.unpack_from(">H", buf, end - 2)
+            if crc != crc16(body):
+                self.counters.crc += 1
+                out.append(seq)
+            else:
+                out.append(Frame(op, body[_HEADER.size:], seq, crc))
+            pos = end
+        del buf[:pos]
+        return out
+
+
 def decode_frames(buffer: bytes) -> tuple[list[Frame], bytes]:
-    """Split a byte stream into complete frames.
+    """Split a byte stream that must hold nothing but good frames (tests and tools).
 
     Parameters
     ----------
@@ -237,34 +409,19 @@ def decode_frames(buffer: bytes) -> tuple[list[Frame], bytes]:
     frames : list of Frame
         Every complete frame at the start of ``buffer``.
     rest : bytes
-        The bytes of an incomplete trailing frame (to prepend to the next read).
+        The bytes of an incomplete trailing frame.
 
     Raises
     ------
     FrameError
-        Bad sync bytes, unknown opcode or CRC mismatch (the stream cannot be trusted further).
+        Bytes outside a frame, a bad CRC or an oversize length.
     """
-    frames: list[Frame] = []
-    buf = memoryview(bytes(buffer))
-    pos = 0
-    while len(buf) - pos >= _HEADER.size:
-        sync, op, length = _HEADER.unpack_from(buf, pos)
-        if sync != SYNC:
-            raise FrameError(f"bad frame sync {bytes(sync).hex()} at byte {pos}")
-        end = pos + _HEADER.size + length + 2
-        if len(buf) < end:
-            break
-        body = bytes(buf[pos + 2:end - 2])
-        (crc,) = struct.unpack_from(">H", buf, end - 2)
-        if crc != crc16(body):
-            raise FrameError(f"frame CRC mismatch at byte {pos} (opcode 0x{op:02x})")
-        try:
-            opcode = Opcode(op)
-        except ValueError:
-            raise FrameError(f"unknown opcode 0x{op:02x} at byte {pos}") from None
-        frames.append(Frame(opcode, body[3:]))
-        pos = end
-    return frames, bytes(buf[pos:])
+    d = Deframer()
+    items = d.feed(bytes(buffer))
+    if d.counters.framing or d.counters.crc or any(isinstance(f, int) for f in items):
+        raise FrameError(f"malformed link stream ({d.counters.framing} framing errors, "
+                         f"{d.counters.crc} CRC errors)")
+    return [f for f in items if isinstance(f, Frame)], bytes(d._buf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,13 +438,17 @@ class Register:
     address : int
         16-bit register address.
     width : int
-        Width in bits (values travel as u64 on the wire).
+        Width in bits; the value travels in :attr:`nbytes` bytes.
     access : {"ro", "rw"}
     signed : bool
-        Two's-complement value (sign-extended from ``width`` bits).
-    block : {"device", "receiver", "transmitter"}
+        Two's-complement value.
+    block : {"device", "link", "receiver", "transmitter", "hasher"}
         Which part of the firmware implements it.
     doc : str
+    port : str or None
+        The gateware port the register drives or reads (a dotted path from the role top);
+        its width equals :attr:`width` (checked by a test). ``None`` for a constant or a
+        counter of the top's own.
     """
 
     name: str
@@ -297,25 +458,41 @@ class Register:
     signed: bool
     block: str
     doc: str
+    port: str | None = None
 
-    def encode(self, value: int) -> int:
-        """Value → the unsigned u64 that travels on the wire (range-checked)."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the value on the wire."""
+        return (self.width + 7) // 8
+
+    def encode(self, value: int) -> bytes:
+        """Value → its wire bytes (range-checked)."""
         lo, hi = (-(1 << (self.width - 1)), 1 << (self.width - 1)) if self.signed else \
             (0, 1 << self.width)
         if not lo <= value < hi:
             raise ValueError(f"{self.name} value {value} does not fit {self.width} bits")
-        return value & ((1 << 64) - 1)
+        return (value & ((1 << self.width) - 1)).to_bytes(self.nbytes, "big")
 
-    def decode(self, raw: int) -> int:
-        """Wire u64 → the register value (sign-extended when signed)."""
-        raw &= (1 << self.width) - 1
-        if self.signed and raw >> (self.width - 1):
-            raw -= 1 << self.width
-        return raw
+    def decode(self, raw: bytes) -> int:
+        """Wire bytes → the register value.
+
+        Raises
+        ------
+        ValueError
+            Wrong length, or bits set above :attr:`width`.
+        """
+        if len(raw) != self.nbytes:
+            raise ValueError(f"{self.name} value needs {self.nbytes} bytes, not {len(raw)}")
+        v = int.from_bytes(raw, "big")
+        if v >> self.width:
+            raise ValueError(f"{self.name} is {self.width} bits wide")
+        if self.signed and v >> (self.width - 1):
+            v -= 1 << self.width
+        return v
 
 
-def _r(name, address, width, access, block, doc, signed=False):
-    return Register(name, address, width, access, signed, block, doc)
+def _r(name, address, width, access, block, doc, *, signed=False, port=None):
+    return Register(name, address, width, access, signed, block, doc, port)
 
 
 #: The register map, by name.
@@ -325,41 +502,78 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
     _r("ROLE", 0x0002, 8, "ro", "device",
        "Implemented blocks: bit 0 receiver, bit 1 transmitter, bit 2 Toeplitz hasher."),
     _r("CTRL", 0x0003, 8, "rw", "device",
-       "Write 1 to bit 0: clear counters, merge state, random FIFO and record memory, and "
-       "set SA_PERIOD to one tick, SA_OFFSET to 0 and the window to the whole slot."),
+       "Write 1 to bit 0: clear the counters, merge state, random FIFO, record memory and "
+       "Toeplitz job, and set SA_PERIOD to one tick, SA_OFFSET to 0 and the window to the "
+       "whole slot (the link's registers are left alone). Reads 0."),
+    _r("LINK_MAX_PAYLOAD", 0x0010, 16, "ro", "link",
+       "Payload bytes the device's frame buffers hold (requests and responses)."),
+    _r("LINK_CRC_ERRORS", 0x0011, 32, "ro", "link",
+       "Request frames dropped for a CRC mismatch (saturating)."),
+    _r("LINK_FRAMING_ERRORS", 0x0012, 32, "ro", "link",
+       "Bytes skipped outside a frame plus headers with an oversize length (saturating)."),
+    _r("LINK_RETRIES", 0x0013, 32, "ro", "link",
+       "Requests answered again from the last response (same seq and CRC; saturating)."),
+    _r("LINK_OVERFLOWS", 0x0014, 32, "ro", "link",
+       "Bytes lost because the receive FIFO of the UART was full (saturating)."),
+    _r("UART_DIVISOR", 0x0015, 16, "rw", "link",
+       "Clocks per bit of the UART (the baud rate is the clock over this; >= 4). A new value "
+       "takes effect once the ACK of its write has been sent.",
+       port="link.divisor"),
     _r("SA_FRAC_BITS", 0x0100, 8, "ro", "receiver",
        "Fractional bits of the SlotAssigner's fixed-point registers (elaboration parameter)."),
     _r("SA_PERIOD", 0x0101, 32, "rw", "receiver",
-       "Slot period in 2**-frac_bits ticks (> 0); SlotAssigner period_width = 32."),
-    _r("SA_OFFSET", 0x0102, 64, "rw", "receiver",
-       "Start of slot 0 in 2**-frac_bits ticks (signed).", signed=True),
+       "Slot period in 2**-frac_bits ticks (> 0).", port="cores.assigner.period"),
+    _r("SA_OFFSET", 0x0102, 65, "rw", "receiver",
+       "Start of slot 0 in 2**-frac_bits ticks (signed, timestamp + frac + 1 bits).",
+       signed=True, port="cores.assigner.offset"),
     _r("SA_WINDOW_START", 0x0103, 32, "rw", "receiver",
-       "Acceptance window start, relative to the slot start (2**-frac_bits ticks)."),
+       "Acceptance window start, relative to the slot start (2**-frac_bits ticks).",
+       port="cores.assigner.window_start"),
     _r("SA_WINDOW_END", 0x0104, 32, "rw", "receiver",
-       "Acceptance window end (exclusive); 0 <= start < end <= period."),
-    _r("RX_EVENTS", 0x0110, 64, "ro", "receiver", "Tag events received."),
-    _r("RX_REJECTED", 0x0111, 64, "ro", "receiver",
-       "Tag events outside the acceptance window (or before slot 0), dropped."),
-    _r("RX_LOST", 0x0112, 64, "ro", "receiver",
-       "Events lost upstream, summed from the in-band lost counts."),
-    _r("RX_DETECTIONS", 0x0113, 64, "ro", "receiver", "Detections emitted (after merging)."),
-    _r("RX_MULTI", 0x0114, 64, "ro", "receiver", "Detections with more than one click."),
-    _r("RX_RANDOM_LEVEL", 0x0115, 32, "ro", "receiver", "Random words waiting in the FIFO."),
-    _r("RX_RANDOM_CAPACITY", 0x0116, 32, "ro", "receiver",
+       "Acceptance window end (exclusive); 0 <= start < end <= period.",
+       port="cores.assigner.window_end"),
+    _r("TT_DEAD_TIME", 0x0105, 16, "rw", "receiver",
+       "TimeTagger dead time per channel, in ticks.", port="cores.tagger.dead_time"),
+    _r("TT_PHASES", 0x0106, 8, "ro", "receiver",
+       "TimeTagger samples per clock and detector (elaboration parameter)."),
+    _r("RX_EVENTS", 0x0110, 32, "ro", "receiver", "Tag events received (saturating)."),
+    _r("RX_REJECTED", 0x0111, 32, "ro", "receiver",
+       "Tag events outside the acceptance window (or before slot 0), dropped.",
+       port="cores.assigner.rejected_count"),
+    _r("RX_LOST", 0x0112, 32, "ro", "receiver",
+       "Events lost upstream, summed from the in-band lost counts (saturating)."),
+    _r("RX_DETECTIONS", 0x0113, 32, "ro", "receiver",
+       "Detections emitted (after merging; saturating)."),
+    _r("RX_MULTI", 0x0114, 32, "ro", "receiver",
+       "Detections with more than one click (saturating)."),
+    _r("RX_RANDOM_LEVEL", 0x0115, 13, "ro", "receiver", "Random words waiting in the FIFO.",
+       port="random_fifo.level"),
+    _r("RX_RANDOM_CAPACITY", 0x0116, 13, "ro", "receiver",
        "Depth of the random-word FIFO: RANDOM_WORDS beyond it is TOO_LARGE, and a TAG_EVENTS "
        "frame may carry at most this minus one events (each may need a word)."),
-    _r("TX_RECORDS", 0x0200, 64, "ro", "transmitter", "Alice records loaded."),
-    _r("TX_REPORTS", 0x0201, 64, "ro", "transmitter", "Bob reports sifted."),
-    _r("TX_MATCHES", 0x0202, 64, "ro", "transmitter", "Reports whose basis matched Alice's."),
+    _r("RX_DROPPED", 0x0117, 32, "ro", "receiver",
+       "Merged events with an empty mask, dropped by the basis decoder.",
+       port="cores.decoder.dropped"),
+    _r("RX_TAGGER_LOST", 0x0118, 32, "ro", "receiver",
+       "Events the TimeTagger dropped because its output was backed up.",
+       port="cores.tagger.lost_count"),
+    _r("TX_RECORDS", 0x0200, 32, "ro", "transmitter", "Alice records loaded (saturating)."),
+    _r("TX_REPORTS", 0x0201, 32, "ro", "transmitter", "Bob reports sifted (saturating)."),
+    _r("TX_MATCHES", 0x0202, 32, "ro", "transmitter",
+       "Reports whose basis matched Alice's (saturating)."),
     _r("TX_RECORD_CAPACITY", 0x0203, 32, "ro", "transmitter",
        "Records the sifter's record memory holds between two SIFT_REPORTS."),
-    _r("TH_MAX_BITS", 0x0300, 32, "ro", "device",
-       "Largest n + m - 1 the Toeplitz hasher accepts in one TOEPLITZ request."),
+    _r("TX_SEGMENT_CAPACITY", 0x0204, 32, "ro", "transmitter",
+       "Record segments (LOAD_RECORDS runs) it holds between two SIFT_REPORTS."),
+    _r("TH_MAX_BITS", 0x0300, 32, "ro", "hasher",
+       "Largest n + m - 1 the Toeplitz hasher accepts in one job."),
 ]}
 
 _BY_ADDRESS = {r.address: r for r in REGISTERS.values()}
 if len(_BY_ADDRESS) != len(REGISTERS):
     raise AssertionError("duplicate register address")
+#: Widest register value on the wire, in bytes.
+MAX_REGISTER_BYTES = max(r.nbytes for r in REGISTERS.values())
 
 
 def register(key: str | int) -> Register:

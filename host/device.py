@@ -4,10 +4,18 @@ The host never calls the golden models directly: it talks to *a device* by excha
 frames of :mod:`mozi.firmware.protocol` through a :class:`Transport`. Three backends give the
 transport (DESIGN.md, Glasgow's applet/transport split):
 
-* ``model`` — :class:`ModelTransport`, an in-process emulation of the firmware that parses the
-  frames and executes them with :mod:`mozi.sim.model` (this module);
-* ``rtl`` — the firmware top in Verilator, reached through the same bytes (a later issue);
-* ``serial:PORT`` — a real board (a later issue).
+* ``model`` — :class:`mozi.host.model_device.ModelTransport`, an in-process emulation of the
+  firmware that parses the frames and executes them with :mod:`mozi.sim.model`;
+* ``rtl`` — :class:`mozi.host.rtl_device.RtlTransport`, the firmware's role top under
+  Verilator, reached through the same bytes;
+* ``serial:PORT`` — :class:`mozi.host.serial_device.SerialTransport`, a board's UART.
+
+Every request goes out with a sequence byte and is sent again (same bytes) when its response
+does not arrive, arrives corrupted, or the device reports the request frame corrupted
+(``BAD_FRAME``); the device answers a repeated request from its copy of the last response, so
+a retry never executes a request twice (see :mod:`mozi.firmware.protocol`). After a silence
+the driver first sends a *break* (see :data:`mozi.firmware.protocol.BREAK_BYTE`), which
+completes (and so fails) a frame whose tail was lost on the way.
 
 On top of a transport, drivers speak in blocks of events, never one round trip per event:
 
@@ -28,38 +36,37 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from mozi.firmware import protocol as proto
-from mozi.firmware.protocol import ErrorCode, Frame, FrameError, Opcode
+from mozi.firmware.protocol import ErrorCode, Frame, Opcode
 from mozi.host.randomness import ByteStream
-from mozi.sim import model
 from mozi.sim.errors import MoziError
 
 __all__ = [
     "DEVICE_SPECS",
+    "ROLE_HASHER",
+    "ROLE_RECEIVER",
+    "ROLE_TRANSMITTER",
+    "ROLES",
     "DeviceError",
     "DeviceUnavailable",
     "Detections",
     "HasherDriver",
-    "ModelTransport",
     "RandomWordSource",
     "ReceiverDriver",
     "SiftOutcome",
     "SlotBlock",
     "Transport",
     "TransmitterDriver",
+    "check_device",
     "open_device",
 ]
 
 #: Device specifications understood by :func:`open_device`.
 DEVICE_SPECS = ("model", "rtl", "serial:PORT")
 
-#: Tag events per ``TAG_EVENTS`` frame (the DETECTIONS answer, one more event, must fit too).
-MAX_EVENTS_PER_FRAME = 7000
-#: Reports per ``SIFT_REPORTS`` frame.
-MAX_REPORTS_PER_FRAME = (proto.MAX_PAYLOAD // proto.REPORT_BYTES) - 1
-
-_ROLE_RECEIVER = 1
-_ROLE_TRANSMITTER = 2
-_ROLE_HASHER = 4
+#: ``ROLE`` register bits.
+ROLE_RECEIVER = 1
+ROLE_TRANSMITTER = 2
+ROLE_HASHER = 4
 
 
 class DeviceError(MoziError):
@@ -81,8 +88,7 @@ class DeviceUnavailable(MoziError):
 class Transport(abc.ABC):
     """A byte pipe to a device (the link protocol's physical layer).
 
-    Implementations: :class:`ModelTransport` (in-process), later a Verilator co-simulation and
-    a serial port.
+    Implementations: the model (in-process), the Verilator co-simulation and a serial port.
     """
 
     @abc.abstractmethod
@@ -94,6 +100,9 @@ class Transport(abc.ABC):
         """Return the bytes received since the last call (``b""`` if none arrived in time)."""
 
     closed = False
+    #: Empty reads after which a driver sends its request again (each read waits for the
+    #: transport's own timeout, if any).
+    idle_reads = 1000
 
     def close(self) -> None:
         """Release the transport; later writes fail with :class:`DeviceError`."""
@@ -106,362 +115,53 @@ class Transport(abc.ABC):
         self.close()
 
 
-class ModelTransport(Transport):
-    """In-process emulation of the firmware, executing frames with the golden models.
+#: Roles a device can be opened for, with their ``ROLE`` bits.
+ROLES = {"receiver": ROLE_RECEIVER, "transmitter": ROLE_TRANSMITTER}
 
-    It implements the receiver (slot assignment, merge, basis decoding), the transmitter
-    (Alice's sifter) and the Toeplitz hasher, with the registers of
-    :data:`mozi.firmware.protocol.REGISTERS`.
 
-    Parameters
-    ----------
-    frac_bits : int
-        Fractional bits of the SlotAssigner's fixed-point registers.
-    slot_width : int
-        Width of the slot counter.
-    record_capacity : int
-        Alice records the sifter holds between two ``SIFT_REPORTS`` frames.
-    random_capacity : int
-        Depth of the basis decoder's random-word FIFO.
-    toeplitz_max_bits : int
-        Largest ``n + m - 1`` accepted by ``TOEPLITZ``.
-    role : int
-        ``ROLE`` register value: bit 0 receiver, bit 1 transmitter, bit 2 hasher.
+def _parse(spec: str, role: str | None) -> str:
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if spec in ("model", "rtl") or (spec.startswith("serial:") and spec != "serial:"):
+        return spec.partition(":")[0]
+    raise DeviceUnavailable(f"unknown device {spec!r}; expected one of {', '.join(DEVICE_SPECS)}")
+
+
+def check_device(spec: str, role: str | None = None) -> None:
+    """Fail early, without opening it, when a device cannot be opened.
+
+    Raises
+    ------
+    DeviceUnavailable
+        Unknown spec, no Verilator for ``rtl``, or no such serial port.
     """
-
-    def __init__(self, *, frac_bits: int = 16, slot_width: int = 48,
-                 record_capacity: int = 1 << 16, random_capacity: int = 1 << 14,
-                 toeplitz_max_bits: int = 1 << 18,
-                 role: int = _ROLE_RECEIVER | _ROLE_TRANSMITTER | _ROLE_HASHER):
-        if not 0 <= frac_bits <= 24:
-            raise ValueError(f"frac_bits must be in 0..24, not {frac_bits!r}")
-        self.frac_bits = frac_bits
-        self.slot_width = slot_width
-        self.record_capacity = record_capacity
-        if random_capacity < 2:
-            raise ValueError(f"random_capacity must be at least 2, not {random_capacity!r}")
-        self.random_capacity = random_capacity
-        self.toeplitz_max_bits = toeplitz_max_bits
-        self.role = role
-        self._in = b""
-        self._out = bytearray()
-        self._reset()
-
-    # ---- state --------------------------------------------------------------------------
-
-    def _reset(self) -> None:
-        one = 1 << self.frac_bits
-        self._period = one
-        self._offset = 0
-        self._window = (0, one)
-        self._counters = dict.fromkeys(
-            ["RX_EVENTS", "RX_REJECTED", "RX_LOST", "RX_DETECTIONS", "RX_MULTI",
-             "TX_RECORDS", "TX_REPORTS", "TX_MATCHES"], 0)
-        self._held: tuple[int, int, int] | None = None   # (slot, mask, lost) awaiting merge
-        self._carry_lost = 0
-        self._random = np.zeros(0, np.uint8)
-        self._segments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._loaded = 0
-
-    # ---- Transport ----------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """Feed bytes to the emulated firmware; complete frames execute immediately."""
-        if self.closed:
-            raise DeviceError("the model device is closed")
-        self._in += bytes(data)
+    kind = _parse(spec, role)
+    if kind == "rtl":
+        from mozi.sim.cocotb_runner import verilator_path
         try:
-            frames, self._in = proto.decode_frames(self._in)
-        except FrameError as exc:
-            # like the gateware: drop the receive buffer and report, then resynchronise
-            self._in = b""
-            self._out += _error(ErrorCode.BAD_REQUEST, str(exc))
-            return
-        for frame in frames:
-            self._out += self._execute(frame)
-
-    def read(self) -> bytes:
-        """Everything the emulated firmware has answered so far."""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    # ---- firmware -----------------------------------------------------------------------
-
-    def _execute(self, frame: Frame) -> bytes:
-        handler = {
-            Opcode.PING: self._ping,
-            Opcode.READ_REG: self._read_reg,
-            Opcode.WRITE_REG: self._write_reg,
-            Opcode.RANDOM_WORDS: self._random_words,
-            Opcode.TAG_EVENTS: self._tag_events,
-            Opcode.LOAD_RECORDS: self._load_records,
-            Opcode.SIFT_REPORTS: self._sift_reports,
-            Opcode.TOEPLITZ: self._toeplitz,
-        }.get(frame.opcode)
-        needs = {Opcode.RANDOM_WORDS: _ROLE_RECEIVER, Opcode.TAG_EVENTS: _ROLE_RECEIVER,
-                 Opcode.LOAD_RECORDS: _ROLE_TRANSMITTER, Opcode.SIFT_REPORTS: _ROLE_TRANSMITTER,
-                 Opcode.TOEPLITZ: _ROLE_HASHER}.get(frame.opcode, 0)
-        if handler is None or (needs and not self.role & needs):
-            return _error(ErrorCode.UNKNOWN_OPCODE, f"{frame.opcode.name} is not served here")
-        try:
-            return handler(frame.payload)
-        except _Fail as exc:
-            return _error(exc.code, exc.message)
-        except (FrameError, ValueError, struct.error) as exc:
-            return _error(ErrorCode.BAD_REQUEST, f"{frame.opcode.name}: {exc}")
-
-    def _ping(self, payload: bytes) -> bytes:
-        return proto.encode_frame(Opcode.PONG, payload)
-
-    def _register_value(self, name: str) -> int:
-        fixed = {"ID": proto.DEVICE_ID, "VERSION": proto.PROTOCOL_VERSION, "ROLE": self.role,
-                 "CTRL": 0, "SA_FRAC_BITS": self.frac_bits, "SA_PERIOD": self._period,
-                 "SA_OFFSET": self._offset, "SA_WINDOW_START": self._window[0],
-                 "SA_WINDOW_END": self._window[1], "RX_RANDOM_LEVEL": int(self._random.size),
-                 "RX_RANDOM_CAPACITY": self.random_capacity,
-                 "TX_RECORD_CAPACITY": self.record_capacity,
-                 "TH_MAX_BITS": self.toeplitz_max_bits}
-        return fixed[name] if name in fixed else self._counters[name]
-
-    def _read_reg(self, payload: bytes) -> bytes:
-        (address,) = struct.unpack(">H", payload)
-        try:
-            reg = proto.register(address)
-        except KeyError:
-            raise _Fail(ErrorCode.BAD_ADDRESS, f"no register at 0x{address:04x}") from None
-        value = reg.encode(self._register_value(reg.name))
-        return proto.encode_frame(Opcode.REG_VALUE, struct.pack(">HQ", address, value))
-
-    def _write_reg(self, payload: bytes) -> bytes:
-        address, raw = struct.unpack(">HQ", payload)
-        try:
-            reg = proto.register(address)
-        except KeyError:
-            raise _Fail(ErrorCode.BAD_ADDRESS, f"no register at 0x{address:04x}") from None
-        if reg.access != "rw":
-            raise _Fail(ErrorCode.READ_ONLY, f"{reg.name} is read-only")
-        value = reg.decode(raw)
-        if reg.encode(value) != raw:
-            raise _Fail(ErrorCode.BAD_VALUE, f"{reg.name} is {reg.width} bits wide")
-        if reg.name == "CTRL":
-            if value & 1:
-                self._reset()
-        elif reg.name == "SA_PERIOD":
-            if value <= 0 or self._window[1] > value:
-                raise _Fail(ErrorCode.BAD_VALUE, "SA_PERIOD must be > 0 and >= SA_WINDOW_END")
-            self._period = value
-        elif reg.name == "SA_OFFSET":
-            self._offset = value
-        elif reg.name == "SA_WINDOW_START":
-            if not 0 <= value < self._window[1]:
-                raise _Fail(ErrorCode.BAD_VALUE, "SA_WINDOW_START must be < SA_WINDOW_END")
-            self._window = (value, self._window[1])
-        elif reg.name == "SA_WINDOW_END":
-            if not self._window[0] < value <= self._period:
-                raise _Fail(ErrorCode.BAD_VALUE,
-                            "SA_WINDOW_END must lie in (SA_WINDOW_START, SA_PERIOD]")
-            self._window = (self._window[0], value)
-        return proto.encode_frame(Opcode.ACK)
-
-    def _random_words(self, payload: bytes) -> bytes:
-        (count,) = struct.unpack_from(">I", payload)
-        words = proto.unpack_words2(payload[4:], count)
-        if len(payload) - 4 != (count + 3) // 4:
-            raise _Fail(ErrorCode.BAD_REQUEST, "RANDOM_WORDS length does not match its count")
-        if self._random.size + count > self.random_capacity:
-            raise _Fail(ErrorCode.TOO_LARGE,
-                        f"random FIFO holds {self.random_capacity} words")
-        self._random = np.concatenate([self._random, words])
-        return proto.encode_frame(Opcode.ACK)
-
-    def _tag_events(self, payload: bytes) -> bytes:
-        if not payload:
-            raise _Fail(ErrorCode.BAD_REQUEST, "TAG_EVENTS needs a flags byte")
-        if payload[0] & 0xFE:
-            raise _Fail(ErrorCode.BAD_REQUEST, "TAG_EVENTS flags: reserved bits set")
-        last = bool(payload[0] & 1)
-        ts, masks, lost = proto.decode_tag_events(payload[1:])
-        slots, in_window = model.assign_slots(
-            ts, period=self._period, offset=self._offset, window_start=self._window[0],
-            window_end=self._window[1], frac_bits=self.frac_bits, slot_width=self.slot_width)
-        # lost counts of dropped events ride on the next kept event (saturating at u16)
-        keep = np.flatnonzero(in_window)
-        cum = np.concatenate([[0], np.cumsum(lost, dtype=np.int64)])
-        ends = keep + 1
-        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-        k_lost = cum[ends] - cum[starts]
-        if k_lost.size:
-            k_lost[0] += self._carry_lost
-        carry = int(cum[-1] - (cum[ends[-1]] if ends.size else 0)) + \
-            (0 if keep.size else self._carry_lost)
-        k_slots = slots[keep]
-        k_masks = masks[keep]
-        if self._held is not None:
-            k_slots = np.concatenate([np.array([self._held[0]], np.uint64), k_slots])
-            k_masks = np.concatenate([np.array([self._held[1]], np.uint8), k_masks])
-            k_lost = np.concatenate([[self._held[2]], k_lost])
-        m_slots, m_masks = model.merge_slot_events(k_slots, k_masks, np.ones(k_slots.size, bool))
-        if k_slots.size:
-            first = np.flatnonzero(np.concatenate([[True], k_slots[1:] != k_slots[:-1]]))
-            m_lost = np.add.reduceat(k_lost, first) if first.size else k_lost[:0]
-        else:
-            m_lost = np.zeros(0, np.int64)
-        held = None
-        if not last and m_slots.size:
-            held = (int(m_slots[-1]), int(m_masks[-1]), int(m_lost[-1]))
-            m_slots, m_masks, m_lost = m_slots[:-1], m_masks[:-1], m_lost[:-1]
-        n = m_slots.size
-        if n > self._random.size:
-            raise _Fail(ErrorCode.RANDOM_UNDERFLOW,
-                        f"{n} detections need random words, {self._random.size} in the FIFO")
-        if n > MAX_EVENTS_PER_FRAME + 1:
-            raise _Fail(ErrorCode.TOO_LARGE, "too many detections for one DETECTIONS frame")
-        words, self._random = self._random[:n], self._random[n:]
-        _valid, basis, bit, multi = model.decode_basis(m_masks, words)
-        # commit
-        self._held = held
-        self._carry_lost = carry
-        c = self._counters
-        c["RX_EVENTS"] += int(ts.size)
-        c["RX_REJECTED"] += int(ts.size - keep.size)
-        c["RX_LOST"] += int(cum[-1])
-        c["RX_DETECTIONS"] += int(n)
-        c["RX_MULTI"] += int(multi.sum())
-        return proto.encode_frame(Opcode.DETECTIONS, proto.encode_detections(
-            m_slots, basis, bit, multi, np.minimum(m_lost, 0xFFFF)))
-
-    def _load_records(self, payload: bytes) -> bytes:
-        heads = _segment_heads(payload)  # (first slot, count, byte position of the nibbles)
-        total = int(heads[:, 1].sum())
-        if self._loaded + total > self.record_capacity:
-            raise _Fail(ErrorCode.TOO_LARGE,
-                        f"record memory holds {self.record_capacity} records")
-        if len(heads):
-            h = np.asarray(heads, np.int64)
-            nib = proto.unpack_nibbles(payload, 2 * len(payload))
-            rec_start = np.repeat(2 * h[:, 2], h[:, 1])
-            within = np.arange(total) - np.repeat(np.cumsum(h[:, 1]) - h[:, 1], h[:, 1])
-            self._segments.append((h[:, 0], h[:, 1], nib[rec_start + within]))
-        self._loaded += total
-        self._counters["TX_RECORDS"] += total
-        return proto.encode_frame(Opcode.ACK)
-
-    def _sift_reports(self, payload: bytes) -> bytes:
-        slots, basis = proto.decode_reports(payload)
-        segs = self._segments
-        self._segments, self._loaded = [], 0
-        if not segs:
-            if slots.size:
-                raise _Fail(ErrorCode.SIFT_ORDER, "no records loaded for the reports")
-            return proto.encode_frame(Opcode.SIFT_RESULT)
-        firsts = np.concatenate([f for f, _, _ in segs])
-        counts = np.concatenate([c for _, c, _ in segs])
-        records = np.concatenate([r for _, _, r in segs])
-        base = np.cumsum(counts) - counts
-        order = np.argsort(firsts, kind="stable")
-        firsts, counts, base = firsts[order], counts[order], base[order]
-        if np.any(firsts[1:] < firsts[:-1] + counts[:-1]):
-            raise _Fail(ErrorCode.SIFT_ORDER, "loaded record segments overlap")
-        s = slots.astype(np.int64)
-        g = np.searchsorted(firsts, s, side="right") - 1
-        gc = np.maximum(g, 0)
-        inside = (g >= 0) & (s < firsts[gc] + counts[gc])
-        if not np.all(inside):
-            raise _Fail(ErrorCode.SIFT_ORDER, "a reported slot lies outside the loaded records")
-        # the sifter's merge-join runs over the record stream in slot order
-        if np.any(np.diff(order) != 1):
-            stream = np.concatenate([records[b:b + c] for b, c in zip(base, counts, strict=True)])
-            base = np.cumsum(counts) - counts
-        else:
-            stream = records
-        index = base[g] + s - firsts[g]
-        try:
-            match, bit, intensity = model.sift_alice(stream, index, basis, first_slot=0)
-        except ValueError as exc:
-            raise _Fail(ErrorCode.SIFT_ORDER, str(exc)) from None
-        self._counters["TX_REPORTS"] += int(slots.size)
-        self._counters["TX_MATCHES"] += int(match.sum())
-        out = match.astype(np.uint8) | (bit << 1) | (intensity << 2)
-        return proto.encode_frame(Opcode.SIFT_RESULT, out.astype(np.uint8).tobytes())
-
-    def _toeplitz(self, payload: bytes) -> bytes:
-        n, m = struct.unpack_from(">II", payload)
-        if n < 1 or m < 1 or n + m - 1 > self.toeplitz_max_bits:
-            raise _Fail(ErrorCode.TOO_LARGE if n and m else ErrorCode.BAD_REQUEST,
-                        f"Toeplitz n={n}, m={m} outside 1 <= n + m - 1 <= "
-                        f"{self.toeplitz_max_bits}")
-        nx, ns = (n + 7) // 8, (n + m - 1 + 7) // 8
-        if len(payload) != 8 + nx + ns:
-            raise _Fail(ErrorCode.BAD_REQUEST, "TOEPLITZ length does not match n and m")
-        raw = np.frombuffer(payload, np.uint8)
-        x = np.unpackbits(raw[8:8 + nx])[:n]
-        s = np.unpackbits(raw[8 + nx:])[:n + m - 1]
-        y = model.toeplitz_hash(x, s, m)
-        return proto.encode_frame(Opcode.TOEPLITZ_RESULT, np.packbits(y).tobytes())
+            verilator_path()
+        except RuntimeError as exc:
+            raise DeviceUnavailable(f"device 'rtl': {exc}") from None
+    elif kind == "serial":
+        import os
+        port = spec.removeprefix("serial:")
+        if not os.path.exists(port):
+            raise DeviceUnavailable(f"device {spec!r}: no serial port {port}")
 
 
-_U48_U32 = struct.Struct(">6sI")
-
-
-def _segment_heads(payload: bytes) -> np.ndarray:
-    """Parse a ``LOAD_RECORDS`` payload into rows ``(first, count, nibble position)``.
-
-    Segments are variable-length, so their starts form a chain ``p → p + 10 + ⌈count/2⌉``
-    from byte 0; the chain is followed by pointer doubling (vectorised) rather than a Python
-    loop over segments. A payload whose chain does not end exactly at its last byte, or with
-    an empty segment, is malformed.
-    """
-    size = len(payload)
-    if size == 0:
-        return np.zeros((0, 3), np.int64)
-    if size < _U48_U32.size + 1:
-        raise _Fail(ErrorCode.BAD_REQUEST, "truncated record segment")
-    b = np.frombuffer(payload, np.uint8).astype(np.int64)
-    bad, end = size + 1, size
-    pos = np.arange(size - _U48_U32.size + 1)
-    cnt = (b[pos + 6] << 24) | (b[pos + 7] << 16) | (b[pos + 8] << 8) | b[pos + 9]
-    nxt = pos + _U48_U32.size + (cnt + 1) // 2
-    nxt = np.where((nxt > size) | (cnt == 0), bad, nxt)
-    jump = np.full(size + 2, bad, np.int64)             # header starts near the end: bad
-    jump[pos] = nxt
-    jump[end] = end
-    mark = np.zeros(size + 2, bool)
-    mark[0] = True
-    for _ in range(max(1, size.bit_length())):
-        mark[jump[mark]] = True                          # nodes within 2**(k+1) steps
-        jump = jump[jump]
-    nodes = np.flatnonzero(mark)
-    if nodes[-1] != end:
-        raise _Fail(ErrorCode.BAD_REQUEST, "truncated or empty record segment")
-    starts = nodes[:-1]
-    first = np.zeros(starts.size, np.int64)
-    for k in range(6):
-        first = (first << 8) | b[starts + k]
-    return np.stack([first, cnt[starts], starts + _U48_U32.size], axis=1)
-
-
-class _Fail(Exception):
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _error(code: ErrorCode, message: str) -> bytes:
-    return proto.encode_frame(Opcode.ERROR, bytes([code.value]) + message.encode()[:1000])
-
-
-def open_device(spec: str, **options) -> Transport:
+def open_device(spec: str, *, role: str | None = None, **options) -> Transport:
     """Open a device by specification.
 
     Parameters
     ----------
     spec : str
-        ``"model"`` (the golden models in-process), ``"rtl"`` (Verilator co-simulation) or
-        ``"serial:PORT"`` (a board).
+        ``"model"`` (the golden models in-process), ``"rtl"`` (the role top under Verilator)
+        or ``"serial:PORT"`` (a board, or a co-simulation served on a pseudo-terminal).
+    role : {"receiver", "transmitter"}, optional
+        What the device is opened for: the ``model`` implements just that role (every role
+        when omitted); ``rtl`` simulates that role top (the receiver when omitted).
     **options
-        Passed to the backend (``ModelTransport`` keyword arguments for ``"model"``).
+        Passed to the backend's transport.
 
     Returns
     -------
@@ -470,18 +170,19 @@ def open_device(spec: str, **options) -> Transport:
     Raises
     ------
     DeviceUnavailable
-        The backend is not available in this build, or the spec is not understood.
+        The backend is not available, or the spec is not understood.
     """
-    if spec == "model":
+    kind = _parse(spec, role)
+    if kind == "model":
+        from mozi.host.model_device import ModelTransport
+        if role is not None:
+            options.setdefault("role", ROLES[role])
         return ModelTransport(**options)
-    if spec == "rtl":
-        raise DeviceUnavailable("device 'rtl' (firmware top under Verilator) is not available "
-                                "yet; use --device model")
-    if spec.startswith("serial:"):
-        port = spec.removeprefix("serial:")
-        raise DeviceUnavailable(f"device 'serial:{port}' (a board) is not supported yet; "
-                                "use --device model")
-    raise DeviceUnavailable(f"unknown device {spec!r}; expected one of {', '.join(DEVICE_SPECS)}")
+    if kind == "rtl":
+        from mozi.host.rtl_device import RtlTransport
+        return RtlTransport(role=role or "receiver", **options)
+    from mozi.host.serial_device import SerialTransport
+    return SerialTransport(spec.removeprefix("serial:"), **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,16 +190,22 @@ def open_device(spec: str, **options) -> Transport:
 # --------------------------------------------------------------------------------------------
 
 class _Driver:
-    """Request/response over a transport, with register access."""
+    """Request/response over a transport, with register access and retries."""
 
     #: ROLE bit the device must have for this driver.
     ROLE = 0
-    #: Empty reads tolerated while waiting for a response.
-    MAX_IDLE_READS = 1000
+    #: Times a request is sent again before the link is declared failed.
+    RETRIES = 3
 
     def __init__(self, transport: Transport):
         self.transport = transport
-        self._rest = b""
+        self._deframer = proto.Deframer()
+        self._seq: int | None = None
+        #: Requests sent again (corrupted, lost or refused frames), and stale responses
+        #: discarded, since this driver was made.
+        self.link_retries = 0
+        self.stale_responses = 0
+        self.max_payload = proto.MAX_PAYLOAD
         ident = self.read_register("ID")
         if ident != proto.DEVICE_ID:
             raise DeviceError(f"not a Mozi device (ID 0x{ident:08x})")
@@ -508,6 +215,36 @@ class _Driver:
         role = self.read_register("ROLE")
         if self.ROLE and not role & self.ROLE:
             raise DeviceError(f"device does not implement {type(self).__name__} (ROLE {role})")
+        self.max_payload = self.read_register("LINK_MAX_PAYLOAD")
+
+    def _next_seq(self) -> int:
+        # 0 first (a device never treats it as a repeat), then 1..255 cyclically
+        self._seq = 0 if self._seq is None else self._seq % 255 + 1
+        return self._seq
+
+    def _response(self, seq: int) -> Frame | bool:
+        """The response to request ``seq``; ``False`` when it must be sent again, ``True``
+        when nothing came back in time (the device may be stuck inside a cut frame)."""
+        idle = 0
+        while True:
+            data = self.transport.read()
+            if not data:
+                idle += 1
+                if idle > self.transport.idle_reads:
+                    self._deframer.discard()        # a frame cut short will not complete
+                    return True
+                continue
+            idle = 0
+            for item in self._deframer.feed(data):
+                if isinstance(item, int):           # a corrupted response: ask again
+                    return False
+                if item.op is Opcode.ERROR and item.payload[:1] == bytes(
+                        [ErrorCode.BAD_FRAME.value]):
+                    return False                    # our request arrived corrupted
+                if item.seq != seq:
+                    self.stale_responses += 1       # answer to an earlier (repeated) request
+                    continue
+                return item
 
     def request(self, opcode: Opcode, payload: bytes, expect: Opcode) -> bytes:
         """Send one request frame and return the payload of its response.
@@ -515,27 +252,42 @@ class _Driver:
         Raises
         ------
         DeviceError
-            ``ERROR`` response, an unexpected opcode, or no response.
+            ``ERROR`` response, an unexpected opcode, or no valid response after
+            :attr:`RETRIES` repeats.
+        ValueError
+            The request does not fit the device's frame buffer.
         """
-        self.transport.write(proto.encode_frame(opcode, payload))
-        idle = 0
-        while True:
-            frames, self._rest = proto.decode_frames(self._rest + self.transport.read())
-            if frames:
+        if len(payload) > self.max_payload:
+            raise ValueError(f"{opcode.name} payload of {len(payload)} bytes exceeds the "
+                             f"device's {self.max_payload}")
+        seq = self._next_seq()
+        frame_bytes = proto.encode_frame(opcode, payload, seq)
+        for attempt in range(self.RETRIES + 1):
+            if attempt:
+                self.link_retries += 1
+            self.transport.write(frame_bytes)
+            frame = self._response(seq)
+            if frame is True:
+                # silence: the device may be inside a frame whose tail was lost, waiting for
+                # bytes that will never come. A break completes such a frame before the retry.
+                self.transport.write(proto.BREAK_BYTE * (self.max_payload +
+                                                         proto.FRAME_OVERHEAD))
+            elif frame is not False:
                 break
-            idle += 1
-            if idle > self.MAX_IDLE_READS:
-                raise DeviceError(f"no response to {opcode.name}")
-        if len(frames) > 1:
-            raise DeviceError(f"{len(frames)} responses to one {opcode.name}")
-        frame = frames[0]
-        if frame.opcode is Opcode.ERROR:
-            code = ErrorCode(frame.payload[0]) if frame.payload else ErrorCode.BAD_REQUEST
+        else:
+            raise DeviceError(f"no valid response to {opcode.name} after {self.RETRIES} "
+                              "retries (link failed)")
+        if frame.op is Opcode.ERROR:
+            try:
+                code = ErrorCode(frame.payload[0]) if frame.payload else ErrorCode.BAD_REQUEST
+            except ValueError:
+                code = ErrorCode.BAD_REQUEST
             text = frame.payload[1:].decode(errors="replace")
-            raise DeviceError(f"device error {code.name} on {opcode.name}: {text}", code)
-        if frame.opcode is not expect:
+            raise DeviceError(f"device error {code.name} on {opcode.name}"
+                              + (f": {text}" if text else ""), code)
+        if frame.op is not expect:
             raise DeviceError(f"expected {expect.name} in answer to {opcode.name}, "
-                              f"got {frame.opcode.name}")
+                              f"got opcode 0x{frame.opcode:02x}")
         return frame.payload
 
     def read_register(self, name: str) -> int:
@@ -543,15 +295,15 @@ class _Driver:
         reg = proto.register(name)
         payload = self.request(Opcode.READ_REG, struct.pack(">H", reg.address),
                                Opcode.REG_VALUE)
-        address, raw = struct.unpack(">HQ", payload)
-        if address != reg.address:
-            raise DeviceError(f"asked for register {reg.name}, got address 0x{address:04x}")
-        return reg.decode(raw)
+        if len(payload) != 2 + reg.nbytes or struct.unpack_from(">H", payload)[0] != \
+                reg.address:
+            raise DeviceError(f"malformed REG_VALUE for {reg.name}: {payload.hex()}")
+        return reg.decode(payload[2:])
 
     def write_register(self, name: str, value: int) -> None:
         """Write a register by name."""
         reg = proto.register(name)
-        self.request(Opcode.WRITE_REG, struct.pack(">HQ", reg.address, reg.encode(int(value))),
+        self.request(Opcode.WRITE_REG, struct.pack(">H", reg.address) + reg.encode(int(value)),
                      Opcode.ACK)
 
     def ping(self, payload: bytes = b"mozi") -> bool:
@@ -561,6 +313,14 @@ class _Driver:
     def reset(self) -> None:
         """Clear counters, merge state, random FIFO and record memory (``CTRL`` bit 0)."""
         self.write_register("CTRL", 1)
+
+    def link_errors(self) -> dict[str, int]:
+        """The link error counters every device has (``LINK_*``), and this driver's."""
+        out = {name: self.read_register(name)
+               for name in ("LINK_CRC_ERRORS", "LINK_FRAMING_ERRORS", "LINK_RETRIES")}
+        out["HOST_RETRIES"] = self.link_retries
+        out["HOST_STALE_RESPONSES"] = self.stale_responses
+        return out
 
 
 class RandomWordSource:
@@ -653,7 +413,7 @@ class ReceiverDriver(_Driver):
         from the OS CSPRNG). The same key gives the same words on every backend.
     """
 
-    ROLE = _ROLE_RECEIVER
+    ROLE = ROLE_RECEIVER
 
     def __init__(self, transport: Transport, *, random_key: bytes | None = None):
         super().__init__(transport)
@@ -663,9 +423,13 @@ class ReceiverDriver(_Driver):
         self._shape = (self.read_register("SA_PERIOD"), self.read_register("SA_WINDOW_START"),
                        self.read_register("SA_WINDOW_END"))
         self.random_capacity = self.read_register("RX_RANDOM_CAPACITY")
-        #: Tag events per TAG_EVENTS frame: each may need one random word, and the device must
-        #: never wait for words while the host waits for its answer.
-        self.frame_events = min(MAX_EVENTS_PER_FRAME, self.random_capacity - 1)
+        #: Tag events per TAG_EVENTS frame: k events need k + 1 random words in the FIFO, the
+        #: request must fit the device's buffer, and so must k + 1 detections.
+        self.frame_events = min(self.random_capacity - 1,
+                                (self.max_payload - 1) // proto.TAG_EVENT_BYTES,
+                                self.max_payload // proto.DETECTION_BYTES - 1)
+        if self.frame_events < 1:
+            raise DeviceError("the device's FIFO or frame buffer is too small for one event")
 
     def write_register(self, name: str, value: int) -> None:
         """Write a register by name (a direct SlotAssigner write invalidates the cache)."""
@@ -727,10 +491,11 @@ class ReceiverDriver(_Driver):
         for i, lo in enumerate(bounds):
             hi = min(n, lo + step)
             need = (hi - lo) + 1
-            if self._level < need:                     # top the FIFO up to its depth
-                words = self._random.take(self.random_capacity - self._level)
+            while self._level < need:                  # top the FIFO up to its depth
+                words = self._random.take(min(self.random_capacity - self._level,
+                                              4 * (self.max_payload - 2)))
                 self.request(Opcode.RANDOM_WORDS,
-                             struct.pack(">I", words.size) + proto.pack_words2(words), Opcode.ACK)
+                             struct.pack(">H", words.size) + proto.pack_words2(words), Opcode.ACK)
                 self._level += words.size
             flags = 1 if (last and i == len(bounds) - 1) else 0
             payload = bytes([flags]) + proto.encode_tag_events(
@@ -815,12 +580,16 @@ class TransmitterDriver(_Driver):
         Reported slots closer than this share one loaded record segment.
     """
 
-    ROLE = _ROLE_TRANSMITTER
+    ROLE = ROLE_TRANSMITTER
 
     def __init__(self, transport: Transport, *, merge_gap: int = 16):
         super().__init__(transport)
         self.capacity = self.read_register("TX_RECORD_CAPACITY")
+        self.segment_capacity = self.read_register("TX_SEGMENT_CAPACITY")
         self.merge_gap = merge_gap
+        #: Reports per SIFT_REPORTS frame (the request, and its one-byte-per-report answer,
+        #: fit the device's buffer).
+        self.frame_reports = self.max_payload // proto.REPORT_BYTES
 
     def sift(self, report_slots: np.ndarray, report_basis: np.ndarray,
              records_at: Callable[[np.ndarray], np.ndarray]) -> SiftOutcome:
@@ -854,17 +623,18 @@ class TransmitterDriver(_Driver):
         cnt = slots[seg_hi - 1] - slots[seg_lo] + 1 if nseg else np.zeros(0, np.int64)
         reps = seg_hi - seg_lo
         nbytes = 10 + (cnt + 1) // 2
-        if nseg and (cnt.max() > self.capacity or reps.max() > MAX_REPORTS_PER_FRAME
-                     or nbytes.max() > proto.MAX_PAYLOAD):
+        if nseg and (cnt.max() > self.capacity or reps.max() > self.frame_reports
+                     or nbytes.max() > self.max_payload):
             raise DeviceError("a run of reported slots exceeds the sifter's memory")
         c_cnt, c_rep, c_byt = np.cumsum(cnt), np.cumsum(reps), np.cumsum(nbytes)
         i = 0
         while i < nseg:
             # as many segments as fit the record memory, one report frame and one load frame
             before = (c_cnt[i - 1], c_rep[i - 1], c_byt[i - 1]) if i else (0, 0, 0)
-            j = min(int(np.searchsorted(c_cnt, before[0] + self.capacity, side="right")),
-                    int(np.searchsorted(c_rep, before[1] + MAX_REPORTS_PER_FRAME, side="right")),
-                    int(np.searchsorted(c_byt, before[2] + proto.MAX_PAYLOAD, side="right")))
+            j = min(i + self.segment_capacity,
+                    int(np.searchsorted(c_cnt, before[0] + self.capacity, side="right")),
+                    int(np.searchsorted(c_rep, before[1] + self.frame_reports, side="right")),
+                    int(np.searchsorted(c_byt, before[2] + self.max_payload, side="right")))
             j = max(j, i + 1)
             first = slots[seg_lo[i:j]]
             count = cnt[i:j]
@@ -913,7 +683,7 @@ def _pack_segments(first: np.ndarray, count: np.ndarray, records: np.ndarray) ->
 class HasherDriver(_Driver):
     """Toeplitz hashing on the device (``TOEPLITZ`` requests)."""
 
-    ROLE = _ROLE_HASHER
+    ROLE = ROLE_HASHER
 
     def __init__(self, transport: Transport):
         super().__init__(transport)
@@ -935,8 +705,12 @@ class HasherDriver(_Driver):
                              f"seed {seed.size})")
         if seed.size > self.max_bits:
             raise ValueError(f"n + m - 1 = {seed.size} exceeds the device's {self.max_bits}")
-        payload = struct.pack(">II", n, m) + np.packbits(x).tobytes() + \
-            np.packbits(seed).tobytes()
-        y = np.frombuffer(self.request(Opcode.TOEPLITZ, payload, Opcode.TOEPLITZ_RESULT),
-                          np.uint8)
+        self.request(Opcode.TOEPLITZ_START, struct.pack(">II", n, m), Opcode.ACK)
+        data = np.packbits(seed).tobytes() + np.packbits(x).tobytes()
+        for lo in range(0, len(data), self.max_payload):
+            self.request(Opcode.TOEPLITZ_DATA, data[lo:lo + self.max_payload], Opcode.ACK)
+        y = bytearray()
+        while len(y) < (m + 7) // 8:
+            y += self.request(Opcode.TOEPLITZ_READ, b"", Opcode.TOEPLITZ_RESULT)
+        y = np.frombuffer(bytes(y), np.uint8)
         return np.unpackbits(y)[:m].copy()

@@ -247,6 +247,47 @@ def merge_slot_events(
     return s[starts], np.bitwise_or.reduceat(m, starts).astype(m.dtype)
 
 
+def carry_lost(lost: np.ndarray, keep: np.ndarray, carry: int = 0, *,
+               maximum: int = (1 << 16) - 1) -> tuple[np.ndarray, int]:
+    """The receiver's one rule for in-band loss counts: a dropped event's count rides on.
+
+    Every receiver core that drops an event (rejected by the window, merged into an earlier
+    one, empty mask) adds its ``lost`` count to the next event it emits, so no loss is ever
+    hidden. Sums saturate at ``maximum`` (the ``lost`` field's largest value).
+
+    Parameters
+    ----------
+    lost : integer array
+        In-band lost count of each input event.
+    keep : bool array
+        The events the core emits.
+    carry : int
+        Count carried in from before (state kept by the core across calls).
+    maximum : int
+        Saturation value (:data:`mozi.hdl.layouts.LOST_WIDTH` bits by default).
+
+    Returns
+    -------
+    kept_lost : int64 array
+        The ``lost`` of each emitted event: its own count plus every dropped count since the
+        previous emitted event (plus ``carry`` for the first), saturated.
+    carry : int
+        The count left after the last emitted event (saturated), for the next call.
+    """
+    lost = np.asarray(lost, np.int64)
+    idx = np.flatnonzero(np.asarray(keep, bool))
+    cum = np.concatenate([[0], np.cumsum(lost)])
+    ends = idx + 1
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    kept = cum[ends] - cum[starts]
+    if kept.size:
+        kept[0] += carry
+        rest = int(cum[-1] - cum[ends[-1]])
+    else:
+        rest = int(cum[-1]) + carry
+    return np.minimum(kept, maximum), min(rest, maximum)
+
+
 # --------------------------------------------------------------------------------------------
 # Bob's basis decoding
 # --------------------------------------------------------------------------------------------

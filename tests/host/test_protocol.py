@@ -20,27 +20,28 @@ def test_opcodes_fit_a_byte_and_are_unique():
     assert len(set(values)) == len(values)
     assert all(0 <= v < 256 for v in values)
     assert all(v < 0x80 for v in (Opcode.PING.value, Opcode.TAG_EVENTS.value,
-                                  Opcode.SIFT_REPORTS.value, Opcode.TOEPLITZ.value))
+                                  Opcode.SIFT_REPORTS.value, Opcode.TOEPLITZ_DATA.value))
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x00", bytes(range(256)) * 3,
                                      bytes(proto.MAX_PAYLOAD)])
 def test_frame_roundtrip(payload):
-    frame = proto.encode_frame(Opcode.PING, payload)
-    assert frame[:2] == proto.SYNC
+    frame = proto.encode_frame(Opcode.PING, payload, seq=7)
+    assert frame[:2] == proto.SYNC and len(frame) == len(payload) + proto.FRAME_OVERHEAD
     frames, rest = proto.decode_frames(frame)
     assert rest == b""
-    assert frames == [proto.Frame(Opcode.PING, payload)]
+    assert [(f.op, f.payload, f.seq) for f in frames] == [(Opcode.PING, payload, 7)]
+    assert frames[0].crc == int.from_bytes(frame[-2:], "big")
 
 
 def test_stream_of_frames_split_anywhere():
     msgs = [(Opcode.PING, b"abc"), (Opcode.ACK, b""), (Opcode.ERROR, b"\x01bad")]
     stream = b"".join(proto.encode_frame(op, p) for op, p in msgs)
     for cut in range(len(stream) + 1):
-        first, rest = proto.decode_frames(stream[:cut])
-        second, rest2 = proto.decode_frames(rest + stream[cut:])
-        assert rest2 == b""
-        assert [(f.opcode, f.payload) for f in first + second] == msgs
+        d = proto.Deframer()
+        got = d.feed(stream[:cut]) + d.feed(stream[cut:])
+        assert [(f.op, f.payload) for f in got] == msgs
+        assert d.counters == proto.LinkCounters()
 
 
 def test_oversize_payload_refused():
@@ -48,21 +49,32 @@ def test_oversize_payload_refused():
         proto.encode_frame(Opcode.PING, bytes(proto.MAX_PAYLOAD + 1))
 
 
-def test_malformed_frames_raise_typed_errors():
-    good = proto.encode_frame(Opcode.PING, b"hello")
-    bad_crc = good[:-1] + bytes([good[-1] ^ 1])
-    with pytest.raises(FrameError, match="CRC"):
-        proto.decode_frames(bad_crc)
-    flipped = bytearray(good)
-    flipped[6] ^= 0x10                                    # payload bit
-    with pytest.raises(FrameError, match="CRC"):
-        proto.decode_frames(bytes(flipped))
-    with pytest.raises(FrameError, match="sync"):
+def test_deframer_hunts_counts_and_drops_bad_frames():
+    good = proto.encode_frame(Opcode.PING, b"hello", seq=3)
+    after = proto.encode_frame(Opcode.ACK, b"", seq=4)
+    d = proto.Deframer()
+    # garbage before a frame: every skipped byte is a framing error; a lone A5 too
+    out = d.feed(b"\x00\x11\xa5\x22" + good)
+    assert [f.payload for f in out] == [b"hello"] and d.counters.framing == 4
+    # a bad CRC drops the whole frame (its seq is reported) and the next one is found
+    bad = bytearray(good)
+    bad[8] ^= 0x10
+    out = d.feed(bytes(bad) + after)
+    assert out[0] == 3 and out[1].op is Opcode.ACK and d.counters.crc == 1
+    # an oversize length is a framing error; hunting resumes right after the header
+    small = proto.Deframer(max_payload=4)
+    out = small.feed(good + after)
+    assert out[0] == 3 and out[1].op is Opcode.ACK
+    assert small.counters.framing == 1 + 5 + 2        # the header, then payload and CRC
+    # the strict splitter refuses anything but good frames
+    with pytest.raises(FrameError):
+        proto.decode_frames(bytes(bad))
+    with pytest.raises(FrameError):
         proto.decode_frames(b"\x00" + good)
-    body = bytes([0x7E, 0, 0])                            # unknown opcode, valid CRC
+    body = bytes([0x7E, 0, 0, 0])                         # unknown opcode, valid CRC
     unknown = proto.SYNC + body + proto.crc16(body).to_bytes(2, "big")
-    with pytest.raises(FrameError, match="opcode"):
-        proto.decode_frames(unknown)
+    frames, _ = proto.decode_frames(unknown)
+    assert frames[0].op is None and frames[0].opcode == 0x7E
     assert issubclass(FrameError, MoziError)
 
 
@@ -73,10 +85,10 @@ def test_register_map_is_consistent():
         assert reg.name == name
         assert proto.register(reg.address) is reg
         assert reg.access in ("ro", "rw")
-        assert reg.block in ("device", "receiver", "transmitter")
-        assert 1 <= reg.width <= 64 and reg.doc
+        assert reg.block in ("device", "link", "receiver", "transmitter", "hasher")
+        assert 1 <= reg.width <= 8 * proto.MAX_REGISTER_BYTES and reg.doc
     for name in ("SA_PERIOD", "SA_OFFSET", "SA_WINDOW_START", "SA_WINDOW_END",
-                 "SA_FRAC_BITS", "RX_REJECTED", "RX_LOST"):
+                 "SA_FRAC_BITS", "RX_REJECTED", "RX_LOST", "LINK_CRC_ERRORS"):
         assert name in proto.REGISTERS
     with pytest.raises(KeyError):
         proto.register(0xFFFF)
@@ -84,10 +96,16 @@ def test_register_map_is_consistent():
 
 def test_register_value_encoding():
     off = proto.register("SA_OFFSET")
-    for v in (0, 1, -1, -(1 << 63), (1 << 63) - 1):
+    assert off.width == 65 and off.nbytes == 9
+    for v in (0, 1, -1, -(1 << 64), (1 << 64) - 1):
         assert off.decode(off.encode(v)) == v
+    assert off.encode(-1) == b"\x01" + b"\xff" * 8            # 65-bit two's complement
     with pytest.raises(ValueError):
-        off.encode(1 << 63)
+        off.encode(1 << 64)
+    with pytest.raises(ValueError):
+        off.decode(b"\x02" + bytes(8))                           # bit 65 set
+    with pytest.raises(ValueError):
+        off.decode(bytes(8))                                      # wrong length
     ident = proto.register("ID")
     assert ident.decode(ident.encode(proto.DEVICE_ID)) == proto.DEVICE_ID
     with pytest.raises(ValueError):

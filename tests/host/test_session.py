@@ -157,7 +157,7 @@ def test_unusable_input_raises(slice30, tmp_path):
         run_session(odd, alice, link=LINK, store_alice=sa, store_bob=sb)
     with pytest.raises(MoziError, match="device"):
         run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
-                    config=SessionConfig(device="rtl"))
+                    config=SessionConfig(device="bogus"))
     with pytest.raises(MoziError, match="no authentication key for link 'other'"):
         run_session(tags, alice, link="other", store_alice=sa, store_bob=sb)
     assert sa.list() == [] and sb.list() == []

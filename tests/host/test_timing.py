@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from mozi.host.device import ModelTransport, ReceiverDriver, open_device
+from mozi.host.device import ReceiverDriver, open_device
+from mozi.host.model_device import ModelTransport
 from mozi.host.timing import (
     TimingError,
     alignment_sample,
