@@ -1,9 +1,10 @@
-"""The ground-station receiver's protocol cores, chained: pins → detections.
+"""The ground-station receiver firmware: cores, random-word FIFO and the host link.
 
-``TimeTagger → SlotAssigner → BasisDecoder``, joined stream to stream with ``connect()``. The
-receiver firmware top wraps this with the host link and the register file of
-:mod:`mozi.firmware.protocol`; :mod:`bench.synth` places it alone to check that a receiver's
-set of cores fits the iCE40UP5K at 48 MHz or more.
+:class:`ReceiverCores` chains ``TimeTagger → SlotAssigner → BasisDecoder`` stream to stream
+with ``connect()``; the slot assigner takes its events from the tagger or, for a replay, from
+the ``inject`` stream. :class:`Receiver` is the role top: the cores, the random-word FIFO of
+the basis decoder and the :class:`~mozi.firmware.link.Link`, serving ``RANDOM_WORDS`` and
+``TAG_EVENTS`` exactly as :class:`mozi.host.model_device.ModelTransport` does.
 
 Throughput: the tagger takes one event per clock into its FIFO; the slot assigner then needs
 ``16 + 3 k`` clocks per event (``k`` the bit length of the gap to the previous event in
@@ -14,15 +15,24 @@ event that gets through. Losses with no later event (at the very end of a block)
 in ``lost_count``, so the host reads the counters at the end of every block.
 """
 
-from amaranth import Module, signed
+from amaranth import Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out, connect
+from mozi.firmware import protocol as proto
+from mozi.firmware.link import UART_REGISTERS, Link, connect_host, host_port, register_port_name
+from mozi.firmware.protocol import ErrorCode, Opcode
+from mozi.firmware.uart import UART
 from mozi.hdl.basis_decoder import BasisDecoder
-from mozi.hdl.layouts import detection_layout
+from mozi.hdl.common import saturating_counter
+from mozi.hdl.layouts import detection_layout, tag_event_layout
 from mozi.hdl.slot_assigner import SlotAssigner
 from mozi.hdl.time_tagger import TimeTagger
 
-__all__ = ["ReceiverCores"]
+__all__ = ["RANDOM_DEPTH", "Receiver", "ReceiverCores"]
+
+#: Depth of the basis decoder's random-word FIFO (``RX_RANDOM_CAPACITY``).
+RANDOM_DEPTH = 4096
 
 
 class ReceiverCores(wiring.Component):
@@ -48,6 +58,11 @@ class ReceiverCores(wiring.Component):
         Emit the detection held by the slot assigner (end of a block).
     rand : In(stream.Signature(2))
         Random words for the multi-click rule, one per detection.
+    inject : In(stream.Signature(tag_event_layout(timestamp_width)))
+        Tag events replayed by the host, used instead of the tagger's while ``source`` is 0.
+    source : In(1)
+        0: the slot assigner takes ``inject``; 1: the TimeTagger (whose output waits, and
+        counts its losses, while it is not selected).
     o : Out(stream.Signature(detection_layout(slot_width)))
         Bob's detections: slot, basis, bit, multi-click flag, lost count.
     lost_count, rejected_count, dropped_count : Out(32)
@@ -70,6 +85,8 @@ class ReceiverCores(wiring.Component):
             "window_end": In(period_width),
             "flush": In(1),
             "rand": In(stream.Signature(2)),
+            "inject": In(stream.Signature(tag_event_layout(timestamp_width))),
+            "source": In(1),
             "o": Out(stream.Signature(detection_layout(slot_width))),
             "lost_count": Out(32),
             "rejected_count": Out(32),
@@ -81,7 +98,10 @@ class ReceiverCores(wiring.Component):
         m.submodules.tagger = tagger = self.tagger
         m.submodules.assigner = assigner = self.assigner
         m.submodules.decoder = decoder = self.decoder
-        connect(m, tagger=tagger.o, assigner=assigner.i)
+        with m.If(self.source):
+            connect(m, tagger=tagger.o, assigner=assigner.i)
+        with m.Else():
+            connect(m, wiring.flipped(self.inject), assigner.i)
         connect(m, assigner=assigner.o, decoder=decoder.i)
         connect(m, wiring.flipped(self.rand), decoder.rand)
         connect(m, decoder.o, wiring.flipped(self.o))
@@ -97,4 +117,269 @@ class ReceiverCores(wiring.Component):
             self.rejected_count.eq(assigner.rejected_count),
             self.dropped_count.eq(decoder.dropped),
         ]
+        return m
+
+
+class _RoleCounters(Elaboratable):
+    """The receiver's own counters (``RX_EVENTS``, ``RX_LOST``, ``RX_DETECTIONS``,
+    ``RX_MULTI``), 32-bit saturating, in one module so that ``CTRL`` can reset them."""
+
+    def __init__(self):
+        self.event = Signal()
+        self.lost = Signal(16)
+        self.detection = Signal()
+        self.multi = Signal()
+        self.events = Signal(32)
+        self.lost_sum = Signal(32)
+        self.detections = Signal(32)
+        self.multis = Signal(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        saturating_counter(m, self.events, self.event)
+        saturating_counter(m, self.detections, self.detection)
+        saturating_counter(m, self.multis, self.detection & self.multi)
+        total = Signal(33)
+        with m.If(self.event):
+            m.d.sync += total.eq(Mux(total[32], total, total + self.lost))
+        m.d.comb += self.lost_sum.eq(total[:32] | total[32].replicate(32))
+        return m
+
+
+class Receiver(wiring.Component):
+    """Ground-station role top: receiver cores, random-word FIFO and the host link.
+
+    Parameters
+    ----------
+    phases : int
+        TimeTagger samples per clock and detector.
+    max_payload : int
+        Frame buffer size of the link (``LINK_MAX_PAYLOAD``).
+    frac_bits : int
+        Fractional bits of the slot assigner.
+    uart : bool
+        The host link is a UART on the ``rx``/``tx`` pins (a board), not byte streams.
+    uart_divisor : int
+        Reset value of ``UART_DIVISOR`` (clocks per bit).
+
+    Ports
+    -----
+    i : In(stream.Signature(8)), o : Out(stream.Signature(8))
+        The host link's bytes (the simulation port), without ``uart``.
+    rx : In(1), tx : Out(1)
+        The UART pins, with ``uart``.
+    pins : In(4 * phases)
+        Detector samples.
+    idle : Out(1)
+        The device waits for input (nothing being received, executed or sent).
+
+    Notes
+    -----
+    ``TAG_EVENTS``: the frame's ``k`` events (``k`` from the length, by repeated subtraction
+    of 9, before anything acts) are checked as the model checks them — reserved flag bits,
+    length, ``k + 1`` random words present, ``k + 1`` detections fitting the response — and
+    then stream from the frame buffer into the slot assigner while the detections stream into
+    the response buffer. With ``last`` the slot assigner is flushed. The response is sent when
+    every event has left the pipeline: the assigner is idle and no detection is in a register
+    between it and the response buffer.
+    """
+
+    REGISTERS = ("SA_FRAC_BITS", "SA_PERIOD", "SA_OFFSET", "SA_WINDOW_START", "SA_WINDOW_END",
+                 "TT_DEAD_TIME", "TT_PHASES", "RX_EVENTS", "RX_REJECTED", "RX_LOST",
+                 "RX_DETECTIONS", "RX_MULTI", "RX_RANDOM_LEVEL", "RX_RANDOM_CAPACITY",
+                 "RX_DROPPED", "RX_TAGGER_LOST")
+
+    def __init__(self, *, phases: int = 2, max_payload: int = proto.DEVICE_MAX_PAYLOAD,
+                 frac_bits: int = 16, uart: bool = False, uart_divisor: int = 16):
+        self.uart = UART() if uart else None
+        self.phases = phases
+        self.max_payload = max_payload
+        self.frac_bits = frac_bits
+        self.cores = ReceiverCores(phases=phases, frac_bits=frac_bits)
+        one = 1 << frac_bits
+        self.link = Link(role=1, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
+                         opcodes=(Opcode.RANDOM_WORDS, Opcode.TAG_EVENTS),
+                         init={"SA_PERIOD": one, "SA_WINDOW_END": one,
+                               "UART_DIVISOR": uart_divisor},
+                         max_payload=max_payload)
+        self.random_fifo = SyncFIFOBuffered(width=2, depth=RANDOM_DEPTH)
+        super().__init__({**host_port(uart), "pins": In(4 * phases), "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        link, cores, fifo = self.link, self.cores, self.random_fifo
+        rst = link.soft_reset
+        m.submodules.link = link
+        m.submodules.cores = ResetInserter(rst)(cores)
+        m.submodules.random_fifo = ResetInserter(rst)(fifo)
+        m.submodules.counters = cnt = ResetInserter(rst)(_RoleCounters())
+        connect_host(m, self, link, self.uart)
+        connect(m, fifo.r_stream, cores.rand)
+        reg = {name: getattr(link, register_port_name(name)) for name in self.REGISTERS}
+        assigner = cores.assigner
+        m.d.comb += [
+            cores.pins.eq(self.pins),
+            cores.source.eq(0),
+            cores.dead_time.eq(reg["TT_DEAD_TIME"]),
+            cores.period.eq(reg["SA_PERIOD"]),
+            cores.offset.eq(reg["SA_OFFSET"]),
+            cores.window_start.eq(reg["SA_WINDOW_START"]),
+            cores.window_end.eq(reg["SA_WINDOW_END"]),
+            reg["SA_FRAC_BITS"].eq(self.frac_bits),
+            reg["TT_PHASES"].eq(self.phases),
+            reg["RX_EVENTS"].eq(cnt.events),
+            reg["RX_LOST"].eq(cnt.lost_sum),
+            reg["RX_DETECTIONS"].eq(cnt.detections),
+            reg["RX_MULTI"].eq(cnt.multis),
+            reg["RX_REJECTED"].eq(cores.rejected_count),
+            reg["RX_DROPPED"].eq(cores.dropped_count),
+            reg["RX_TAGGER_LOST"].eq(cores.lost_count),
+            reg["RX_RANDOM_LEVEL"].eq(fifo.level),
+            reg["RX_RANDOM_CAPACITY"].eq(RANDOM_DEPTH),
+        ]
+
+        # ---- register write rules (as the model's) -----------------------------------------
+        v = link.w_value
+        period, ws, we = reg["SA_PERIOD"], reg["SA_WINDOW_START"], reg["SA_WINDOW_END"]
+        m.d.comb += link.w_ok.eq(1)
+        with m.Switch(link.w_addr):
+            with m.Case(proto.register("SA_PERIOD").address):
+                m.d.comb += link.w_ok.eq((v != 0) & (v >= we))
+            with m.Case(proto.register("SA_WINDOW_START").address):
+                m.d.comb += link.w_ok.eq(v < we)
+            with m.Case(proto.register("SA_WINDOW_END").address):
+                m.d.comb += link.w_ok.eq((v > ws) & (v <= period))
+
+        # ---- detections → response bytes -------------------------------------------------
+        det = cores.o.payload
+        ser = Signal(8 * proto.DETECTION_BYTES)
+        ser_left = Signal(range(proto.DETECTION_BYTES + 1))
+        m.d.comb += [cores.o.ready.eq(ser_left == 0),
+                     link.cmd_tx.payload.eq(ser[-8:]),
+                     link.cmd_tx.valid.eq(ser_left != 0)]
+        with m.If(link.cmd_tx.valid & link.cmd_tx.ready):
+            m.d.sync += [ser.eq(ser << 8), ser_left.eq(ser_left - 1)]
+        with m.If(cores.o.valid & cores.o.ready):
+            flags = Cat(det.basis, det.bit, det.multi, Const(0, 5))
+            m.d.sync += [ser.eq(Cat(det.lost[:8], det.lost[8:16], flags, det.slot)),
+                         ser_left.eq(proto.DETECTION_BYTES)]
+            m.d.comb += [cnt.detection.eq(1), cnt.multi.eq(det.multi)]
+        drained = Signal()
+        m.d.comb += drained.eq(assigner.i.ready & ~assigner.o.valid & ~cores.o.valid &
+                               (ser_left == 0))
+
+        # ---- requests ----------------------------------------------------------------------
+        cmd = link.cmd.payload
+        rx = link.cmd_rx
+        length = Signal.like(cmd.length)
+        head = Signal(16)                 # RANDOM_WORDS count, or TAG_EVENTS flags
+        count = Signal(range(self.max_payload + 1))
+        events = Signal(range(self.max_payload + 1))
+        rest = Signal.like(length)
+        ev = Signal(8 * proto.TAG_EVENT_BYTES)
+        byte = Signal(8)
+        words = Signal(16)                # random words still to push
+        sub = Signal(2)                   # word within the byte
+        done = link.cmd_done
+
+        def finish(opcode=None, error=None):
+            m.d.comb += done.valid.eq(1)
+            if error is not None:
+                m.d.comb += [done.payload.error.eq(1), done.payload.opcode.eq(error.value)]
+            else:
+                m.d.comb += done.payload.opcode.eq(opcode.value)
+            m.next = "IDLE"
+
+        inj = cores.inject
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += link.cmd.ready.eq(1)
+                with m.If(link.cmd.valid):
+                    m.d.sync += [length.eq(cmd.length), count.eq(0), head.eq(0)]
+                    with m.If(cmd.opcode == Opcode.RANDOM_WORDS.value):
+                        m.next = "RW_HEAD"
+                    with m.Else():
+                        m.next = "TE_HEAD"
+            # RANDOM_WORDS: count u16, then the words packed 4 per byte
+            with m.State("RW_HEAD"):
+                with m.If(count == 2):
+                    m.next = "RW_CHECK"
+                with m.Elif(count == length):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += [head.eq(Cat(rx.payload, head[:8])), count.eq(count + 1)]
+            with m.State("RW_CHECK"):
+                with m.If(length - 2 != (head + 3) >> 2):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Elif(fifo.level + head > RANDOM_DEPTH):
+                    finish(error=ErrorCode.TOO_LARGE)
+                with m.Else():
+                    m.d.sync += [words.eq(head), sub.eq(0)]
+                    m.next = "RW_BYTE"
+            with m.State("RW_BYTE"):
+                with m.If(words == 0):
+                    finish(Opcode.ACK)
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += byte.eq(rx.payload)
+                        m.next = "RW_PUSH"
+            with m.State("RW_PUSH"):
+                m.d.comb += [fifo.w_stream.valid.eq(1), fifo.w_stream.payload.eq(byte[6:8])]
+                with m.If(fifo.w_stream.ready):
+                    m.d.sync += [byte.eq(byte << 2), sub.eq(sub + 1), words.eq(words - 1)]
+                    with m.If((sub == 3) | (words == 1)):
+                        m.next = "RW_BYTE"
+            # TAG_EVENTS: flags u8, then 9-byte events
+            with m.State("TE_HEAD"):
+                with m.If(length == 0):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += [head.eq(rx.payload), rest.eq(length - 1), events.eq(0)]
+                        m.next = "TE_COUNT"
+            with m.State("TE_COUNT"):                 # k = (length - 1) / 9, exactly
+                with m.If(rest >= proto.TAG_EVENT_BYTES):
+                    m.d.sync += [rest.eq(rest - proto.TAG_EVENT_BYTES), events.eq(events + 1)]
+                with m.Else():
+                    m.next = "TE_CHECK"
+            with m.State("TE_CHECK"):
+                with m.If((head[1:8] != 0) | (rest != 0)):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Elif(events + 1 > fifo.level):
+                    finish(error=ErrorCode.RANDOM_UNDERFLOW)
+                with m.Elif((events + 1) * proto.DETECTION_BYTES > self.max_payload):
+                    finish(error=ErrorCode.TOO_LARGE)
+                with m.Else():
+                    m.d.sync += count.eq(0)
+                    m.next = "TE_READ"
+            with m.State("TE_READ"):
+                with m.If(events == 0):
+                    m.next = "TE_END"
+                with m.Elif(count == proto.TAG_EVENT_BYTES):
+                    m.next = "TE_PUSH"
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += [ev.eq(Cat(rx.payload, ev[:-8])), count.eq(count + 1)]
+            with m.State("TE_PUSH"):
+                # wire: timestamp u48, mask u8, lost u16 (big-endian) → the tag event layout
+                m.d.comb += [inj.valid.eq(1),
+                             inj.payload.timestamp.eq(ev[24:72]),
+                             inj.payload.mask.eq(ev[16:20]),
+                             inj.payload.lost.eq(ev[:16])]
+                with m.If(inj.ready):
+                    m.d.comb += [cnt.event.eq(1), cnt.lost.eq(ev[:16])]
+                    m.d.sync += [events.eq(events - 1), count.eq(0)]
+                    m.next = "TE_READ"
+            with m.State("TE_END"):
+                m.d.comb += cores.flush.eq(head[0])
+                m.next = "TE_DRAIN"
+            with m.State("TE_DRAIN"):
+                with m.If(drained):
+                    finish(Opcode.DETECTIONS)
+        m.d.comb += self.idle.eq(link.idle)
         return m

@@ -275,6 +275,8 @@ class ReceiverBench:
         dut.o__ready.value = 0
         dut.rand__valid.value = 0
         dut.rand__payload.value = 0
+        dut.source.value = 1               # the tagger feeds the slot assigner
+        dut.inject__valid.value = 0
         self.set_regs(regs)
         await ClockCycles(dut.clk, 3)
 

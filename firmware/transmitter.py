@@ -1,0 +1,369 @@
+"""The satellite's transmitter firmware: Alice's sifter with its record memory, and the link.
+
+:class:`Transmitter` is the role top. ``LOAD_RECORDS`` writes Alice's 4-bit records (the
+satellite's record of what it sent in each slot) into the record memory, segment by segment;
+``SIFT_REPORTS`` then streams Bob's reports through :class:`~mozi.hdl.alice_sifter.AliceSifter`
+— one sifter block per loaded segment that holds reports, its records streamed from the
+memory — and answers ``match | bit << 1 | intensity << 2`` per report, exactly as
+:class:`mozi.host.model_device.ModelTransport` does (its rules are in
+:mod:`mozi.firmware.protocol`).
+
+Errors have no effect: a ``LOAD_RECORDS`` is written beyond the committed records and only
+committed when the whole payload has been checked; a ``SIFT_REPORTS`` commits its counters
+only when every report has been answered.
+"""
+
+from amaranth import Cat, Const, Module, ResetInserter, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import Out
+from mozi.firmware import protocol as proto
+from mozi.firmware.link import UART_REGISTERS, Link, connect_host, host_port, register_port_name
+from mozi.firmware.protocol import ErrorCode, Opcode
+from mozi.firmware.uart import UART
+from mozi.hdl.alice_sifter import AliceSifter
+
+__all__ = ["RECORD_DEPTH", "SEGMENT_DEPTH", "Transmitter"]
+
+#: Records the record memory holds (``TX_RECORD_CAPACITY``).
+RECORD_DEPTH = 1 << 16
+#: Segments the segment table holds (``TX_SEGMENT_CAPACITY``).
+SEGMENT_DEPTH = 1024
+SLOT_WIDTH = 48
+
+
+def _segment_layout():
+    return data.StructLayout({"first": SLOT_WIDTH, "count": range(RECORD_DEPTH + 1),
+                              "base": range(RECORD_DEPTH)})
+
+
+class Transmitter(wiring.Component):
+    """Satellite role top: AliceSifter, record memory, segment table and the host link.
+
+    The pattern generator that turns the QRNG stream into laser triggers is not part of this
+    top yet; a replay loads the records of the slots that matter.
+
+    Parameters
+    ----------
+    max_payload : int
+        Frame buffer size of the link.
+    uart, uart_divisor
+        As for :class:`mozi.firmware.receiver.Receiver`.
+
+    Ports
+    -----
+    i : In(stream.Signature(8)), o : Out(stream.Signature(8))
+        The host link's bytes (simulation), or ``rx``/``tx`` pins with ``uart``.
+    idle : Out(1)
+        The device waits for input.
+    """
+
+    REGISTERS = ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "TX_RECORD_CAPACITY",
+                 "TX_SEGMENT_CAPACITY")
+
+    def __init__(self, *, max_payload: int = proto.DEVICE_MAX_PAYLOAD, uart: bool = False,
+                 uart_divisor: int = 16):
+        self.max_payload = max_payload
+        self.uart = UART() if uart else None
+        self.link = Link(role=2, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
+                         opcodes=(Opcode.LOAD_RECORDS, Opcode.SIFT_REPORTS),
+                         init={"UART_DIVISOR": uart_divisor}, max_payload=max_payload)
+        self.sifter = AliceSifter(slot_width=SLOT_WIDTH, lanes=1)
+        super().__init__({**host_port(uart), "idle": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        link, sifter = self.link, self.sifter
+        m.submodules.link = link
+        sifter_reset = Signal()
+        m.submodules.sifter = ResetInserter(sifter_reset | link.soft_reset)(sifter)
+        m.submodules.records = rec_mem = Memory(shape=4, depth=RECORD_DEPTH, init=[])
+        m.submodules.segments = seg_mem = Memory(shape=_segment_layout(), depth=SEGMENT_DEPTH,
+                                                 init=[])
+        rec_w, rec_r = rec_mem.write_port(), rec_mem.read_port()
+        seg_w, seg_r = seg_mem.write_port(), seg_mem.read_port()
+        connect_host(m, self, link, self.uart)
+        reg = {name: getattr(link, register_port_name(name)) for name in self.REGISTERS}
+
+        # counters (committed per request)
+        add_records = Signal(range(RECORD_DEPTH + 1))
+        sent = Signal(range(self.max_payload + 1))      # reports handed to the sifter
+        matches = Signal(range(self.max_payload + 1))
+        commit_load = Signal()
+        commit_sift = Signal()
+        for name, amount, strobe in (("TX_RECORDS", add_records, commit_load),
+                                     ("TX_REPORTS", sent, commit_sift),
+                                     ("TX_MATCHES", matches, commit_sift)):
+            total = Signal(33, name=name.lower())
+            with m.If(link.soft_reset):
+                m.d.sync += total.eq(0)
+            with m.Elif(strobe & ~total[32]):
+                m.d.sync += total.eq(total + amount)
+            m.d.comb += reg[name].eq(total[:32] | total[32].replicate(32))
+        m.d.comb += [reg["TX_RECORD_CAPACITY"].eq(RECORD_DEPTH),
+                     reg["TX_SEGMENT_CAPACITY"].eq(SEGMENT_DEPTH)]
+
+        # committed contents: records [0, loaded), segments [0, n_seg)
+        loaded = Signal(range(RECORD_DEPTH + 1))
+        n_seg = Signal(range(SEGMENT_DEPTH + 1))
+        prev_end = Signal(SLOT_WIDTH + 1)        # end slot of the last committed segment
+        with m.If(link.soft_reset):
+            m.d.sync += [loaded.eq(0), n_seg.eq(0), prev_end.eq(0)]
+
+        cmd = link.cmd.payload
+        rx = link.cmd_rx
+        done = link.cmd_done
+        length = Signal.like(cmd.length)
+        pos = Signal.like(cmd.length)            # payload bytes read
+        take = rx.valid & rx.ready
+        with m.If(take):
+            m.d.sync += pos.eq(pos + 1)
+
+        def finish(opcode=None, error=None):
+            m.d.comb += done.valid.eq(1)
+            if error is not None:
+                m.d.comb += [done.payload.error.eq(1), done.payload.opcode.eq(error.value)]
+            else:
+                m.d.comb += done.payload.opcode.eq(opcode.value)
+            m.next = "IDLE"
+
+        # ---- LOAD_RECORDS state ------------------------------------------------------------
+        head = Signal(80)                        # first u48, count u32
+        hcount = Signal(4)
+        seg_first = Signal(SLOT_WIDTH)
+        seg_count = Signal(32)
+        nib_left = Signal(33)                    # records of the segment still to write
+        tmp_loaded = Signal(range(RECORD_DEPTH + 2))
+        tmp_seg = Signal(range(SEGMENT_DEPTH + 2))
+        tmp_end = Signal(SLOT_WIDTH + 1)
+        bad = Signal()
+        too_large = Signal()
+        order = Signal()
+        byte = Signal(8)
+        low = Signal()                           # the byte's low nibble is next
+        seg = Signal(_segment_layout())
+        m.d.comb += [seg_w.data.eq(seg), seg_w.addr.eq(tmp_seg)]
+
+        # ---- SIFT_REPORTS state ------------------------------------------------------------
+        reports = Signal(range(self.max_payload + 1))
+        rest = Signal.like(length)
+        rep = Signal(7 * 8)
+        rcount = Signal(3)
+        held = Signal()                          # a report waits for the next one
+        held_slot = Signal(SLOT_WIDTH)
+        held_basis = Signal()
+        seg_idx = Signal(range(SEGMENT_DEPTH + 1))
+        cur = Signal(_segment_layout())
+        cur_valid = Signal()
+        cur_open = Signal()                      # the sifter block of `cur` has begun
+        answered = Signal(range(self.max_payload + 1))
+        failed = Signal()
+        ending = Signal()                        # every report read: flush the held one
+        # record streamer for the open block
+        st_busy = Signal()
+        st_idx = Signal(range(RECORD_DEPTH + 1))
+        st_end = Signal(range(RECORD_DEPTH + 1))
+        st_primed = Signal()
+        st_take = sifter.records.valid & sifter.records.ready
+        st_start = Signal()
+        st_from = Signal(range(RECORD_DEPTH + 1))
+        m.d.comb += [
+            rec_r.addr.eq(st_idx + st_take),
+            sifter.records.payload.records[0].eq(rec_r.data),
+            sifter.records.payload.last.eq(st_idx + 1 == st_end),
+            sifter.records.valid.eq(st_busy & st_primed & (st_idx != st_end)),
+        ]
+        with m.If(st_busy):
+            m.d.sync += st_primed.eq(1)
+            with m.If(st_take):
+                m.d.sync += st_idx.eq(st_idx + 1)
+            with m.If(st_primed & (st_idx == st_end)):
+                m.d.sync += st_busy.eq(0)
+        with m.Elif(st_start):
+            m.d.sync += [st_busy.eq(1), st_idx.eq(st_from), st_end.eq(st_from + cur.count),
+                         st_primed.eq(0)]
+        # sifter answers → response bytes
+        o = sifter.o
+        m.d.comb += [o.ready.eq(1), link.cmd_tx.valid.eq(o.valid),
+                     link.cmd_tx.payload.eq(Cat(o.payload.match, o.payload.bit,
+                                                o.payload.intensity, Const(0, 4)))]
+        with m.If(o.valid):
+            m.d.sync += [answered.eq(answered + 1), matches.eq(matches + o.payload.match)]
+        rep_slot = rep[8:56]
+        rep_basis = rep[0]
+        m.d.comb += [sifter.first_slot.payload.eq(cur.first),
+                     seg_r.addr.eq(seg_idx)]
+        in_cur = Signal()
+        m.d.comb += in_cur.eq(cur_valid & (held_slot >= cur.first) &
+                              (held_slot < cur.first + cur.count))
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += link.cmd.ready.eq(1)
+                with m.If(link.cmd.valid):
+                    m.d.sync += [length.eq(cmd.length), pos.eq(0), bad.eq(0), too_large.eq(0),
+                                 order.eq(0), tmp_loaded.eq(loaded), tmp_seg.eq(n_seg),
+                                 tmp_end.eq(prev_end), hcount.eq(0), add_records.eq(0)]
+                    with m.If(cmd.opcode == Opcode.LOAD_RECORDS.value):
+                        m.next = "LR_HEAD"
+                    with m.Else():
+                        m.d.sync += [rest.eq(cmd.length), reports.eq(0)]
+                        m.next = "SR_COUNT"
+            # ---- LOAD_RECORDS: segments of first u48, count u32, nibbles ----
+            with m.State("LR_HEAD"):
+                with m.If(hcount == 10):
+                    m.d.sync += [seg_first.eq(head[32:80]), seg_count.eq(head[:32])]
+                    m.next = "LR_SEG"
+                with m.Elif(pos == length):
+                    with m.If(hcount != 0):
+                        m.d.sync += bad.eq(1)
+                    m.next = "LR_END"
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += [head.eq(Cat(rx.payload, head[:72])), hcount.eq(hcount + 1)]
+            with m.State("LR_SEG"):
+                end = seg_first + seg_count
+                with m.If((seg_count == 0) | (length - pos < (seg_count + 1) >> 1)):
+                    m.d.sync += bad.eq(1)
+                    m.next = "LR_SKIP"
+                with m.Else():
+                    with m.If(end > (1 << SLOT_WIDTH)):
+                        m.d.sync += bad.eq(1)
+                    with m.If((tmp_loaded + seg_count > RECORD_DEPTH) |
+                              (tmp_seg == SEGMENT_DEPTH)):
+                        m.d.sync += too_large.eq(1)
+                    with m.If(seg_first < tmp_end):
+                        m.d.sync += order.eq(1)
+                    m.d.sync += [nib_left.eq(seg_count), low.eq(0),
+                                 seg.first.eq(seg_first), seg.count.eq(seg_count),
+                                 seg.base.eq(tmp_loaded)]
+                    m.next = "LR_NIB"
+            with m.State("LR_NIB"):
+                ok = ~bad & ~too_large & ~order
+                with m.If(nib_left == 0):
+                    m.d.comb += seg_w.en.eq(ok)
+                    m.d.sync += [tmp_seg.eq(tmp_seg + 1), tmp_end.eq(seg_first + seg_count),
+                                 hcount.eq(0), add_records.eq(add_records + seg_count)]
+                    m.next = "LR_HEAD"
+                with m.Elif(low):
+                    m.d.comb += [rec_w.addr.eq(tmp_loaded), rec_w.data.eq(byte[:4]),
+                                 rec_w.en.eq(ok)]
+                    m.d.sync += [low.eq(0), nib_left.eq(nib_left - 1),
+                                 tmp_loaded.eq(tmp_loaded + 1)]
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.comb += [rec_w.addr.eq(tmp_loaded), rec_w.data.eq(rx.payload[4:]),
+                                     rec_w.en.eq(ok)]
+                        m.d.sync += [byte.eq(rx.payload), low.eq(nib_left != 1),
+                                     nib_left.eq(nib_left - 1), tmp_loaded.eq(tmp_loaded + 1)]
+            with m.State("LR_SKIP"):                 # malformed: read to the end
+                m.d.comb += rx.ready.eq(1)
+                with m.If(pos == length):
+                    m.next = "LR_END"
+            with m.State("LR_END"):
+                with m.If(bad):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Elif(too_large):
+                    finish(error=ErrorCode.TOO_LARGE)
+                with m.Elif(order):
+                    finish(error=ErrorCode.SIFT_ORDER)
+                with m.Else():
+                    m.d.comb += commit_load.eq(1)
+                    m.d.sync += [loaded.eq(tmp_loaded), n_seg.eq(tmp_seg), prev_end.eq(tmp_end)]
+                    finish(Opcode.ACK)
+            # ---- SIFT_REPORTS: 7-byte reports ----
+            with m.State("SR_COUNT"):                # reports = length / 7, exactly
+                with m.If(rest >= proto.REPORT_BYTES):
+                    m.d.sync += [rest.eq(rest - proto.REPORT_BYTES), reports.eq(reports + 1)]
+                with m.Else():
+                    m.next = "SR_CHECK"
+            with m.State("SR_CHECK"):
+                with m.If(rest != 0):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Else():
+                    # the records are cleared whatever the outcome
+                    m.d.sync += [loaded.eq(0), n_seg.eq(0), prev_end.eq(0),
+                                 tmp_seg.eq(n_seg), seg_idx.eq(0), cur_valid.eq(0),
+                                 cur_open.eq(0), held.eq(0), sent.eq(0), answered.eq(0),
+                                 matches.eq(0), failed.eq(0), ending.eq(0), rcount.eq(0)]
+                    m.d.comb += sifter_reset.eq(1)
+                    m.next = "SR_READ"
+            with m.State("SR_READ"):
+                with m.If(failed):
+                    m.next = "SR_FAIL"
+                with m.Elif(rcount == proto.REPORT_BYTES):
+                    m.next = "SR_ROUTE"
+                with m.Elif(pos == length):
+                    m.d.sync += ending.eq(1)
+                    m.next = "SR_ROUTE"
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += [rep.eq(Cat(rx.payload, rep[:48])), rcount.eq(rcount + 1)]
+            with m.State("SR_ROUTE"):
+                # a new report (or the end) decides whether the held one ends its block
+                new_in_block = Signal()
+                m.d.comb += new_in_block.eq(~ending & cur_valid &
+                                            (rep_slot < cur.first + cur.count))
+                with m.If(~held):
+                    with m.If(ending):
+                        m.next = "SR_WAIT"
+                    with m.Else():
+                        m.d.sync += [held.eq(1), held_slot.eq(rep_slot),
+                                     held_basis.eq(rep_basis), rcount.eq(0)]
+                        m.next = "SR_PLACE"
+                with m.Else():
+                    m.d.comb += [sifter.reports.valid.eq(1),
+                                 sifter.reports.payload.slot.eq(held_slot),
+                                 sifter.reports.payload.basis.eq(held_basis),
+                                 sifter.reports.payload.last.eq(~new_in_block)]
+                    with m.If(sifter.reports.ready):
+                        m.d.sync += sent.eq(sent + 1)
+                        with m.If(~new_in_block):
+                            m.d.sync += cur_open.eq(0)
+                        with m.If(ending):
+                            m.d.sync += held.eq(0)
+                            m.next = "SR_WAIT"
+                        with m.Else():
+                            m.d.sync += [held_slot.eq(rep_slot), held_basis.eq(rep_basis),
+                                         rcount.eq(0)]
+                            m.next = "SR_PLACE"
+            with m.State("SR_PLACE"):
+                # find the segment of the held report, opening its sifter block
+                with m.If(in_cur):
+                    with m.If(cur_open):
+                        m.next = "SR_READ"
+                    with m.Elif(~st_busy):
+                        m.d.comb += [sifter.first_slot.valid.eq(1)]
+                        with m.If(sifter.first_slot.ready):
+                            m.d.comb += st_start.eq(1)
+                            m.d.comb += st_from.eq(cur.base)
+                            m.d.sync += cur_open.eq(1)
+                            m.next = "SR_READ"
+                with m.Elif(cur_valid & (held_slot < cur.first)):
+                    m.d.sync += failed.eq(1)                  # in a gap, or not increasing
+                    m.next = "SR_FAIL"
+                with m.Elif(seg_idx == tmp_seg):
+                    m.d.sync += failed.eq(1)                  # beyond the last segment
+                    m.next = "SR_FAIL"
+                with m.Else():
+                    m.next = "SR_FETCH"
+            with m.State("SR_FETCH"):                 # seg_r.data is segment seg_idx
+                m.d.sync += [cur.eq(seg_r.data), cur_valid.eq(1), seg_idx.eq(seg_idx + 1)]
+                m.next = "SR_PLACE"
+            with m.State("SR_WAIT"):
+                with m.If(sifter.error):
+                    m.next = "SR_FAIL"
+                with m.Elif((answered == sent) & ~st_busy):
+                    m.d.comb += commit_sift.eq(1)
+                    finish(Opcode.SIFT_RESULT)
+            with m.State("SR_FAIL"):
+                # drain the open block so the sifter is left idle, then report
+                m.d.comb += [rx.ready.eq(1), sifter_reset.eq(1)]
+                m.d.sync += st_busy.eq(0)
+                with m.If(pos == length):
+                    finish(error=ErrorCode.SIFT_ORDER)
+        m.d.comb += self.idle.eq(link.idle)
+        return m
