@@ -82,7 +82,7 @@ from mozi.host.finite_key import (
     binary_entropy,
     finite_key_length,
 )
-from mozi.host.keystore import KeyStore, key_layout
+from mozi.host.keystore import KeyStore, check_value, key_layout
 from mozi.host.privacy import privacy_amplify
 from mozi.host.randomness import SessionRandomness
 from mozi.host.sifting import run_sifting
@@ -123,6 +123,8 @@ class SessionConfig:
         Fraction of the stored key that Alice may send with (the rest is Bob's), in [0, 1].
     device : str
         Device backend for both parties (:func:`mozi.host.device.open_device`).
+    alice_device, bob_device : str or None
+        A backend for one party instead of ``device`` (e.g. Bob's receiver on a board).
     window_sigmas : float
         Half-width of the acceptance window in jitter RMS units.
     max_drift : float
@@ -149,6 +151,8 @@ class SessionConfig:
     insecure_seed: int | None = None
     alice_share: float = 0.5
     device: str = "model"
+    alice_device: str | None = None
+    bob_device: str | None = None
     window_sigmas: float = 3.0
     max_drift: float = 2e-4
     max_slot_shift: int = 1 << 16
@@ -222,6 +226,9 @@ class SessionResult:
         IDs under which both stores hold the key.
     key_senders : list of str
         For each key ID, the party that may send with the block.
+    key_check_values : list of str
+        For each key ID, :func:`~mozi.host.keystore.check_value` of the block (compare two
+        stores or two backends without showing key bits).
     finite_key : dict or None
         The :class:`~mozi.host.finite_key.FiniteKeyResult` as a dict.
     profile : list of dict
@@ -257,6 +264,7 @@ class SessionResult:
     abort_reason: str | None = None
     key_ids: list[str] = dataclasses.field(default_factory=list)
     key_senders: list[str] = dataclasses.field(default_factory=list)
+    key_check_values: list[str] = dataclasses.field(default_factory=list)
     finite_key: dict | None = None
     profile: list[dict] = dataclasses.field(default_factory=list)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -535,6 +543,7 @@ def run_session(tags, alice, *, link: str, store_alice: KeyStore, store_bob: Key
         result.final_key_bits = 0
         result.key_ids = []
         result.key_senders = []
+        result.key_check_values = []
     finally:
         bar.close()
         result.timings["total"] = round(clock() - t_all, 4)
@@ -586,7 +595,7 @@ def _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result,
     t0 = step("timing", t0)
 
     # 2. Bob's device: slot assignment + decoding, block by block
-    with open_device(config.device) as bob_dev:
+    with open_device(config.bob_device or config.device, role="receiver") as bob_dev:
         rx = ReceiverDriver(bob_dev, random_key=rand.stream_key("decoder"))
         rx.reset()
         blocks = tm.slot_blocks(ticks, est, frac_bits=rx.frac_bits,
@@ -665,7 +674,7 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     def records_at(slots: np.ndarray) -> np.ndarray:
         return alice_record(*source.choices(slots))
 
-    with open_device(config.device) as alice_dev:
+    with open_device(config.alice_device or config.device, role="transmitter") as alice_dev:
         tx = TransmitterDriver(alice_dev)
         tx.reset()
         a_sift, b_sift = run_sifting(ch_a, ch_b, tx, records_at, a_slots, b_basis, b_bits)
@@ -800,6 +809,9 @@ def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob,
     result.final_key_bits = int(n_key)
     result.key_ids = list(ids)
     result.key_senders = [sender for sender, _ in layout]
+    ends = np.cumsum([size for _, size in layout])
+    result.key_check_values = [check_value(block) for block in
+                               np.split(key_a[cut:], ends[:-1])]
     step("storage", t0)
 
 

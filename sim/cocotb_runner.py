@@ -45,6 +45,13 @@ def verilator_path() -> str:
     return found
 
 
+# Make variables of every Verilator build: the PCH fix (see run_cocotb), and the model's C++
+# optimised for speed (Verilator's default -Os halves a large design's clock rate).
+_MAKE_VARS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
+_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast",
+               "--x-initial", "fast")
+
+
 def _waves() -> bool:
     return os.environ.get("WAVES", "0") not in ("", "0")
 
@@ -57,11 +64,13 @@ def run_cocotb(
     toplevel: str | None = None,
     testcase: str | list[str] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    run_dir: Path | None = None,
 ) -> Path:
     """Build ``component`` under Verilator (cached) and run the cocotb ``test_module`` on it.
 
     Returns the results XML path. Raises ``AssertionError`` if any cocotb test failed or
-    none ran.
+    none ran. ``run_dir`` (default: under the build, named by the test module and params)
+    receives the run's results and waveforms; concurrent runs of one build need their own.
     """
     from amaranth.back import verilog
     from cocotb_tools.check_results import get_results
@@ -71,7 +80,8 @@ def run_cocotb(
     toplevel = toplevel or type(component).__name__.lower()
     text = verilog.convert(component, name=toplevel, emit_src=False)
     waves = _waves()
-    digest = hashlib.sha256((text + f"waves={waves}").encode()).hexdigest()[:12]
+    flags = f"waves={waves} {_MAKE_VARS} {' '.join(_BUILD_ARGS)}"
+    digest = hashlib.sha256((text + flags).encode()).hexdigest()[:12]
     build_dir = BUILD_ROOT / f"{toplevel}-{digest}"
     build_dir.mkdir(parents=True, exist_ok=True)
     source = build_dir / f"{toplevel}.v"
@@ -88,13 +98,13 @@ def run_cocotb(
             # variable given in MAKEFLAGS acts like one on make's command line and restores
             # the `-include` it needs.
             saved = os.environ.get("MAKEFLAGS")
-            os.environ["MAKEFLAGS"] = f"{saved or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
+            os.environ["MAKEFLAGS"] = f"{saved or ''} {_MAKE_VARS}".strip()
             try:
                 runner.build(
                     sources=[source],
                     hdl_toplevel=toplevel,
                     build_dir=build_dir,
-                    build_args=["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"],
+                    build_args=list(_BUILD_ARGS),
                     waves=waves,
                     always=True,
                     log_file=build_dir / "build.log",
@@ -115,7 +125,7 @@ def run_cocotb(
     seed = os.environ.get("SEED")
     tag = hashlib.sha256(env["MOZI_PARAMS"].encode()).hexdigest()[:8]
     name = f"{test_module.rsplit('.', 1)[-1]}-{tag}"
-    test_dir = build_dir / "runs" / name
+    test_dir = Path(run_dir) if run_dir is not None else build_dir / "runs" / name
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(
         test_module=test_module,

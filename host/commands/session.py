@@ -65,7 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "secret ones included, follows from N; the keys are marked "
                              "insecure_reproducible")
     parser.add_argument("--device", default="model",
-                        help="device backend: model (golden models; default), rtl, serial:PORT")
+                        help="device backend of both parties: model (golden models; default), "
+                             "rtl (the firmware under Verilator), serial:PORT (a board)")
+    parser.add_argument("--alice-device", default=None, metavar="DEVICE",
+                        help="Alice's (the transmitter's) device instead of --device")
+    parser.add_argument("--bob-device", default=None, metavar="DEVICE",
+                        help="Bob's (the receiver's) device instead of --device")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout")
 
@@ -176,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``mozi session``; see the module docstring for the exit status."""
     # imported here, not at module level: the CLI imports every command to build its parser,
     # and the session engine (scipy, the device models) is not needed for `mozi --help`
-    from mozi.host.device import open_device
+    from mozi.host.device import check_device
     from mozi.host.randomness import warn_insecure
     from mozi.host.session import SessionConfig, run_session
 
@@ -195,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         "insecure_seed": args.insecure_seed,
         "alice_share": args.alice_share,
         "device": args.device,
+        "alice_device": args.alice_device,
+        "bob_device": args.bob_device,
     }
     try:
         config = SessionConfig(**{k: v for k, v in overrides.items() if v is not None})
@@ -202,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         raise MoziError(f"bad session parameter: {exc}") from None
 
     # an unavailable device fails here, before a key store is touched or progress is shown
-    open_device(config.device).close()
+    check_device(config.bob_device or config.device, "receiver")
+    check_device(config.alice_device or config.device, "transmitter")
 
     if args.store_alice.resolve() == args.store_bob.resolve():
         raise MoziError("--store-alice and --store-bob must be different files")
