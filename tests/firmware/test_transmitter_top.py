@@ -1,0 +1,157 @@
+"""The transmitter role top under Verilator, driven by the real TransmitterDriver (``rtl``).
+
+Alice's sifter with its record memory and the link: every byte the simulation answers must
+equal the ``model`` backend's, for sessions' worth of reports, for malformed requests, and over
+a link that corrupts, truncates, duplicates, delays and garbles frames.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+from mozi.firmware import protocol as proto
+from mozi.firmware.protocol import ErrorCode, Opcode
+from mozi.firmware.transmitter import Transmitter
+from mozi.host.device import TransmitterDriver, open_device
+from mozi.host.model_device import ModelTransport
+from mozi.sim import model
+
+from tests.firmware.links import FaultyLink, Recording, frames
+
+pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("rtl-transmitter")]
+
+
+@pytest.fixture(scope="module")
+def rtl():
+    t = open_device("rtl", role="transmitter", read_timeout=0.01, response_timeout=1.5)
+    yield t
+    t.close()
+
+
+class _Shared(Recording):
+    def close(self) -> None:
+        self.closed = True
+
+
+def _stimulus(seed: int, n_slots: int = 300_000, n_reports: int = 6000):
+    rng = np.random.default_rng(seed)
+    print("stimulus seed", seed)
+    records = (rng.integers(0, 16, n_slots).astype(np.uint8)) & 0b1011
+    slots = np.unique(np.concatenate([rng.integers(0, n_slots, n_reports),
+                                      np.arange(1000, 1040)]))       # a dense run too
+    basis = rng.integers(0, 2, slots.size).astype(np.uint8)
+    return records, slots, basis
+
+
+def _sift(tx, records, slots, basis):
+    out = tx.sift(slots, basis, lambda s: records[s])
+    return out, tx.counters()
+
+
+def test_register_widths_equal_the_ports_they_drive():
+    top = Transmitter()
+    for name in Transmitter.REGISTERS:
+        reg = proto.register(name)
+        assert len(getattr(top.link, f"reg_{name.lower()}")) == reg.width, name
+
+
+def test_rtl_sifts_byte_for_byte_like_the_model(rtl):
+    records, slots, basis = _stimulus(5)
+    logs, results = [], []
+    for t in (_Shared(ModelTransport(role=2)), _Shared(rtl)):
+        tx = TransmitterDriver(t, merge_gap=8)
+        tx.reset()
+        results.append(_sift(tx, records, slots, basis))
+        logs.append(t)
+    assert logs[1].received == logs[0].received
+    match, bit, intensity = model.sift_alice(records, slots, basis)
+    for out, counters in results:
+        np.testing.assert_array_equal(out.match, match)
+        np.testing.assert_array_equal(out.bit, bit)
+        np.testing.assert_array_equal(out.intensity, intensity)
+        assert counters["TX_REPORTS"] == slots.size
+        assert counters["TX_MATCHES"] == int(match.sum())
+
+
+def _seg(first, records):
+    return struct.pack(">6sI", int(first).to_bytes(6, "big"), len(records)) + \
+        proto.pack_nibbles(records)
+
+
+def _raw(t, data: bytes) -> list[proto.Frame]:
+    t.write(data)
+    got = bytearray()
+    quiet = 0
+    while quiet < (3 if isinstance(t.inner, ModelTransport) else 30):
+        chunk = t.read()
+        quiet = 0 if chunk else quiet + 1
+        got += chunk
+    return frames(got)
+
+
+def test_malformed_requests_match_the_model(rtl):
+    seq = iter(range(256))
+
+    def f(op, payload):
+        return proto.encode_frame(op, payload, next(seq))
+
+    reqs = [
+        f(Opcode.PING, b""),
+        f(Opcode.LOAD_RECORDS, _seg(100, [1, 2, 3, 4]) + _seg(110, [5])),
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([101, 110], [1, 0])),        # good
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([101], [1])),                # no records
+        f(Opcode.SIFT_REPORTS, b"\x00" * 8),                                     # not 7k
+        f(Opcode.SIFT_REPORTS, b""),                                             # empty
+        f(Opcode.LOAD_RECORDS, _seg(100, [1, 2, 3, 4])),
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([100, 104], [0, 0])),        # outside
+        f(Opcode.LOAD_RECORDS, _seg(100, [1, 2, 3, 4])),
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([102, 101], [0, 0])),        # decreasing
+        f(Opcode.LOAD_RECORDS, _seg(100, [1, 2, 3, 4])),
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([102, 102], [0, 0])),        # repeated
+        f(Opcode.LOAD_RECORDS, _seg(100, [1, 2, 3, 4]) + _seg(200, [7, 7])),
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([103, 150], [1, 1])),        # in the gap
+        f(Opcode.LOAD_RECORDS, _seg(100, [1, 2]) + _seg(101, [3])),              # overlap
+        f(Opcode.LOAD_RECORDS, _seg(300, [1]) + _seg(200, [3])),                 # not in order
+        f(Opcode.LOAD_RECORDS, _seg(5, [])),                                     # empty
+        f(Opcode.LOAD_RECORDS, _seg(5, [1, 2, 3])[:-1]),                         # truncated
+        f(Opcode.LOAD_RECORDS, _seg(5, [1])[:8]),                                # half header
+        f(Opcode.LOAD_RECORDS, _seg((1 << 48) - 1, [1, 2])),                     # past 2**48
+        proto.encode_frame(Opcode.LOAD_RECORDS, struct.pack(">6sI", bytes(6), 70000)
+                           + bytes(35000)),                       # beyond the frame buffer
+        f(Opcode.LOAD_RECORDS, _seg(7, [9, 10, 11])),
+        f(Opcode.SIFT_REPORTS, proto.encode_reports([7, 8, 9], [1, 0, 1])),
+        f(Opcode.TAG_EVENTS, b"\x01"),                                           # not served
+    ] + [f(Opcode.LOAD_RECORDS, _seg(8000 * k, np.zeros(8000, np.uint8))) for k in range(9)]
+    for name in ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "TX_SEGMENT_CAPACITY"):
+        reqs.append(f(Opcode.READ_REG, struct.pack(">H", proto.register(name).address)))
+    answers = []
+    for t in (_Shared(ModelTransport(role=2)), _Shared(rtl)):
+        TransmitterDriver(t).reset()
+        answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in _raw(t, r)] for r in reqs])
+    for k, (a, b) in enumerate(zip(*answers, strict=True)):
+        assert a == b, f"request {k}: model {a}, rtl {b}"
+    codes = [a[0][2][0] if a[0][0] == Opcode.ERROR.value else None for a in answers[0]]
+    assert codes[:6] == [None, None, None, ErrorCode.SIFT_ORDER.value,
+                         ErrorCode.BAD_REQUEST.value, None]
+    assert codes[7] == codes[9] == codes[11] == codes[13] == ErrorCode.SIFT_ORDER.value
+    assert codes[14] == codes[15] == ErrorCode.SIFT_ORDER.value
+    assert codes[16:20] == [ErrorCode.BAD_REQUEST.value] * 4
+    assert codes[20] == ErrorCode.BAD_FRAME.value                  # beyond the frame buffer
+    assert codes[23] == ErrorCode.UNKNOWN_OPCODE.value
+    assert codes[24:32] == [None] * 8 and codes[32] == ErrorCode.TOO_LARGE.value
+
+
+def test_faulty_link_never_changes_a_sift_result(rtl):
+    records, slots, basis = _stimulus(11, n_reports=3000)
+    want = model.sift_alice(records, slots, basis)
+    link = FaultyLink(_Shared(rtl), random.Random(11), rate=0.3)
+    tx = TransmitterDriver(link, merge_gap=8)
+    tx.reset()
+    out, counters = _sift(tx, records, slots, basis)
+    np.testing.assert_array_equal(out.match, want[0])
+    np.testing.assert_array_equal(out.bit, want[1])
+    assert counters["TX_REPORTS"] == slots.size
+    assert sum(link.done.values()) > 5 and tx.link_retries > 0, link.done
