@@ -47,6 +47,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -252,6 +253,14 @@ def _as_bits(a) -> np.ndarray:
     return a.astype(np.uint8, copy=False)
 
 
+def check_value(bits) -> str:
+    """A key's check value: the first 4 bytes of SHA-256 over its bits (packed MSB-first, as
+    stored), in hex. Equal check values tell that two copies of a key agree without showing
+    its bits; but the value is a function of the key, so it is kept with the key's owner: a
+    holder of a one-time-pad ciphertext could use it to confirm a guessed plaintext."""
+    return hashlib.sha256(np.packbits(np.asarray(bits, np.uint8)).tobytes()).hexdigest()[:8]
+
+
 def _unpack(blob: bytes, n_bits: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(blob, np.uint8))[:n_bits].copy()
 
@@ -294,6 +303,8 @@ class KeyRecord:
     bits : uint8 array or None
         The key bits: set by :meth:`KeyStore.get` while the block is available, ``None`` in
         listings and after consumption (consumed key material is erased).
+    check_value : str or None
+        :func:`check_value` of the bits while the block is available.
     """
 
     key_id: str
@@ -309,13 +320,15 @@ class KeyRecord:
     purpose: str | None = None
     meta: dict = field(default_factory=dict)
     bits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    check_value: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable metadata (never the key bits)."""
         return {"key_id": self.key_id, "link": self.link, "sender": self.sender,
                 "n_bits": self.n_bits, "state": self.state, "created": self.created,
                 "pass_id": self.pass_id, "eps_sec": self.eps_sec, "eps_cor": self.eps_cor,
-                "consumed_at": self.consumed_at, "purpose": self.purpose, "meta": self.meta}
+                "consumed_at": self.consumed_at, "purpose": self.purpose, "meta": self.meta,
+                "check_value": self.check_value}
 
 
 _COLUMNS = ("key_id, link, sender, n_bits, state, created, pass_id, eps_sec, eps_cor, "
@@ -326,10 +339,11 @@ def _record(row, *, with_bits: bool) -> KeyRecord:
     (key_id, link, sender, n_bits, state, created, pass_id, eps_sec, eps_cor, consumed_at,
      purpose, meta, blob) = row
     bits = _unpack(blob, n_bits) if with_bits and blob is not None else None
+    kcv = hashlib.sha256(blob).hexdigest()[:8] if blob is not None else None
     return KeyRecord(key_id=key_id, link=link, sender=sender, n_bits=n_bits, state=state,
                      created=created, pass_id=pass_id, eps_sec=eps_sec, eps_cor=eps_cor,
                      consumed_at=consumed_at, purpose=purpose, meta=json.loads(meta),
-                     bits=bits)
+                     bits=bits, check_value=kcv)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``status`` prints, per link, the peer, the available and consumed blocks and bits, and how
 many of the available bits this party may send with (the rest are the peer's, for messages
 this party receives); ``list`` prints one line per key block (ID, link, sender, size, state,
-pass, creation time) — never key material. With
+check value, pass, creation time) — never key material. With
 ``--json`` one JSON document goes to stdout. The store is only read; a missing store is an
 error (it is not created).
 """
@@ -54,10 +54,11 @@ def _list_text(path: Path, records) -> str:
     width = max(len("link"), *(len(r.link) for r in records))
     s_w = max(len("sender"), *(len(r.sender) for r in records))
     lines = [f"{'key id':<36}  {'link':<{width}}  {'sender':<{s_w}}  {'bits':>8}  "
-             f"{'state':<9}  {'pass':<16}  created"]
+             f"{'state':<9}  {'check':<8}  {'pass':<16}  created"]
     for r in records:
         lines.append(f"{r.key_id:<36}  {r.link:<{width}}  {r.sender:<{s_w}}  {r.n_bits:>8}  "
-                     f"{r.state:<9}  {(r.pass_id or '-'):<16}  {r.created}")
+                     f"{r.state:<9}  {(r.check_value or '-'):<8}  {(r.pass_id or '-'):<16}  "
+                     f"{r.created}")
     return "\n".join(lines)
 
 
