@@ -1,6 +1,7 @@
 """The cores placed by :mod:`bench.synth`, with the parameters each row uses."""
 
-from mozi.firmware.receiver import ReceiverCores
+from mozi.firmware.receiver import Receiver, ReceiverCores
+from mozi.firmware.transmitter import Transmitter
 from mozi.hdl.alice_sifter import AliceSifter
 from mozi.hdl.basis_decoder import BasisDecoder
 from mozi.hdl.slot_assigner import SlotAssigner
@@ -45,4 +46,10 @@ CORES = [
     CoreSpec("ToeplitzHasherDefault", lambda: ToeplitzHasher(), devices=("ice40up5k",),
              params={"lanes": 8, "tile": 64, "max_n": 4096, "max_m": 1024},
              note="small configuration for an iCE40 receiver"),
+    CoreSpec("ReceiverTop", lambda: Receiver(phases=2, uart=True), devices=("ice40up5k",),
+             params={"phases": 2, "uart": True, "max_payload": 4096},
+             note="receiver firmware: cores, random FIFO, link with UART; must reach 48 MHz"),
+    CoreSpec("TransmitterTop", lambda: Transmitter(uart=True), devices=("ecp5-85f",),
+             params={"uart": True, "max_payload": 4096, "records": 65536, "segments": 1024},
+             note="transmitter firmware: AliceSifter, record memory, link with UART"),
 ]

@@ -15,7 +15,7 @@ import numpy as np
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from mozi.hdl.layouts import LOST_WIDTH
 from mozi.sim.cocotb_runner import test_params
-from mozi.sim.model import decode_basis
+from mozi.sim.model import carry_lost, decode_basis
 
 from tests.hdl.streams import drive, monitor, reset, start_clock
 
@@ -29,16 +29,12 @@ def ref_decode(slots, masks, lost, rand) -> list[tuple[int, int, int, int, int]]
     """Expected ``o`` stream: (slot, basis, bit, multi, lost) per emitted detection.
 
     :func:`decode_basis` per event (one random word each); events with an empty (low 4 bits)
-    mask are dropped and their ``lost`` carried, saturating, onto the next emitted event.
+    mask are dropped and their ``lost`` carried onto the next emitted event (:func:`carry_lost`).
     """
     valid, basis, bit, multi = decode_basis(np.asarray(masks) & 0xF, np.asarray(rand))
-    out, carry = [], 0
-    for k in range(len(slots)):
-        carry = min(carry + int(lost[k]), LOST_MAX)
-        if valid[k]:
-            out.append((int(slots[k]), int(basis[k]), int(bit[k]), int(multi[k]), carry))
-            carry = 0
-    return out
+    kept_lost, _ = carry_lost(lost, valid, maximum=LOST_MAX)
+    return [(int(slots[k]), int(basis[k]), int(bit[k]), int(multi[k]), int(n))
+            for k, n in zip(np.flatnonzero(valid), kept_lost, strict=True)]
 
 
 def pack_event(slot: int, mask: int, lost: int) -> int:

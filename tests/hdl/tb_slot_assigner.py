@@ -19,7 +19,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from mozi.hdl.layouts import LOST_WIDTH
 from mozi.sim.cocotb_runner import test_params
-from mozi.sim.model import assign_slots, merge_slot_events
+from mozi.sim.model import assign_slots, carry_lost, merge_slot_events
 
 P = test_params()
 TS_WIDTH = P.get("timestamp_width", 48)
@@ -60,53 +60,60 @@ def ref_slot_assigner(ops) -> tuple[list[tuple[int, int, int]], int]:
     """Model output ``(slot, mask, lost)`` and rejected count for a list of operations.
 
     ``ops`` holds ``(Event, Regs)`` pairs (the registers in force when the event is accepted)
-    and :data:`FLUSH` markers.
+    and :data:`FLUSH` markers. Slots from :func:`assign_slots`, runs of one slot merged as
+    :func:`merge_slot_events` merges them (a flush ends a run; a run still open at the end is
+    held, not emitted), loss counts carried by :func:`carry_lost`.
     """
-    out: list[tuple[int, int, int]] = []
-    rejected = 0
-    acc = 0
-    held = None                      # [slot, mask, lost]
-    block_slots, block_masks, block_ok = [], [], []
-    merged_model = []
-
-    def close_block():
-        s, m = merge_slot_events(np.array(block_slots, np.uint64),
-                                 np.array(block_masks, np.uint8), np.array(block_ok, bool))
-        merged_model.extend(zip(s.tolist(), m.tolist(), strict=True))
-        block_slots.clear()
-        block_masks.clear()
-        block_ok.clear()
-
+    slots, masks, lost, accepted, flushed_after = [], [], [], [], []
     for op in ops:
         if op == FLUSH:
-            if held is not None:
-                out.append(tuple(held))
-                held = None
-            close_block()
+            if flushed_after:
+                flushed_after[-1] = True
             continue
         ev, regs = op
-        slots, ok = assign_slots(np.array([ev.ts], np.uint64), period=regs.period,
-                                 offset=regs.offset, window_start=regs.window_start,
-                                 window_end=regs.window_end, frac_bits=FRAC,
-                                 slot_width=SLOT_WIDTH)
-        slot, accepted = int(slots[0]), bool(ok[0])
-        block_slots.append(slot)
-        block_masks.append(ev.mask)
-        block_ok.append(accepted)
-        if not accepted:
-            rejected += 1
-            acc = min(acc + ev.lost, LOST_MAX)
-        elif held is not None and held[0] == slot:
-            held[1] |= ev.mask
-            held[2] = min(held[2] + ev.lost + acc, LOST_MAX)
-            acc = 0
-        else:
-            if held is not None:
-                out.append(tuple(held))
-            held = [slot, ev.mask, min(ev.lost + acc, LOST_MAX)]
-            acc = 0
-    assert [(s, m) for s, m, _ in out] == merged_model, "lost bookkeeping disagrees with model"
-    return out, rejected
+        s, ok = assign_slots(np.array([ev.ts], np.uint64), period=regs.period,
+                             offset=regs.offset, window_start=regs.window_start,
+                             window_end=regs.window_end, frac_bits=FRAC, slot_width=SLOT_WIDTH)
+        slots.append(int(s[0]))
+        masks.append(ev.mask)
+        lost.append(ev.lost)
+        accepted.append(bool(ok[0]))
+        flushed_after.append(False)
+    # an accepted event ends its run when a flush or an accepted event of another slot
+    # follows before the next accepted event of its own slot
+    ends = [False] * len(slots)
+    run_mask = {}
+    out_masks = []
+    pending = None                          # index of the open run's latest event
+    for k in range(len(slots)):
+        if accepted[k]:
+            if pending is not None and slots[pending] != slots[k]:
+                ends[pending] = True
+            run_mask[k] = (run_mask.pop(pending, 0) if pending is not None and
+                           slots[pending] == slots[k] else 0) | masks[k]
+            if pending is not None and slots[pending] != slots[k]:
+                out_masks.append(run_mask.pop(pending))
+            pending = k
+        if flushed_after[k] and pending is not None:
+            ends[pending] = True
+            out_masks.append(run_mask.pop(pending))
+            pending = None
+    kept_lost, _ = carry_lost(np.array(lost, np.int64), np.array(ends, bool),
+                              maximum=LOST_MAX)
+    out_slots = [slots[k] for k in range(len(slots)) if ends[k]]
+    out = [(s, m, int(n)) for s, m, n in zip(out_slots, out_masks, kept_lost, strict=True)]
+    # the merge rule is merge_slot_events', applied between flushes
+    merged, block = [], []
+    for k in range(len(slots)):
+        block.append(k)
+        if flushed_after[k]:
+            sl, mk = merge_slot_events(np.array([slots[i] for i in block], np.uint64),
+                                       np.array([masks[i] for i in block], np.uint8),
+                                       np.array([accepted[i] for i in block], bool))
+            merged.extend(zip(sl.tolist(), mk.tolist(), strict=True))
+            block = []
+    assert [(s, m) for s, m, _ in out] == merged, "merging disagrees with model"
+    return out, accepted.count(False)
 
 
 class SlotBench:
