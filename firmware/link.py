@@ -83,13 +83,14 @@ def frame_layout(max_payload: int) -> data.StructLayout:
 
 
 class BufferReader(wiring.Component):
-    """Streams ``length`` bytes of a buffer from address 0, one per clock.
+    """Streams ``length`` bytes of a buffer from address ``base``, one per clock.
 
     Ports
     -----
     start : In(1)
-        Strobe: begin streaming ``length`` bytes (ignored while busy).
+        Strobe: begin streaming ``length`` bytes from address ``base`` (ignored while busy).
     length : In(range(depth + 1))
+    base : In(range(depth))
     addr : Out(range(depth)), data : In(8)
         The buffer's synchronous read port (data one clock after addr).
     o : Out(stream.Signature(8))
@@ -101,15 +102,15 @@ class BufferReader(wiring.Component):
     def __init__(self, depth: int):
         self.depth = depth
         super().__init__({
-            "start": In(1), "length": In(range(depth + 1)),
+            "start": In(1), "length": In(range(depth + 1)), "base": In(range(depth)),
             "addr": Out(range(depth)), "data": In(8),
             "o": Out(stream.Signature(8)), "last": Out(1), "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        idx = Signal(range(self.depth + 1))
-        end = Signal.like(self.length)
+        idx = Signal(range(2 * self.depth + 1))
+        end = Signal.like(idx)
         primed = Signal()
         take = self.o.valid & self.o.ready
         m.d.comb += [
@@ -126,7 +127,8 @@ class BufferReader(wiring.Component):
             with m.If(primed & (idx == end)):
                 m.d.sync += self.busy.eq(0)
         with m.Elif(self.start):
-            m.d.sync += [self.busy.eq(1), idx.eq(0), end.eq(self.length), primed.eq(0)]
+            m.d.sync += [self.busy.eq(1), idx.eq(self.base), end.eq(self.base + self.length),
+                         primed.eq(0)]
         return m
 
 

@@ -565,8 +565,10 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
        "Records the sifter's record memory holds between two SIFT_REPORTS."),
     _r("TX_SEGMENT_CAPACITY", 0x0204, 32, "ro", "transmitter",
        "Record segments (LOAD_RECORDS runs) it holds between two SIFT_REPORTS."),
-    _r("TH_MAX_BITS", 0x0300, 32, "ro", "hasher",
-       "Largest n + m - 1 the Toeplitz hasher accepts in one job."),
+    _r("TH_MAX_N", 0x0300, 32, "ro", "hasher",
+       "Largest n (input bits) of a Toeplitz job."),
+    _r("TH_MAX_M", 0x0301, 32, "ro", "hasher",
+       "Largest m (output bits) of a Toeplitz job."),
 ]}
 
 _BY_ADDRESS = {r.address: r for r in REGISTERS.values()}

@@ -13,15 +13,23 @@ committed when the whole payload has been checked; a ``SIFT_REPORTS`` commits it
 only when every report has been answered.
 """
 
-from amaranth import Cat, Const, Module, ResetInserter, Signal
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 from mozi.firmware import protocol as proto
-from mozi.firmware.link import UART_REGISTERS, Link, connect_host, host_port, register_port_name
+from mozi.firmware.link import (
+    UART_REGISTERS,
+    BufferReader,
+    Link,
+    connect_host,
+    host_port,
+    register_port_name,
+)
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import UART
 from mozi.hdl.alice_sifter import AliceSifter
+from mozi.hdl.toeplitz_hasher import ToeplitzHasher
 
 __all__ = ["RECORD_DEPTH", "SEGMENT_DEPTH", "Transmitter"]
 
@@ -59,14 +67,20 @@ class Transmitter(wiring.Component):
     """
 
     REGISTERS = ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "TX_RECORD_CAPACITY",
-                 "TX_SEGMENT_CAPACITY")
+                 "TX_SEGMENT_CAPACITY", "TH_MAX_N", "TH_MAX_M")
 
     def __init__(self, *, max_payload: int = proto.DEVICE_MAX_PAYLOAD, uart: bool = False,
-                 uart_divisor: int = 16):
+                 uart_divisor: int = 16, hasher: dict | None = None):
         self.max_payload = max_payload
         self.uart = UART() if uart else None
-        self.link = Link(role=2, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
-                         opcodes=(Opcode.LOAD_RECORDS, Opcode.SIFT_REPORTS),
+        #: Privacy amplification on the satellite: a :class:`ToeplitzHasher` of 8 lanes
+        #: (one wire byte per beat) with these parameters.
+        self.hasher = ToeplitzHasher(lanes=8, **(hasher or {"tile": 64, "max_n": 4096,
+                                                            "max_m": 1024}))
+        self.link = Link(role=2 | 4, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
+                         opcodes=(Opcode.LOAD_RECORDS, Opcode.SIFT_REPORTS,
+                                  Opcode.TOEPLITZ_START, Opcode.TOEPLITZ_DATA,
+                                  Opcode.TOEPLITZ_READ),
                          init={"UART_DIVISOR": uart_divisor}, max_payload=max_payload)
         self.sifter = AliceSifter(slot_width=SLOT_WIDTH, lanes=1)
         super().__init__({**host_port(uart), "idle": Out(1)})
@@ -101,7 +115,37 @@ class Transmitter(wiring.Component):
                 m.d.sync += total.eq(total + amount)
             m.d.comb += reg[name].eq(total[:32] | total[32].replicate(32))
         m.d.comb += [reg["TX_RECORD_CAPACITY"].eq(RECORD_DEPTH),
-                     reg["TX_SEGMENT_CAPACITY"].eq(SEGMENT_DEPTH)]
+                     reg["TX_SEGMENT_CAPACITY"].eq(SEGMENT_DEPTH),
+                     reg["TH_MAX_N"].eq(self.hasher.max_n),
+                     reg["TH_MAX_M"].eq(self.hasher.max_m)]
+
+        # ---- Toeplitz hasher: wire bytes (MSB-first) ↔ 8-lane beats (LSB-first) --------
+        th = self.hasher
+        th_reset = Signal()
+        m.submodules.hasher = ResetInserter(th_reset | link.soft_reset)(th)
+        y_bytes = (th.max_m + 7) // 8
+        m.submodules.y_mem = y_mem = Memory(shape=8, depth=y_bytes, init=[])
+        y_w, y_r = y_mem.write_port(), y_mem.read_port()
+        m.submodules.y_reader = y_rd = BufferReader(y_bytes)
+        m.d.comb += [y_r.addr.eq(y_rd.addr), y_rd.data.eq(y_r.data)]
+        job = Signal()                           # a job was started (and not aborted)
+        job_n = Signal(32)
+        job_m = Signal(32)
+        seed_bytes = Signal(33)
+        need = Signal(34)                        # seed then x bytes
+        got = Signal(34)
+        y_count = Signal(range(y_bytes + 1))
+        y_done = Signal()                        # the job's status beat has been taken
+        y_pos = Signal(range(y_bytes + 1))
+        m.d.comb += [th.y.ready.eq(1), th.status.ready.eq(1),
+                     y_w.addr.eq(y_count), y_w.data.eq(th.y.payload.data[::-1]),
+                     y_w.en.eq(th.y.valid)]
+        with m.If(th.y.valid):
+            m.d.sync += y_count.eq(y_count + 1)
+        with m.If(th.status.valid):
+            m.d.sync += y_done.eq(1)
+        with m.If(link.soft_reset):
+            m.d.sync += job.eq(0)
 
         # committed contents: records [0, loaded), segments [0, n_seg)
         loaded = Signal(range(RECORD_DEPTH + 1))
@@ -184,15 +228,21 @@ class Transmitter(wiring.Component):
                          st_primed.eq(0)]
         # sifter answers → response bytes
         o = sifter.o
-        m.d.comb += [o.ready.eq(1), link.cmd_tx.valid.eq(o.valid),
-                     link.cmd_tx.payload.eq(Cat(o.payload.match, o.payload.bit,
-                                                o.payload.intensity, Const(0, 4)))]
+        m.d.comb += o.ready.eq(1)
+        with m.If(o.valid):
+            m.d.comb += [link.cmd_tx.valid.eq(1),
+                         link.cmd_tx.payload.eq(Cat(o.payload.match, o.payload.bit,
+                                                    o.payload.intensity, Const(0, 4)))]
         with m.If(o.valid):
             m.d.sync += [answered.eq(answered + 1), matches.eq(matches + o.payload.match)]
         rep_slot = rep[8:56]
         rep_basis = rep[0]
         m.d.comb += [sifter.first_slot.payload.eq(cur.first),
                      seg_r.addr.eq(seg_idx)]
+        chunk = Signal(range(y_bytes + 1))      # bytes of y the next TOEPLITZ_READ returns
+        y_left = Signal(range(y_bytes + 1))
+        m.d.comb += [y_left.eq(((job_m + 7) >> 3) - y_pos),
+                     chunk.eq(Mux(y_left > self.max_payload, self.max_payload, y_left))]
         in_cur = Signal()
         m.d.comb += in_cur.eq(cur_valid & (held_slot >= cur.first) &
                               (held_slot < cur.first + cur.count))
@@ -206,9 +256,92 @@ class Transmitter(wiring.Component):
                                  tmp_end.eq(prev_end), hcount.eq(0), add_records.eq(0)]
                     with m.If(cmd.opcode == Opcode.LOAD_RECORDS.value):
                         m.next = "LR_HEAD"
-                    with m.Else():
+                    with m.Elif(cmd.opcode == Opcode.SIFT_REPORTS.value):
                         m.d.sync += [rest.eq(cmd.length), reports.eq(0)]
                         m.next = "SR_COUNT"
+                    with m.Elif(cmd.opcode == Opcode.TOEPLITZ_START.value):
+                        m.next = "TS_READ"
+                    with m.Elif(cmd.opcode == Opcode.TOEPLITZ_DATA.value):
+                        m.next = "TD_CHECK"
+                    with m.Else():
+                        m.next = "TR_CHECK"
+            # ---- TOEPLITZ_START: n u32, m u32; any job in progress is abandoned ----
+            with m.State("TS_READ"):
+                with m.If(pos == length):
+                    m.d.comb += th_reset.eq(1)
+                    m.d.sync += [job.eq(0), y_count.eq(0), y_done.eq(0), y_pos.eq(0),
+                                 got.eq(0)]
+                    m.next = "TS_CHECK"
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid & (pos < 8)):
+                        m.d.sync += head.eq(Cat(rx.payload, head[:72]))
+            with m.State("TS_CHECK"):
+                n_, m_ = head[32:64], head[:32]
+                with m.If((length != 8) | (n_ == 0) | (m_ == 0)):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Elif((n_ > th.max_n) | (m_ > th.max_m)):
+                    finish(error=ErrorCode.TOO_LARGE)
+                with m.Else():
+                    m.d.sync += [job_n.eq(n_), job_m.eq(m_),
+                                 seed_bytes.eq((n_ + m_ - 1 + 7) >> 3),
+                                 need.eq(((n_ + m_ - 1 + 7) >> 3) + ((n_ + 7) >> 3))]
+                    m.next = "TS_CFG"
+            with m.State("TS_CFG"):
+                m.d.comb += [th.cfg.valid.eq(1), th.cfg.payload.n.eq(job_n),
+                             th.cfg.payload.m.eq(job_m)]
+                with m.If(th.cfg.ready):
+                    m.d.sync += job.eq(1)
+                    finish(Opcode.ACK)
+            # ---- TOEPLITZ_DATA: the next bytes of packbits(seed) ‖ packbits(x) ----
+            with m.State("TD_CHECK"):
+                with m.If(~job | (got + length > need)):
+                    m.next = "TD_REFUSE"
+                with m.Else():
+                    m.next = "TD_BYTE"
+            with m.State("TD_REFUSE"):
+                m.d.comb += rx.ready.eq(1)
+                with m.If(pos == length):
+                    finish(error=ErrorCode.SEQUENCE)
+            with m.State("TD_BYTE"):
+                in_seed = got < seed_bytes
+                beat_ok = Mux(in_seed, th.seed.ready, th.x.ready)
+                with m.If(pos == length):
+                    finish(Opcode.ACK)
+                with m.Else():
+                    m.d.comb += [th.seed.payload.data.eq(rx.payload[::-1]),
+                                 th.seed.payload.last.eq(got + 1 == seed_bytes),
+                                 th.x.payload.data.eq(rx.payload[::-1]),
+                                 th.x.payload.last.eq(got + 1 == need),
+                                 th.seed.valid.eq(rx.valid & in_seed),
+                                 th.x.valid.eq(rx.valid & ~in_seed),
+                                 rx.ready.eq(beat_ok)]
+                    with m.If(rx.valid & beat_ok):
+                        m.d.sync += got.eq(got + 1)
+            # ---- TOEPLITZ_READ: the next bytes of packbits(y), once the job is done ----
+            with m.State("TR_CHECK"):
+                with m.If(length != 0):
+                    m.next = "TR_BAD"
+                with m.Elif(~job | (got != need)):
+                    finish(error=ErrorCode.SEQUENCE)
+                with m.Elif(y_done):
+                    with m.If(y_pos >= (job_m + 7) >> 3):
+                        finish(error=ErrorCode.SEQUENCE)
+                    with m.Else():
+                        m.d.comb += [y_rd.start.eq(1), y_rd.base.eq(y_pos),
+                                     y_rd.length.eq(chunk)]
+                        m.d.sync += y_pos.eq(y_pos + chunk)
+                        m.next = "TR_SEND"
+            with m.State("TR_BAD"):
+                m.d.comb += rx.ready.eq(1)
+                with m.If(pos == length):
+                    finish(error=ErrorCode.BAD_REQUEST)
+            with m.State("TR_SEND"):
+                m.d.comb += [link.cmd_tx.valid.eq(y_rd.o.valid),
+                             link.cmd_tx.payload.eq(y_rd.o.payload),
+                             y_rd.o.ready.eq(link.cmd_tx.ready)]
+                with m.If(~y_rd.busy):
+                    finish(Opcode.TOEPLITZ_RESULT)
             # ---- LOAD_RECORDS: segments of first u48, count u32, nibbles ----
             with m.State("LR_HEAD"):
                 with m.If(hcount == 10):

@@ -158,8 +158,9 @@ def open_device(spec: str, *, role: str | None = None, **options) -> Transport:
         ``"model"`` (the golden models in-process), ``"rtl"`` (the role top under Verilator)
         or ``"serial:PORT"`` (a board, or a co-simulation served on a pseudo-terminal).
     role : {"receiver", "transmitter"}, optional
-        What the device is opened for: the ``model`` implements just that role (every role
-        when omitted); ``rtl`` simulates that role top (the receiver when omitted).
+        What the device is opened for: the ``model`` is then that role top's emulation (its
+        roles and sizes; every role when omitted); ``rtl`` simulates that role top (the
+        receiver when omitted).
     **options
         Passed to the backend's transport.
 
@@ -174,10 +175,8 @@ def open_device(spec: str, *, role: str | None = None, **options) -> Transport:
     """
     kind = _parse(spec, role)
     if kind == "model":
-        from mozi.host.model_device import ModelTransport
-        if role is not None:
-            options.setdefault("role", ROLES[role])
-        return ModelTransport(**options)
+        from mozi.host.model_device import FIRMWARE, ModelTransport
+        return ModelTransport(**{**(FIRMWARE[role] if role else {}), **options})
     if kind == "rtl":
         from mozi.host.rtl_device import RtlTransport
         return RtlTransport(role=role or "receiver", **options)
@@ -687,7 +686,8 @@ class HasherDriver(_Driver):
 
     def __init__(self, transport: Transport):
         super().__init__(transport)
-        self.max_bits = self.read_register("TH_MAX_BITS")
+        self.max_n = self.read_register("TH_MAX_N")
+        self.max_m = self.read_register("TH_MAX_M")
 
     def hash(self, x: np.ndarray, seed: np.ndarray, m: int) -> np.ndarray:
         """``y = T x`` with ``T[i, j] = seed[i - j + n - 1]`` (DESIGN.md), ``m`` output bits.
@@ -695,7 +695,7 @@ class HasherDriver(_Driver):
         Raises
         ------
         ValueError
-            Bad lengths, or ``n + m - 1`` beyond the device's ``TH_MAX_BITS``.
+            Bad lengths, or ``n`` or ``m`` beyond the device's ``TH_MAX_N``, ``TH_MAX_M``.
         """
         x = np.asarray(x, np.uint8)
         seed = np.asarray(seed, np.uint8)
@@ -703,8 +703,8 @@ class HasherDriver(_Driver):
         if n < 1 or m < 1 or seed.size != n + m - 1:
             raise ValueError(f"need n >= 1, m >= 1 and n + m - 1 seed bits (n={n}, m={m}, "
                              f"seed {seed.size})")
-        if seed.size > self.max_bits:
-            raise ValueError(f"n + m - 1 = {seed.size} exceeds the device's {self.max_bits}")
+        if n > self.max_n or m > self.max_m:
+            raise ValueError(f"n={n}, m={m} exceed the device's {self.max_n}, {self.max_m}")
         self.request(Opcode.TOEPLITZ_START, struct.pack(">II", n, m), Opcode.ACK)
         data = np.packbits(seed).tobytes() + np.packbits(x).tobytes()
         for lo in range(0, len(data), self.max_payload):

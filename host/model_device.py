@@ -18,9 +18,18 @@ from mozi.firmware.protocol import ErrorCode, Frame, FrameError, Opcode
 from mozi.host.device import ROLE_HASHER, ROLE_RECEIVER, ROLE_TRANSMITTER, DeviceError, Transport
 from mozi.sim import model
 
-__all__ = ["ModelTransport"]
+__all__ = ["FIRMWARE", "ModelTransport"]
 
 _U32_MAX = (1 << 32) - 1
+
+#: ModelTransport parameters that make it the firmware's role top (``open_device("model",
+#: role=…)``): the roles and sizes of :mod:`mozi.firmware.receiver` and
+#: :mod:`mozi.firmware.transmitter`.
+FIRMWARE = {
+    "receiver": {"role": ROLE_RECEIVER},
+    "transmitter": {"role": ROLE_TRANSMITTER | ROLE_HASHER, "toeplitz_max_n": 4096,
+                    "toeplitz_max_m": 1024},
+}
 _LOST_MAX = (1 << 16) - 1
 
 
@@ -39,8 +48,8 @@ class ModelTransport(Transport):
         Record segments it holds (``TX_SEGMENT_CAPACITY``).
     random_capacity : int
         Depth of the basis decoder's random-word FIFO (below ``2**13``, the register's width).
-    toeplitz_max_bits : int
-        Largest ``n + m - 1`` of a Toeplitz job.
+    toeplitz_max_n, toeplitz_max_m : int
+        Largest ``n`` and ``m`` of a Toeplitz job.
     max_payload : int
         Payload bytes of the frame buffers (``LINK_MAX_PAYLOAD``).
     role : int
@@ -55,7 +64,8 @@ class ModelTransport(Transport):
     def __init__(self, *, frac_bits: int = 16, slot_width: int = 48,
                  record_capacity: int = 1 << 16, segment_capacity: int = 1024,
                  random_capacity: int = 4096,
-                 toeplitz_max_bits: int = 1 << 21, max_payload: int = proto.DEVICE_MAX_PAYLOAD,
+                 toeplitz_max_n: int = 1 << 20, toeplitz_max_m: int = 1 << 20,
+                 max_payload: int = proto.DEVICE_MAX_PAYLOAD,
                  role: int = ROLE_RECEIVER | ROLE_TRANSMITTER | ROLE_HASHER, phases: int = 2,
                  uart: bool = False):
         if not 0 <= frac_bits <= 24:
@@ -70,7 +80,8 @@ class ModelTransport(Transport):
         self.record_capacity = record_capacity
         self.segment_capacity = segment_capacity
         self.random_capacity = random_capacity
-        self.toeplitz_max_bits = toeplitz_max_bits
+        self.toeplitz_max_n = toeplitz_max_n
+        self.toeplitz_max_m = toeplitz_max_m
         self.max_payload = max_payload
         self.role = role
         self.phases = phases
@@ -188,7 +199,7 @@ class ModelTransport(Transport):
                  "RX_RANDOM_CAPACITY": self.random_capacity,
                  "TX_RECORD_CAPACITY": self.record_capacity,
                  "TX_SEGMENT_CAPACITY": self.segment_capacity,
-                 "TH_MAX_BITS": self.toeplitz_max_bits}
+                 "TH_MAX_N": self.toeplitz_max_n, "TH_MAX_M": self.toeplitz_max_m}
         return fixed[name] if name in fixed else self._counters[name]
 
     def _address(self, payload: bytes) -> proto.Register:
@@ -369,15 +380,15 @@ class ModelTransport(Transport):
         return Opcode.SIFT_RESULT, out.astype(np.uint8).tobytes()
 
     def _toeplitz_start(self, payload: bytes):
+        self._job = None                    # any job in progress is abandoned
         if len(payload) != 8:
             raise _Fail(ErrorCode.BAD_REQUEST, "TOEPLITZ_START takes n u32, m u32")
         n, m = struct.unpack(">II", payload)
-        self._job = None
         if n < 1 or m < 1:
             raise _Fail(ErrorCode.BAD_REQUEST, f"Toeplitz n={n}, m={m}: both must be >= 1")
-        if n + m - 1 > self.toeplitz_max_bits:
-            raise _Fail(ErrorCode.TOO_LARGE, f"Toeplitz n + m - 1 = {n + m - 1} exceeds "
-                        f"{self.toeplitz_max_bits}")
+        if n > self.toeplitz_max_n or m > self.toeplitz_max_m:
+            raise _Fail(ErrorCode.TOO_LARGE, f"Toeplitz n={n}, m={m} exceed "
+                        f"{self.toeplitz_max_n}, {self.toeplitz_max_m}")
         self._job = {"n": n, "m": m, "need": (n + m - 1 + 7) // 8 + (n + 7) // 8,
                      "data": bytearray(), "y": None, "pos": 0}
         return Opcode.ACK, b""

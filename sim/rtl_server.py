@@ -18,7 +18,7 @@ __all__ = ["ROLES", "build_top", "serve"]
 ROLES = ("receiver", "transmitter")
 
 #: Bytes per beat of the wide simulation port.
-BEAT_BYTES = 32
+BEAT_BYTES = 128
 
 
 def build_top(role: str):
@@ -41,7 +41,7 @@ def serve(role: str, socket_path: str, run_dir: str, stats: str | None = None) -
     if stats:
         env["MOZI_RTL_STATS"] = stats
     run_cocotb(build_top(role), "mozi.sim.rtl_bridge", toplevel=f"mozi_{role}", extra_env=env,
-               run_dir=run_dir)
+               run_dir=run_dir, ports_only=True)
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,7 @@ from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.receiver import Receiver
 from mozi.host.device import DeviceError, ReceiverDriver, open_device
-from mozi.host.model_device import ModelTransport
+from mozi.host.model_device import FIRMWARE, ModelTransport
 
 from tests.firmware.links import FAULTS, FaultyLink, Recording, frames
 
@@ -84,7 +84,7 @@ def test_register_widths_equal_the_ports_they_drive():
 
 
 def test_rtl_answers_byte_for_byte_like_the_model(rtl):
-    model = _Shared(ModelTransport(role=1))
+    model = _Shared(ModelTransport(**FIRMWARE['receiver']))
     sim = _Shared(rtl)
     results = []
     for t in (model, sim):
@@ -154,7 +154,7 @@ def test_malformed_requests_and_link_errors_match_the_model(rtl):
         reqs.append(proto.encode_frame(Opcode.READ_REG, struct.pack(
             ">H", proto.register(name).address), seq))
     answers = []
-    for t in (_Shared(ModelTransport(role=1)), _Shared(rtl)):
+    for t in (_Shared(ModelTransport(**FIRMWARE['receiver'])), _Shared(rtl)):
         ReceiverDriver(t).reset()
         answers.append([[(f.opcode, f.seq, f.payload) for f in _raw(t, r)] for r in reqs])
     for k, (a, b) in enumerate(zip(*answers, strict=True)):
@@ -181,7 +181,7 @@ def test_faulty_link_never_changes_a_detection(rtl, seed):
     print("fault seed", seed)
     ref = ReceiverDriver(ModelTransport(), random_key=bytes(range(32)))
     want = _session_like(ref, seed, blocks=12, events=1500)
-    for inner in (ModelTransport(role=1), _Shared(rtl)):
+    for inner in (ModelTransport(**FIRMWARE['receiver']), _Shared(rtl)):
         link = FaultyLink(inner, random.Random(seed), rate=0.3)
         rx = ReceiverDriver(link, random_key=bytes(range(32)))
         rx.reset()

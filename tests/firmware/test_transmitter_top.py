@@ -15,8 +15,8 @@ import pytest
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.transmitter import Transmitter
-from mozi.host.device import TransmitterDriver, open_device
-from mozi.host.model_device import ModelTransport
+from mozi.host.device import HasherDriver, TransmitterDriver, open_device
+from mozi.host.model_device import FIRMWARE, ModelTransport
 from mozi.sim import model
 
 from tests.firmware.links import FaultyLink, Recording, frames
@@ -61,7 +61,7 @@ def test_register_widths_equal_the_ports_they_drive():
 def test_rtl_sifts_byte_for_byte_like_the_model(rtl):
     records, slots, basis = _stimulus(5)
     logs, results = [], []
-    for t in (_Shared(ModelTransport(role=2)), _Shared(rtl)):
+    for t in (_Shared(ModelTransport(**FIRMWARE['transmitter'])), _Shared(rtl)):
         tx = TransmitterDriver(t, merge_gap=8)
         tx.reset()
         results.append(_sift(tx, records, slots, basis))
@@ -128,7 +128,7 @@ def test_malformed_requests_match_the_model(rtl):
     for name in ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "TX_SEGMENT_CAPACITY"):
         reqs.append(f(Opcode.READ_REG, struct.pack(">H", proto.register(name).address)))
     answers = []
-    for t in (_Shared(ModelTransport(role=2)), _Shared(rtl)):
+    for t in (_Shared(ModelTransport(**FIRMWARE['transmitter'])), _Shared(rtl)):
         TransmitterDriver(t).reset()
         answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in _raw(t, r)] for r in reqs])
     for k, (a, b) in enumerate(zip(*answers, strict=True)):
@@ -155,3 +155,55 @@ def test_faulty_link_never_changes_a_sift_result(rtl):
     np.testing.assert_array_equal(out.bit, want[1])
     assert counters["TX_REPORTS"] == slots.size
     assert sum(link.done.values()) > 5 and tx.link_retries > 0, link.done
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (8, 1), (1, 9), (100, 37), (4096, 1024)])
+def test_rtl_hasher_matches_toeplitz_hash(rtl, n, m):
+    rng = np.random.default_rng(n * 7 + m)
+    print("seed", n * 7 + m)
+    x = rng.integers(0, 2, n).astype(np.uint8)
+    s = rng.integers(0, 2, n + m - 1).astype(np.uint8)
+    h = HasherDriver(_Shared(rtl))
+    np.testing.assert_array_equal(h.hash(x, s, m), model.toeplitz_hash(x, s, m))
+
+
+def test_toeplitz_job_order_matches_the_model(rtl):
+    rng = np.random.default_rng(3)
+    seq = iter(range(256))
+
+    def f(op, payload=b""):
+        return proto.encode_frame(op, payload, next(seq))
+
+    n, m = 100, 37
+    data = rng.integers(0, 256, (n + m - 1 + 7) // 8 + (n + 7) // 8, dtype=np.uint8).tobytes()
+    reqs = [
+        f(Opcode.PING),
+        f(Opcode.TOEPLITZ_READ),                                         # no job
+        f(Opcode.TOEPLITZ_DATA, b"\x00"),                                # no job
+        f(Opcode.TOEPLITZ_START, struct.pack(">II", n, m)),
+        f(Opcode.TOEPLITZ_DATA, data[:5]),
+        f(Opcode.TOEPLITZ_READ),                                         # not complete
+        f(Opcode.TOEPLITZ_DATA, data[5:]),
+        f(Opcode.TOEPLITZ_DATA, b"\x01"),                                # beyond the job
+        f(Opcode.TOEPLITZ_READ, b"\x00"),                                # takes no payload
+        f(Opcode.TOEPLITZ_READ),
+        f(Opcode.TOEPLITZ_READ),                                         # all read
+        f(Opcode.TOEPLITZ_START, struct.pack(">II", 5000, 10)),          # too large
+        f(Opcode.TOEPLITZ_READ),                                         # job abandoned
+        f(Opcode.TOEPLITZ_START, struct.pack(">II", 0, 10)),
+        f(Opcode.TOEPLITZ_START, struct.pack(">I", 8)),
+    ]
+    answers = []
+    for t in (_Shared(ModelTransport(**FIRMWARE["transmitter"])), _Shared(rtl)):
+        TransmitterDriver(t).reset()
+        answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in _raw(t, r)] for r in reqs])
+    for k, (a, b) in enumerate(zip(*answers, strict=True)):
+        assert a == b, f"request {k}: model {a}, rtl {b}"
+    codes = [a[0][2][0] if a[0][0] == Opcode.ERROR.value else None for a in answers[0]]
+    seq_err, bad = ErrorCode.SEQUENCE.value, ErrorCode.BAD_REQUEST.value
+    assert codes == [None, seq_err, seq_err, None, None, seq_err, None, seq_err, bad, None,
+                     seq_err, ErrorCode.TOO_LARGE.value, seq_err, bad, bad]
+    x = np.unpackbits(np.frombuffer(data, np.uint8)[(n + m - 1 + 7) // 8:])[:n]
+    s = np.unpackbits(np.frombuffer(data, np.uint8))[:n + m - 1]
+    y = np.unpackbits(np.frombuffer(answers[1][9][0][2], np.uint8))[:m]
+    np.testing.assert_array_equal(y, model.toeplitz_hash(x, s, m))

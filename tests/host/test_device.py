@@ -245,9 +245,11 @@ def test_hasher_matches_toeplitz_hash(n, m):
 
 
 def test_hasher_limits():
-    h = HasherDriver(ModelTransport(toeplitz_max_bits=100))
+    h = HasherDriver(ModelTransport(toeplitz_max_n=100, toeplitz_max_m=20))
     with pytest.raises(ValueError):
-        h.hash(np.ones(90, np.uint8), np.ones(109, np.uint8), 20)
+        h.hash(np.ones(101, np.uint8), np.ones(120, np.uint8), 20)
+    with pytest.raises(ValueError):
+        h.hash(np.ones(90, np.uint8), np.ones(110, np.uint8), 21)
     with pytest.raises(ValueError):
         h.hash(np.ones(10, np.uint8), np.ones(10, np.uint8), 5)
 
