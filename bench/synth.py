@@ -151,7 +151,13 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     log = out / "log.txt"
     t0 = time.perf_counter()
     for cmd in flow_commands(dev, spec.synth_options):
-        _run(cmd, log, out)
+        try:
+            _run(cmd, log, out)
+        except RuntimeError:
+            over = _overflow(log, dev)
+            if over is None:
+                raise
+            raise RuntimeError(over) from None
     row = row_from_report(out, dev, harness, time.perf_counter() - t0)
     tmp = out / "row.json.tmp"
     tmp.write_text(json.dumps({**row, "key": key}))
@@ -206,6 +212,19 @@ def row_from_report(out: Path, dev: Device, harness: SynthHarness, seconds: floa
         "harness_ffs": harness.in_bits + harness.out_bits + 1,
         "seconds": round(seconds, 1),
     }
+
+
+def _overflow(log: Path, dev: Device) -> str | None:
+    """The reason a design does not fit the device, from nextpnr's utilisation report."""
+    import re
+    text = log.read_text(errors="replace")
+    for line in text.splitlines():
+        hit = re.search(r"(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", line)
+        if hit and int(hit.group(2)) > int(hit.group(3)):
+            used, avail = int(hit.group(2)), int(hit.group(3))
+            return (f"does not fit: {used:,}/{avail:,} {hit.group(1)} ({hit.group(4)} %, "
+                    f"{used - avail:,} over)")
+    return None
 
 
 def _tool_versions() -> list[str]:

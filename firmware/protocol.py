@@ -59,6 +59,8 @@ request                   payload                                response
                           byte, first word in bits 7..6
 ``TAG_EVENTS``            flags u8 (bit 0: ``last``), then       ``DETECTIONS``: events of
                           :data:`TAG_EVENT_BYTES`-byte events    :data:`DETECTION_BYTES` bytes
+``LIVE_DETECTIONS``       max count u16 (>= 1), max clocks u32   ``DETECTIONS`` from the
+                                                                 TimeTagger (``RX_SOURCE`` 1)
 ``LOAD_RECORDS``          first slot u48, count u32, 4-bit       ``ACK``
                           records packed 2 per byte (high
                           nibble first), repeated
@@ -99,6 +101,13 @@ Wire records
   multi), lost u16 — :func:`mozi.hdl.layouts.detection_layout`;
 * report (:data:`REPORT_BYTES` = 7): slot u48, basis u8;
 * sift result: ``match | bit << 1 | intensity << 2``.
+
+Live mode (``TT_SOURCE`` 1): the TimeTagger feeds the slot assigner, and
+``LIVE_DETECTIONS`` returns the detections that come out within ``max clocks`` clocks, at most
+``max count`` (``max count * DETECTION_BYTES <= LINK_MAX_PAYLOAD``, else ``TOO_LARGE``).
+Between requests the pipeline backs up into the tagger's FIFO, whose losses are counted
+(``RX_TAGGER_LOST``) and reported in-band. ``TAG_EVENTS`` in live mode and
+``LIVE_DETECTIONS`` outside it are ``SOURCE``.
 
 The receiver's merge stage holds its latest event across ``TAG_EVENTS`` frames and emits it
 when an event of another slot arrives or a frame with the ``last`` flag ends. The basis decoder
@@ -225,6 +234,7 @@ class Opcode(enum.Enum, shape=8):
     WRITE_REG = 0x03
     RANDOM_WORDS = 0x10
     TAG_EVENTS = 0x11
+    LIVE_DETECTIONS = 0x12
     LOAD_RECORDS = 0x20
     SIFT_REPORTS = 0x21
     TOEPLITZ_START = 0x30
@@ -253,6 +263,7 @@ class ErrorCode(enum.Enum, shape=8):
     BAD_FRAME = 0x09         #: CRC mismatch or oversize length: the frame had no effect
     SEQUENCE = 0x0A          #: a Toeplitz frame out of its job's order (no job, or too much)
     STALE = 0x0B             #: a request whose seq is neither the last one's nor the next
+    SOURCE = 0x0C            #: TAG_EVENTS in live mode, or LIVE_DETECTIONS without it
 
 
 class FrameError(MoziError):
@@ -536,7 +547,11 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
        "TimeTagger dead time per channel, in ticks.", port="cores.tagger.dead_time"),
     _r("TT_PHASES", 0x0106, 8, "ro", "receiver",
        "TimeTagger samples per clock and detector (elaboration parameter)."),
-    _r("RX_EVENTS", 0x0110, 32, "ro", "receiver", "Tag events received (saturating)."),
+    _r("TT_SOURCE", 0x0107, 1, "rw", "receiver",
+       "Where the slot assigner's events come from: 0 TAG_EVENTS (a replay), 1 the TimeTagger "
+       "(live; read with LIVE_DETECTIONS).", port="cores.source"),
+    _r("RX_EVENTS", 0x0110, 32, "ro", "receiver",
+       "Tag events into the slot assigner, from either source (saturating)."),
     _r("RX_REJECTED", 0x0111, 32, "ro", "receiver",
        "Tag events outside the acceptance window (or before slot 0), dropped.",
        port="cores.assigner.rejected_count"),

@@ -185,7 +185,7 @@ class Receiver(wiring.Component):
     """
 
     REGISTERS = ("SA_FRAC_BITS", "SA_PERIOD", "SA_OFFSET", "SA_WINDOW_START", "SA_WINDOW_END",
-                 "TT_DEAD_TIME", "TT_PHASES", "RX_EVENTS", "RX_REJECTED", "RX_LOST",
+                 "TT_DEAD_TIME", "TT_PHASES", "TT_SOURCE", "RX_EVENTS", "RX_REJECTED", "RX_LOST",
                  "RX_DETECTIONS", "RX_MULTI", "RX_RANDOM_LEVEL", "RX_RANDOM_CAPACITY",
                  "RX_DROPPED", "RX_TAGGER_LOST")
 
@@ -198,7 +198,8 @@ class Receiver(wiring.Component):
         self.cores = ReceiverCores(phases=phases, frac_bits=frac_bits)
         one = 1 << frac_bits
         self.link = Link(role=1, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
-                         opcodes=(Opcode.RANDOM_WORDS, Opcode.TAG_EVENTS),
+                         opcodes=(Opcode.RANDOM_WORDS, Opcode.TAG_EVENTS,
+                                  Opcode.LIVE_DETECTIONS),
                          init={"SA_PERIOD": one, "SA_WINDOW_END": one,
                                "UART_DIVISOR": uart_divisor},
                          max_payload=max_payload)
@@ -219,7 +220,7 @@ class Receiver(wiring.Component):
         assigner = cores.assigner
         m.d.comb += [
             cores.pins.eq(self.pins),
-            cores.source.eq(0),
+            cores.source.eq(reg["TT_SOURCE"]),
             cores.dead_time.eq(reg["TT_DEAD_TIME"]),
             cores.period.eq(reg["SA_PERIOD"]),
             cores.offset.eq(reg["SA_OFFSET"]),
@@ -254,7 +255,8 @@ class Receiver(wiring.Component):
         det = cores.o.payload
         ser = Signal(8 * proto.DETECTION_BYTES)
         ser_left = Signal(range(proto.DETECTION_BYTES + 1))
-        m.d.comb += [cores.o.ready.eq(ser_left == 0),
+        collecting = Signal()              # a request takes detections now
+        m.d.comb += [cores.o.ready.eq((ser_left == 0) & collecting),
                      link.cmd_tx.payload.eq(ser[-8:]),
                      link.cmd_tx.valid.eq(ser_left != 0)]
         with m.If(link.cmd_tx.valid & link.cmd_tx.ready):
@@ -291,6 +293,11 @@ class Receiver(wiring.Component):
             m.next = "IDLE"
 
         inj = cores.inject
+        m.d.comb += [cnt.event.eq(assigner.i.valid & assigner.i.ready),
+                     cnt.lost.eq(assigner.i.payload.lost)]
+        clocks = Signal(32)
+        live_max = Signal(16)
+        live_got = Signal(16)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += link.cmd.ready.eq(1)
@@ -298,8 +305,46 @@ class Receiver(wiring.Component):
                     m.d.sync += [length.eq(cmd.length), count.eq(0), head.eq(0)]
                     with m.If(cmd.opcode == Opcode.RANDOM_WORDS.value):
                         m.next = "RW_HEAD"
+                    with m.Elif(cmd.opcode == Opcode.TAG_EVENTS.value):
+                        m.next = "TE_SOURCE"
                     with m.Else():
-                        m.next = "TE_HEAD"
+                        m.next = "LD_HEAD"
+            # LIVE_DETECTIONS: max count u16, max clocks u32
+            with m.State("LD_HEAD"):
+                with m.If(count == 6):
+                    m.next = "LD_CHECK"
+                with m.Elif(count == length):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Else():
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(rx.valid):
+                        m.d.sync += [ev.eq(Cat(rx.payload, ev[:-8])), count.eq(count + 1)]
+            with m.State("LD_CHECK"):
+                with m.If((length != 6) | (ev[32:48] == 0)):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Elif(~reg["TT_SOURCE"]):
+                    finish(error=ErrorCode.SOURCE)
+                with m.Elif(ev[32:48] * proto.DETECTION_BYTES > self.max_payload):
+                    finish(error=ErrorCode.TOO_LARGE)
+                with m.Else():
+                    m.d.sync += [live_max.eq(ev[32:48]), clocks.eq(ev[:32]), live_got.eq(0)]
+                    m.next = "LD_RUN"
+            with m.State("LD_RUN"):
+                m.d.comb += collecting.eq(1)
+                m.d.sync += clocks.eq(clocks - (clocks != 0))
+                with m.If(cores.o.valid & cores.o.ready):
+                    m.d.sync += live_got.eq(live_got + 1)
+                with m.If((clocks == 0) | (live_got == live_max)):
+                    m.d.comb += collecting.eq(0)
+                    m.next = "LD_END"
+            with m.State("LD_END"):                   # the last detection leaves the register
+                with m.If(ser_left == 0):
+                    finish(Opcode.DETECTIONS)
+            with m.State("TE_SOURCE"):
+                with m.If(reg["TT_SOURCE"]):
+                    finish(error=ErrorCode.SOURCE)
+                with m.Else():
+                    m.next = "TE_HEAD"
             # RANDOM_WORDS: count u16, then the words packed 4 per byte
             with m.State("RW_HEAD"):
                 with m.If(count == 2):
@@ -357,6 +402,7 @@ class Receiver(wiring.Component):
                     m.d.sync += count.eq(0)
                     m.next = "TE_READ"
             with m.State("TE_READ"):
+                m.d.comb += collecting.eq(1)
                 with m.If(events == 0):
                     m.next = "TE_END"
                 with m.Elif(count == proto.TAG_EVENT_BYTES):
@@ -366,19 +412,20 @@ class Receiver(wiring.Component):
                     with m.If(rx.valid):
                         m.d.sync += [ev.eq(Cat(rx.payload, ev[:-8])), count.eq(count + 1)]
             with m.State("TE_PUSH"):
+                m.d.comb += collecting.eq(1)
                 # wire: timestamp u48, mask u8, lost u16 (big-endian) → the tag event layout
                 m.d.comb += [inj.valid.eq(1),
                              inj.payload.timestamp.eq(ev[24:72]),
                              inj.payload.mask.eq(ev[16:20]),
                              inj.payload.lost.eq(ev[:16])]
                 with m.If(inj.ready):
-                    m.d.comb += [cnt.event.eq(1), cnt.lost.eq(ev[:16])]
                     m.d.sync += [events.eq(events - 1), count.eq(0)]
                     m.next = "TE_READ"
             with m.State("TE_END"):
-                m.d.comb += cores.flush.eq(head[0])
+                m.d.comb += [cores.flush.eq(head[0]), collecting.eq(1)]
                 m.next = "TE_DRAIN"
             with m.State("TE_DRAIN"):
+                m.d.comb += collecting.eq(1)
                 with m.If(drained):
                     finish(Opcode.DETECTIONS)
         m.d.comb += self.idle.eq(link.idle)

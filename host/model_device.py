@@ -105,6 +105,7 @@ class ModelTransport(Transport):
         self._offset = 0
         self._window = (0, one)
         self._dead_time = 0
+        self._source = 0
         self._counters = dict.fromkeys(
             ["RX_EVENTS", "RX_LOST", "RX_DETECTIONS", "RX_MULTI", "RX_REJECTED", "RX_DROPPED",
              "TX_RECORDS", "TX_REPORTS", "TX_MATCHES"], 0)
@@ -158,6 +159,7 @@ class ModelTransport(Transport):
             Opcode.WRITE_REG: self._write_reg,
             Opcode.RANDOM_WORDS: self._random_words,
             Opcode.TAG_EVENTS: self._tag_events,
+            Opcode.LIVE_DETECTIONS: self._live_detections,
             Opcode.LOAD_RECORDS: self._load_records,
             Opcode.SIFT_REPORTS: self._sift_reports,
             Opcode.TOEPLITZ_START: self._toeplitz_start,
@@ -165,6 +167,7 @@ class ModelTransport(Transport):
             Opcode.TOEPLITZ_READ: self._toeplitz_read,
         }.get(op)
         needs = {Opcode.RANDOM_WORDS: ROLE_RECEIVER, Opcode.TAG_EVENTS: ROLE_RECEIVER,
+                 Opcode.LIVE_DETECTIONS: ROLE_RECEIVER,
                  Opcode.LOAD_RECORDS: ROLE_TRANSMITTER, Opcode.SIFT_REPORTS: ROLE_TRANSMITTER,
                  Opcode.TOEPLITZ_START: ROLE_HASHER, Opcode.TOEPLITZ_DATA: ROLE_HASHER,
                  Opcode.TOEPLITZ_READ: ROLE_HASHER}.get(op, 0)
@@ -194,7 +197,7 @@ class ModelTransport(Transport):
                  "SA_FRAC_BITS": self.frac_bits, "SA_PERIOD": self._period,
                  "SA_OFFSET": self._offset, "SA_WINDOW_START": self._window[0],
                  "SA_WINDOW_END": self._window[1], "TT_DEAD_TIME": self._dead_time,
-                 "TT_PHASES": self.phases, "RX_TAGGER_LOST": 0,
+                 "TT_PHASES": self.phases, "TT_SOURCE": self._source, "RX_TAGGER_LOST": 0,
                  "RX_RANDOM_LEVEL": int(self._random.size),
                  "RX_RANDOM_CAPACITY": self.random_capacity,
                  "TX_RECORD_CAPACITY": self.record_capacity,
@@ -250,6 +253,8 @@ class ModelTransport(Transport):
             self._window = (self._window[0], value)
         elif reg.name == "TT_DEAD_TIME":
             self._dead_time = value
+        elif reg.name == "TT_SOURCE":
+            self._source = value
         elif reg.name == "UART_DIVISOR":
             if value < 4:
                 raise _Fail(ErrorCode.BAD_VALUE, "UART_DIVISOR must be at least 4")
@@ -268,7 +273,22 @@ class ModelTransport(Transport):
         self._random = np.concatenate([self._random, words])
         return Opcode.ACK, b""
 
+    def _live_detections(self, payload: bytes):
+        if len(payload) != 6:
+            raise _Fail(ErrorCode.BAD_REQUEST, "LIVE_DETECTIONS takes count u16, clocks u32")
+        count, _clocks = struct.unpack(">HI", payload)
+        if count == 0:
+            raise _Fail(ErrorCode.BAD_REQUEST, "LIVE_DETECTIONS count must be >= 1")
+        if self._source != 1:
+            raise _Fail(ErrorCode.SOURCE, "not in live mode (TT_SOURCE 0)")
+        if count * proto.DETECTION_BYTES > self.max_payload:
+            raise _Fail(ErrorCode.TOO_LARGE, f"{count} detections may not fit one frame")
+        # the model has no detectors: nothing comes out of its tagger
+        return Opcode.DETECTIONS, b""
+
     def _tag_events(self, payload: bytes):
+        if self._source:
+            raise _Fail(ErrorCode.SOURCE, "TAG_EVENTS in live mode (TT_SOURCE 1)")
         if not payload:
             raise _Fail(ErrorCode.BAD_REQUEST, "TAG_EVENTS needs a flags byte")
         if payload[0] & 0xFE:

@@ -153,6 +153,19 @@ def test_malformed_requests_and_link_errors_match_the_model(rtl):
                                 "LINK_FRAMING_ERRORS", "LINK_RETRIES"), start=20):
         reqs.append(proto.encode_frame(Opcode.READ_REG, struct.pack(
             ">H", proto.register(name).address), seq))
+    source = proto.register("TT_SOURCE")
+    live = [
+        (Opcode.LIVE_DETECTIONS, struct.pack(">HI", 5, 100)),             # not live: SOURCE
+        (Opcode.LIVE_DETECTIONS, struct.pack(">HH", 5, 100)),             # short
+        (Opcode.WRITE_REG, struct.pack(">H", source.address) + source.encode(1)),
+        (Opcode.TAG_EVENTS, b"\x01"),                                     # live: SOURCE
+        (Opcode.LIVE_DETECTIONS, struct.pack(">HI", 0, 100)),             # count 0
+        (Opcode.LIVE_DETECTIONS, struct.pack(">HI", 1000, 100)),          # too large
+        (Opcode.LIVE_DETECTIONS, struct.pack(">HI", 5, 1000)),            # no clicks
+        (Opcode.READ_REG, struct.pack(">H", source.address)),
+        (Opcode.WRITE_REG, struct.pack(">H", source.address) + source.encode(0)),
+    ]
+    reqs += [proto.encode_frame(op, p, seq) for seq, (op, p) in enumerate(live, start=26)]
     answers = []
     for t in (_Shared(ModelTransport(**FIRMWARE['receiver'])), _Shared(rtl)):
         ReceiverDriver(t).reset()
@@ -172,6 +185,10 @@ def test_malformed_requests_and_link_errors_match_the_model(rtl):
     assert codes[19] == codes[21] == ErrorCode.STALE.value
     assert answers[0][20] == answers[0][18]                 # the cached answer, again
     assert codes[23] == ErrorCode.BAD_FRAME.value and codes[24] == ErrorCode.BAD_FRAME.value
+    assert codes[32:38] == [ErrorCode.SOURCE.value, ErrorCode.BAD_REQUEST.value, None,
+                            ErrorCode.SOURCE.value, ErrorCode.BAD_REQUEST.value,
+                            ErrorCode.TOO_LARGE.value]
+    assert answers[0][38][0][0] == Opcode.DETECTIONS.value and answers[0][38][0][2] == b""
 
 
 @pytest.mark.parametrize("seed", [7])

@@ -17,11 +17,13 @@ def _collect_unused():
     yield
     gc.collect()  # drop them while the filter above is in force
 
-# One Verilator build per parameter set: plain pins with a deep FIFO; SERDES-like 4 phases;
-# DDR with a 10-bit timestamp (wraps within the test) and an 8-bit total that saturates.
+# One Verilator build per parameter set: plain pins with a deep FIFO; SERDES-like 4 and 8
+# phases (IDDRX2F-class inputs); DDR with a 10-bit timestamp (wraps within the test) and an
+# 8-bit total that saturates.
 PARAMS = [
     {"channels": 4, "phases": 1, "timestamp_width": 48, "fifo_depth": 16},
     {"channels": 4, "phases": 4, "timestamp_width": 48, "fifo_depth": 8},
+    {"channels": 4, "phases": 8, "timestamp_width": 48, "fifo_depth": 8},
     {"channels": 4, "phases": 2, "timestamp_width": 10, "fifo_depth": 4,
      "lost_count_width": 8},
 ]
