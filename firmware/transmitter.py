@@ -198,6 +198,9 @@ class Transmitter(wiring.Component):
         held_basis = Signal()
         seg_idx = Signal(range(SEGMENT_DEPTH + 1))
         cur = Signal(_segment_layout())
+        # wide comparisons are registered a clock before they are used (Fmax)
+        cur_end = Signal(SLOT_WIDTH + 1)            # cur.first + cur.count
+        cur_rec_end = Signal(range(2 * RECORD_DEPTH + 1))     # cur.base + cur.count
         cur_valid = Signal()
         cur_open = Signal()                      # the sifter block of `cur` has begun
         answered = Signal(range(self.max_payload + 1))
@@ -210,7 +213,6 @@ class Transmitter(wiring.Component):
         st_primed = Signal()
         st_take = sifter.records.valid & sifter.records.ready
         st_start = Signal()
-        st_from = Signal(range(RECORD_DEPTH + 1))
         m.d.comb += [
             rec_r.addr.eq(st_idx + st_take),
             sifter.records.payload.records[0].eq(rec_r.data),
@@ -224,7 +226,7 @@ class Transmitter(wiring.Component):
             with m.If(st_primed & (st_idx == st_end)):
                 m.d.sync += st_busy.eq(0)
         with m.Elif(st_start):
-            m.d.sync += [st_busy.eq(1), st_idx.eq(st_from), st_end.eq(st_from + cur.count),
+            m.d.sync += [st_busy.eq(1), st_idx.eq(cur.base), st_end.eq(cur_rec_end),
                          st_primed.eq(0)]
         # sifter answers → response bytes
         o = sifter.o
@@ -243,9 +245,10 @@ class Transmitter(wiring.Component):
         y_left = Signal(range(y_bytes + 1))
         m.d.comb += [y_left.eq(((job_m + 7) >> 3) - y_pos),
                      chunk.eq(Mux(y_left > self.max_payload, self.max_payload, y_left))]
-        in_cur = Signal()
-        m.d.comb += in_cur.eq(cur_valid & (held_slot >= cur.first) &
-                              (held_slot < cur.first + cur.count))
+        rep_in_block = Signal()                     # the new report lies in `cur`
+        f_in = Signal()                             # the held report lies in `cur`
+        f_below = Signal()                          # … before it: a gap, or not increasing
+        f_last = Signal()                           # no segment left to fetch
 
         with m.FSM():
             with m.State("IDLE"):
@@ -427,7 +430,7 @@ class Transmitter(wiring.Component):
                 with m.If(failed):
                     m.next = "SR_FAIL"
                 with m.Elif(rcount == proto.REPORT_BYTES):
-                    m.next = "SR_ROUTE"
+                    m.next = "SR_ROUTE0"
                 with m.Elif(pos == length):
                     m.d.sync += ending.eq(1)
                     m.next = "SR_ROUTE"
@@ -435,18 +438,20 @@ class Transmitter(wiring.Component):
                     m.d.comb += rx.ready.eq(1)
                     with m.If(rx.valid):
                         m.d.sync += [rep.eq(Cat(rx.payload, rep[:48])), rcount.eq(rcount + 1)]
+            with m.State("SR_ROUTE0"):
+                m.d.sync += rep_in_block.eq(cur_valid & (rep_slot < cur_end))
+                m.next = "SR_ROUTE"
             with m.State("SR_ROUTE"):
                 # a new report (or the end) decides whether the held one ends its block
                 new_in_block = Signal()
-                m.d.comb += new_in_block.eq(~ending & cur_valid &
-                                            (rep_slot < cur.first + cur.count))
+                m.d.comb += new_in_block.eq(~ending & rep_in_block)
                 with m.If(~held):
                     with m.If(ending):
                         m.next = "SR_WAIT"
                     with m.Else():
                         m.d.sync += [held.eq(1), held_slot.eq(rep_slot),
                                      held_basis.eq(rep_basis), rcount.eq(0)]
-                        m.next = "SR_PLACE"
+                        m.next = "SR_CMP"
                 with m.Else():
                     m.d.comb += [sifter.reports.valid.eq(1),
                                  sifter.reports.payload.slot.eq(held_slot),
@@ -462,30 +467,39 @@ class Transmitter(wiring.Component):
                         with m.Else():
                             m.d.sync += [held_slot.eq(rep_slot), held_basis.eq(rep_basis),
                                          rcount.eq(0)]
-                            m.next = "SR_PLACE"
+                            m.next = "SR_CMP"
+            with m.State("SR_CMP"):
+                m.d.sync += [f_in.eq(cur_valid & (held_slot >= cur.first) &
+                                     (held_slot < cur_end)),
+                             f_below.eq(cur_valid & (held_slot < cur.first)),
+                             f_last.eq(seg_idx == tmp_seg)]
+                m.next = "SR_PLACE"
             with m.State("SR_PLACE"):
                 # find the segment of the held report, opening its sifter block
-                with m.If(in_cur):
+                with m.If(f_in):
                     with m.If(cur_open):
                         m.next = "SR_READ"
                     with m.Elif(~st_busy):
                         m.d.comb += [sifter.first_slot.valid.eq(1)]
                         with m.If(sifter.first_slot.ready):
                             m.d.comb += st_start.eq(1)
-                            m.d.comb += st_from.eq(cur.base)
                             m.d.sync += cur_open.eq(1)
                             m.next = "SR_READ"
-                with m.Elif(cur_valid & (held_slot < cur.first)):
+                with m.Elif(f_below):
                     m.d.sync += failed.eq(1)                  # in a gap, or not increasing
                     m.next = "SR_FAIL"
-                with m.Elif(seg_idx == tmp_seg):
+                with m.Elif(f_last):
                     m.d.sync += failed.eq(1)                  # beyond the last segment
                     m.next = "SR_FAIL"
                 with m.Else():
                     m.next = "SR_FETCH"
             with m.State("SR_FETCH"):                 # seg_r.data is segment seg_idx
                 m.d.sync += [cur.eq(seg_r.data), cur_valid.eq(1), seg_idx.eq(seg_idx + 1)]
-                m.next = "SR_PLACE"
+                m.next = "SR_FETCH2"
+            with m.State("SR_FETCH2"):
+                m.d.sync += [cur_end.eq(cur.first + cur.count),
+                             cur_rec_end.eq(cur.base + cur.count)]
+                m.next = "SR_CMP"
             with m.State("SR_WAIT"):
                 with m.If(sifter.error):
                     m.next = "SR_FAIL"
