@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from mozi.firmware import protocol as proto
@@ -85,50 +86,61 @@ def frame_layout(max_payload: int) -> data.StructLayout:
 class BufferReader(wiring.Component):
     """Streams ``length`` bytes of a buffer from address ``base``, one per clock.
 
+    The block RAM's output is registered before anything uses it, and the consumer's
+    ``ready`` reaches no address: reads are issued while a four-byte FIFO has room for them
+    (block-RAM clock-to-out is the slowest path of an ECP5 otherwise).
+
     Ports
     -----
     start : In(1)
         Strobe: begin streaming ``length`` bytes from address ``base`` (ignored while busy).
     length : In(range(depth + 1))
     base : In(range(depth))
-    addr : Out(range(depth)), data : In(8)
-        The buffer's synchronous read port (data one clock after addr).
+    addr : Out(range(depth)), en : Out(1), data : In(8)
+        The buffer's synchronous read port (data one clock after addr, when en).
     o : Out(stream.Signature(8))
     last : Out(1)
         The byte offered on ``o`` is the final one.
     busy : Out(1)
+        Bytes remain to be delivered.
     """
+
+    FIFO_DEPTH = 4
 
     def __init__(self, depth: int):
         self.depth = depth
         super().__init__({
             "start": In(1), "length": In(range(depth + 1)), "base": In(range(depth)),
-            "addr": Out(range(depth)), "data": In(8),
+            "addr": Out(range(depth)), "en": Out(1), "data": In(8),
             "o": Out(stream.Signature(8)), "last": Out(1), "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=self.FIFO_DEPTH)
+        wiring.connect(m, fifo.r_stream, wiring.flipped(self.o))
         idx = Signal(range(2 * self.depth + 1))
         end = Signal.like(idx)
-        primed = Signal()
-        take = self.o.valid & self.o.ready
+        left = Signal(range(self.depth + 1))        # bytes not yet delivered
+        issued = Signal()                           # a read was issued last clock
+        landed = Signal()                           # its data is in the output register
+        held = Signal(8)
+        issue = Signal()
         m.d.comb += [
-            # the address of the byte offered next clock: the read data then matches idx
-            self.addr.eq(Mux(take, idx + 1, idx)),
-            self.o.payload.eq(self.data),
-            self.o.valid.eq(self.busy & primed & (idx != end)),
-            self.last.eq(idx + 1 == end),
+            issue.eq((idx != end) & (fifo.level + issued + landed < self.FIFO_DEPTH)),
+            self.addr.eq(idx), self.en.eq(issue),
+            fifo.w_stream.valid.eq(landed), fifo.w_stream.payload.eq(held),
+            self.busy.eq(left != 0),
+            self.last.eq(left == 1),
         ]
-        with m.If(self.busy):
-            m.d.sync += primed.eq(1)
-            with m.If(take):
-                m.d.sync += idx.eq(idx + 1)
-            with m.If(primed & (idx == end)):
-                m.d.sync += self.busy.eq(0)
-        with m.Elif(self.start):
-            m.d.sync += [self.busy.eq(1), idx.eq(self.base), end.eq(self.base + self.length),
-                         primed.eq(0)]
+        m.d.sync += [issued.eq(issue), landed.eq(issued), held.eq(self.data)]
+        with m.If(issue):
+            m.d.sync += idx.eq(idx + 1)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += left.eq(left - 1)
+        with m.If(self.start & ~self.busy):
+            m.d.sync += [idx.eq(self.base), end.eq(self.base + self.length),
+                         left.eq(self.length)]
         return m
 
 
@@ -269,7 +281,7 @@ class Framer(wiring.Component):
     -----
     send : In(stream.Signature(send_layout(max_payload)))
         Taken when idle; the frame then goes out on ``o``.
-    r_addr : Out, r_data : In(8)
+    r_addr : Out, r_en : Out(1), r_data : In(8)
         The response buffer's synchronous read port.
     o : Out(stream.Signature(8))
     busy : Out(1)
@@ -279,7 +291,7 @@ class Framer(wiring.Component):
         self.max_payload = max_payload
         super().__init__({
             "send": In(stream.Signature(send_layout(max_payload))),
-            "r_addr": Out(range(max_payload)), "r_data": In(8),
+            "r_addr": Out(range(max_payload)), "r_en": Out(1), "r_data": In(8),
             "o": Out(stream.Signature(8)), "busy": Out(1),
         })
 
@@ -289,7 +301,8 @@ class Framer(wiring.Component):
         m.submodules.reader = reader = BufferReader(self.max_payload)
         job = Signal.like(self.send.payload)
         length = Signal(16)
-        m.d.comb += [self.r_addr.eq(reader.addr), reader.data.eq(self.r_data),
+        m.d.comb += [self.r_addr.eq(reader.addr), self.r_en.eq(reader.en),
+                     reader.data.eq(self.r_data),
                      length.eq(Mux(job.inline, 1, job.length)),
                      reader.length.eq(job.length)]
         # step: 0 idle, 1-2 sync, 3 opcode, 4 seq, 5-6 length, 7 payload, 8-9 CRC
@@ -419,8 +432,8 @@ class Link(wiring.Component):
         wiring.connect(m, fr.o, wiring.flipped(self.o))
         m.d.comb += [
             rx_w.addr.eq(dfr.w_addr), rx_w.data.eq(dfr.w_data), rx_w.en.eq(dfr.w_en),
-            rx_r.addr.eq(rd.addr), rd.data.eq(rx_r.data),
-            tx_r.addr.eq(fr.r_addr), fr.r_data.eq(tx_r.data),
+            rx_r.addr.eq(rd.addr), rx_r.en.eq(rd.en), rd.data.eq(rx_r.data),
+            tx_r.addr.eq(fr.r_addr), tx_r.en.eq(fr.r_en), fr.r_data.eq(tx_r.data),
             self.framing_errors.eq(dfr.framing_errors), self.crc_errors.eq(dfr.crc_errors),
         ]
         hdr = dfr.frame.payload

@@ -127,7 +127,7 @@ class Transmitter(wiring.Component):
         m.submodules.y_mem = y_mem = Memory(shape=8, depth=y_bytes, init=[])
         y_w, y_r = y_mem.write_port(), y_mem.read_port()
         m.submodules.y_reader = y_rd = BufferReader(y_bytes)
-        m.d.comb += [y_r.addr.eq(y_rd.addr), y_rd.data.eq(y_r.data)]
+        m.d.comb += [y_r.addr.eq(y_rd.addr), y_r.en.eq(y_rd.en), y_rd.data.eq(y_r.data)]
         job = Signal()                           # a job was started (and not aborted)
         job_n = Signal(32)
         job_m = Signal(32)
