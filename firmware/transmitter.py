@@ -15,8 +15,9 @@ only when every report has been answered.
 
 from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import Out
+from amaranth.lib.wiring import Out, connect
 from mozi.firmware import protocol as proto
 from mozi.firmware.link import (
     UART_REGISTERS,
@@ -206,28 +207,45 @@ class Transmitter(wiring.Component):
         answered = Signal(range(self.max_payload + 1))
         failed = Signal()
         ending = Signal()                        # every report read: flush the held one
-        # record streamer for the open block
+        # The sifter's inputs come from stream registers (two-word FIFOs), so that neither
+        # this FSM nor the record memory's output feeds its comparators in the same clock.
+        q_reset = sifter_reset | link.soft_reset
+        m.submodules.report_q = report_q = ResetInserter(q_reset)(SyncFIFOBuffered(
+            width=len(sifter.reports.payload.as_value()), depth=2))
+        m.submodules.first_q = first_q = ResetInserter(q_reset)(SyncFIFOBuffered(
+            width=SLOT_WIDTH, depth=2))
+        m.submodules.record_q = record_q = ResetInserter(q_reset)(SyncFIFOBuffered(
+            width=len(sifter.records.payload.as_value()), depth=4))
+        connect(m, report_q.r_stream, sifter.reports)
+        connect(m, first_q.r_stream, sifter.first_slot)
+        connect(m, record_q.r_stream, sifter.records)
+        reports_in, first_in = report_q.w_stream, first_q.w_stream
+        # record streamer for the open block: reads issued while the FIFO has room
         st_busy = Signal()
-        st_idx = Signal(range(RECORD_DEPTH + 1))
-        st_end = Signal(range(RECORD_DEPTH + 1))
-        st_primed = Signal()
-        st_take = sifter.records.valid & sifter.records.ready
+        st_idx = Signal(range(2 * RECORD_DEPTH + 1))
+        st_end = Signal(range(2 * RECORD_DEPTH + 1))
         st_start = Signal()
+        issued = Signal()
+        landed = Signal()
+        landed_last = Signal()
+        issued_last = Signal()
+        held_rec = Signal(4)
+        issue = Signal()
         m.d.comb += [
-            rec_r.addr.eq(st_idx + st_take),
-            sifter.records.payload.records[0].eq(rec_r.data),
-            sifter.records.payload.last.eq(st_idx + 1 == st_end),
-            sifter.records.valid.eq(st_busy & st_primed & (st_idx != st_end)),
+            issue.eq(st_busy & (st_idx != st_end) &
+                     (record_q.level + issued + landed < record_q.depth)),
+            rec_r.addr.eq(st_idx), rec_r.en.eq(issue),
+            record_q.w_stream.valid.eq(landed),
+            record_q.w_stream.payload.eq(Cat(held_rec, landed_last)),
         ]
-        with m.If(st_busy):
-            m.d.sync += st_primed.eq(1)
-            with m.If(st_take):
-                m.d.sync += st_idx.eq(st_idx + 1)
-            with m.If(st_primed & (st_idx == st_end)):
-                m.d.sync += st_busy.eq(0)
-        with m.Elif(st_start):
-            m.d.sync += [st_busy.eq(1), st_idx.eq(cur.base), st_end.eq(cur_rec_end),
-                         st_primed.eq(0)]
+        m.d.sync += [issued.eq(issue), issued_last.eq(issue & (st_idx + 1 == st_end)),
+                     landed.eq(issued), landed_last.eq(issued_last), held_rec.eq(rec_r.data)]
+        with m.If(issue):
+            m.d.sync += st_idx.eq(st_idx + 1)
+        with m.If(st_busy & (st_idx == st_end) & ~issued & ~landed):
+            m.d.sync += st_busy.eq(0)
+        with m.If(st_start):
+            m.d.sync += [st_busy.eq(1), st_idx.eq(cur.base), st_end.eq(cur_rec_end)]
         # sifter answers → response bytes
         o = sifter.o
         m.d.comb += o.ready.eq(1)
@@ -239,8 +257,7 @@ class Transmitter(wiring.Component):
             m.d.sync += [answered.eq(answered + 1), matches.eq(matches + o.payload.match)]
         rep_slot = rep[8:56]
         rep_basis = rep[0]
-        m.d.comb += [sifter.first_slot.payload.eq(cur.first),
-                     seg_r.addr.eq(seg_idx)]
+        m.d.comb += [first_in.payload.eq(cur.first), seg_r.addr.eq(seg_idx)]
         chunk = Signal(range(y_bytes + 1))      # bytes of y the next TOEPLITZ_READ returns
         y_left = Signal(range(y_bytes + 1))
         m.d.comb += [y_left.eq(((job_m + 7) >> 3) - y_pos),
@@ -453,11 +470,11 @@ class Transmitter(wiring.Component):
                                      held_basis.eq(rep_basis), rcount.eq(0)]
                         m.next = "SR_CMP"
                 with m.Else():
-                    m.d.comb += [sifter.reports.valid.eq(1),
-                                 sifter.reports.payload.slot.eq(held_slot),
-                                 sifter.reports.payload.basis.eq(held_basis),
-                                 sifter.reports.payload.last.eq(~new_in_block)]
-                    with m.If(sifter.reports.ready):
+                    report = Signal.like(sifter.reports.payload)
+                    m.d.comb += [report.slot.eq(held_slot), report.basis.eq(held_basis),
+                                 report.last.eq(~new_in_block),
+                                 reports_in.valid.eq(1), reports_in.payload.eq(report)]
+                    with m.If(reports_in.ready):
                         m.d.sync += sent.eq(sent + 1)
                         with m.If(~new_in_block):
                             m.d.sync += cur_open.eq(0)
@@ -480,8 +497,8 @@ class Transmitter(wiring.Component):
                     with m.If(cur_open):
                         m.next = "SR_READ"
                     with m.Elif(~st_busy):
-                        m.d.comb += [sifter.first_slot.valid.eq(1)]
-                        with m.If(sifter.first_slot.ready):
+                        m.d.comb += first_in.valid.eq(1)
+                        with m.If(first_in.ready):
                             m.d.comb += st_start.eq(1)
                             m.d.sync += cur_open.eq(1)
                             m.next = "SR_READ"
