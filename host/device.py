@@ -128,7 +128,9 @@ def _parse(spec: str, role: str | None) -> str:
 
 
 def check_device(spec: str, role: str | None = None) -> None:
-    """Fail early, without opening it, when a device cannot be opened.
+    """Fail early, before a session touches anything, when a device cannot be opened.
+
+    A serial port is opened and closed again; a simulation is not started.
 
     Raises
     ------
@@ -143,10 +145,8 @@ def check_device(spec: str, role: str | None = None) -> None:
         except RuntimeError as exc:
             raise DeviceUnavailable(f"device 'rtl': {exc}") from None
     elif kind == "serial":
-        import os
-        port = spec.removeprefix("serial:")
-        if not os.path.exists(port):
-            raise DeviceUnavailable(f"device {spec!r}: no serial port {port}")
+        from mozi.host.serial_device import SerialTransport
+        SerialTransport(spec.removeprefix("serial:")).close()     # opens, or says why not
 
 
 def open_device(spec: str, *, role: str | None = None, **options) -> Transport:
