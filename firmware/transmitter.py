@@ -172,6 +172,10 @@ class Transmitter(wiring.Component):
                 m.d.comb += done.payload.opcode.eq(opcode.value)
             m.next = "IDLE"
 
+        # wide checks of a request, registered before the FSM decides on them (Fmax)
+        c_short, c_past, c_full, c_order, c_over = (Signal(name=n) for n in (
+            "c_short", "c_past", "c_full", "c_order", "c_over"))
+
         # ---- LOAD_RECORDS state ------------------------------------------------------------
         head = Signal(80)                        # first u48, count u32
         hcount = Signal(4)
@@ -315,7 +319,10 @@ class Transmitter(wiring.Component):
                     finish(Opcode.ACK)
             # ---- TOEPLITZ_DATA: the next bytes of packbits(seed) ‖ packbits(x) ----
             with m.State("TD_CHECK"):
-                with m.If(~job | (got + length > need)):
+                m.d.sync += c_over.eq(got + length > need)
+                m.next = "TD_CHECK2"
+            with m.State("TD_CHECK2"):
+                with m.If(~job | c_over):
                     m.next = "TD_REFUSE"
                 with m.Else():
                     m.next = "TD_BYTE"
@@ -375,18 +382,25 @@ class Transmitter(wiring.Component):
                     m.d.comb += rx.ready.eq(1)
                     with m.If(rx.valid):
                         m.d.sync += [head.eq(Cat(rx.payload, head[:72])), hcount.eq(hcount + 1)]
-            with m.State("LR_SEG"):
-                end = seg_first + seg_count
-                with m.If((seg_count == 0) | (length - pos < (seg_count + 1) >> 1)):
+            with m.State("LR_SEG"):                  # the checks, registered
+                m.d.sync += [
+                    c_short.eq((seg_count == 0) | (length - pos < (seg_count + 1) >> 1)),
+                    c_past.eq(seg_first + seg_count > (1 << SLOT_WIDTH)),
+                    c_full.eq((tmp_loaded + seg_count > RECORD_DEPTH) |
+                              (tmp_seg == SEGMENT_DEPTH)),
+                    c_order.eq(seg_first < tmp_end),
+                ]
+                m.next = "LR_SEG2"
+            with m.State("LR_SEG2"):
+                with m.If(c_short):
                     m.d.sync += bad.eq(1)
                     m.next = "LR_SKIP"
                 with m.Else():
-                    with m.If(end > (1 << SLOT_WIDTH)):
+                    with m.If(c_past):
                         m.d.sync += bad.eq(1)
-                    with m.If((tmp_loaded + seg_count > RECORD_DEPTH) |
-                              (tmp_seg == SEGMENT_DEPTH)):
+                    with m.If(c_full):
                         m.d.sync += too_large.eq(1)
-                    with m.If(seg_first < tmp_end):
+                    with m.If(c_order):
                         m.d.sync += order.eq(1)
                     m.d.sync += [nib_left.eq(seg_count), low.eq(0),
                                  seg.first.eq(seg_first), seg.count.eq(seg_count),
