@@ -132,9 +132,8 @@ class Transmitter(wiring.Component):
         job = Signal()                           # a job was started (and not aborted)
         job_n = Signal(32)
         job_m = Signal(32)
-        seed_bytes = Signal(33)
-        need = Signal(34)                        # seed then x bytes
-        got = Signal(34)
+        seed_left = Signal(33)                   # wire bytes of the seed still to come
+        x_left = Signal(33)                      # … and of x
         y_count = Signal(range(y_bytes + 1))
         y_done = Signal()                        # the job's status beat has been taken
         y_pos = Signal(range(y_bytes + 1))
@@ -294,7 +293,7 @@ class Transmitter(wiring.Component):
                 with m.If(pos == length):
                     m.d.comb += th_reset.eq(1)
                     m.d.sync += [job.eq(0), y_count.eq(0), y_done.eq(0), y_pos.eq(0),
-                                 got.eq(0)]
+                                 seed_left.eq(0), x_left.eq(0)]
                     m.next = "TS_CHECK"
                 with m.Else():
                     m.d.comb += rx.ready.eq(1)
@@ -308,8 +307,8 @@ class Transmitter(wiring.Component):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
                     m.d.sync += [job_n.eq(n_), job_m.eq(m_),
-                                 seed_bytes.eq((n_ + m_ - 1 + 7) >> 3),
-                                 need.eq(((n_ + m_ - 1 + 7) >> 3) + ((n_ + 7) >> 3))]
+                                 seed_left.eq((n_ + m_ - 1 + 7) >> 3),
+                                 x_left.eq((n_ + 7) >> 3)]
                     m.next = "TS_CFG"
             with m.State("TS_CFG"):
                 m.d.comb += [th.cfg.valid.eq(1), th.cfg.payload.n.eq(job_n),
@@ -319,7 +318,7 @@ class Transmitter(wiring.Component):
                     finish(Opcode.ACK)
             # ---- TOEPLITZ_DATA: the next bytes of packbits(seed) ‖ packbits(x) ----
             with m.State("TD_CHECK"):
-                m.d.sync += c_over.eq(got + length > need)
+                m.d.sync += c_over.eq(length > seed_left + x_left)
                 m.next = "TD_CHECK2"
             with m.State("TD_CHECK2"):
                 with m.If(~job | c_over):
@@ -331,25 +330,28 @@ class Transmitter(wiring.Component):
                 with m.If(pos == length):
                     finish(error=ErrorCode.SEQUENCE)
             with m.State("TD_BYTE"):
-                in_seed = got < seed_bytes
+                in_seed = seed_left != 0
                 beat_ok = Mux(in_seed, th.seed.ready, th.x.ready)
                 with m.If(pos == length):
                     finish(Opcode.ACK)
                 with m.Else():
                     m.d.comb += [th.seed.payload.data.eq(rx.payload[::-1]),
-                                 th.seed.payload.last.eq(got + 1 == seed_bytes),
+                                 th.seed.payload.last.eq(seed_left == 1),
                                  th.x.payload.data.eq(rx.payload[::-1]),
-                                 th.x.payload.last.eq(got + 1 == need),
+                                 th.x.payload.last.eq(x_left == 1),
                                  th.seed.valid.eq(rx.valid & in_seed),
                                  th.x.valid.eq(rx.valid & ~in_seed),
                                  rx.ready.eq(beat_ok)]
                     with m.If(rx.valid & beat_ok):
-                        m.d.sync += got.eq(got + 1)
+                        with m.If(in_seed):
+                            m.d.sync += seed_left.eq(seed_left - 1)
+                        with m.Else():
+                            m.d.sync += x_left.eq(x_left - 1)
             # ---- TOEPLITZ_READ: the next bytes of packbits(y), once the job is done ----
             with m.State("TR_CHECK"):
                 with m.If(length != 0):
                     m.next = "TR_BAD"
-                with m.Elif(~job | (got != need)):
+                with m.Elif(~job | (seed_left != 0) | (x_left != 0)):
                     finish(error=ErrorCode.SEQUENCE)
                 with m.Elif(y_done):
                     with m.If(y_pos >= (job_m + 7) >> 3):
