@@ -261,10 +261,9 @@ class Transmitter(wiring.Component):
         rep_slot = rep[8:56]
         rep_basis = rep[0]
         m.d.comb += [first_in.payload.eq(cur.first), seg_r.addr.eq(seg_idx)]
-        chunk = Signal(range(y_bytes + 1))      # bytes of y the next TOEPLITZ_READ returns
-        y_left = Signal(range(y_bytes + 1))
-        m.d.comb += [y_left.eq(((job_m + 7) >> 3) - y_pos),
-                     chunk.eq(Mux(y_left > self.max_payload, self.max_payload, y_left))]
+        y_left = Signal(range(y_bytes + 1))     # bytes of y not read yet (a register)
+        chunk = Signal(range(y_bytes + 1))      # bytes the next TOEPLITZ_READ returns
+        m.d.comb += chunk.eq(Mux(y_left > self.max_payload, self.max_payload, y_left))
         rep_in_block = Signal()                     # the new report lies in `cur`
         f_in = Signal()                             # the held report lies in `cur`
         f_below = Signal()                          # … before it: a gap, or not increasing
@@ -308,7 +307,7 @@ class Transmitter(wiring.Component):
                 with m.Else():
                     m.d.sync += [job_n.eq(n_), job_m.eq(m_),
                                  seed_left.eq((n_ + m_ - 1 + 7) >> 3),
-                                 x_left.eq((n_ + 7) >> 3)]
+                                 x_left.eq((n_ + 7) >> 3), y_left.eq((m_ + 7) >> 3)]
                     m.next = "TS_CFG"
             with m.State("TS_CFG"):
                 m.d.comb += [th.cfg.valid.eq(1), th.cfg.payload.n.eq(job_n),
@@ -354,12 +353,12 @@ class Transmitter(wiring.Component):
                 with m.Elif(~job | (seed_left != 0) | (x_left != 0)):
                     finish(error=ErrorCode.SEQUENCE)
                 with m.Elif(y_done):
-                    with m.If(y_pos >= (job_m + 7) >> 3):
+                    with m.If(y_left == 0):
                         finish(error=ErrorCode.SEQUENCE)
                     with m.Else():
                         m.d.comb += [y_rd.start.eq(1), y_rd.base.eq(y_pos),
                                      y_rd.length.eq(chunk)]
-                        m.d.sync += y_pos.eq(y_pos + chunk)
+                        m.d.sync += [y_pos.eq(y_pos + chunk), y_left.eq(y_left - chunk)]
                         m.next = "TR_SEND"
             with m.State("TR_BAD"):
                 m.d.comb += rx.ready.eq(1)
