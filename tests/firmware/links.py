@@ -119,6 +119,27 @@ class FaultyLink(Transport):
         self.inner.close()
 
 
+class Shared(Recording):
+    """A recorder whose close() leaves the shared (module-wide) simulation running."""
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def exchange(t: Recording, data: bytes) -> list[proto.Frame]:
+    """Write raw bytes through ``t``; collect the frames answered until the device is quiet
+    (3 empty reads of the in-process model, 30 read timeouts of a simulation)."""
+    from mozi.host.model_device import ModelTransport
+    t.write(data)
+    got = bytearray()
+    quiet = 0
+    while quiet < (3 if isinstance(t.inner, ModelTransport) else 30):
+        chunk = t.read()
+        quiet = 0 if chunk else quiet + 1
+        got += chunk
+    return frames(got)
+
+
 def frames(data: bytes) -> list[proto.Frame]:
     """Every good frame of a byte stream (dropping anything else)."""
     return [f for f in proto.Deframer().feed(bytes(data)) if isinstance(f, proto.Frame)]

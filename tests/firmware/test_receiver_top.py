@@ -21,7 +21,7 @@ from mozi.firmware.receiver import Receiver
 from mozi.host.device import DeviceError, ReceiverDriver, open_device
 from mozi.host.model_device import FIRMWARE, ModelTransport
 
-from tests.firmware.links import FAULTS, FaultyLink, Recording, frames
+from tests.firmware.links import FAULTS, FaultyLink, Shared, exchange
 
 pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("rtl-receiver")]
 
@@ -33,13 +33,6 @@ def rtl():
     t = open_device("rtl", role="receiver", read_timeout=0.01, response_timeout=1.5)
     yield t
     t.close()
-
-
-class _Shared(Recording):
-    """A recorder whose close() leaves the shared simulation running."""
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def _events(rng, n, span):
@@ -89,8 +82,8 @@ def test_register_widths_equal_the_ports_they_drive():
 
 
 def test_rtl_answers_byte_for_byte_like_the_model(rtl):
-    model = _Shared(ModelTransport(**FIRMWARE['receiver']))
-    sim = _Shared(rtl)
+    model = Shared(ModelTransport(**FIRMWARE['receiver']))
+    sim = Shared(rtl)
     results = []
     for t in (model, sim):
         rx = ReceiverDriver(t, random_key=bytes(range(32)))
@@ -107,18 +100,6 @@ def test_rtl_answers_byte_for_byte_like_the_model(rtl):
 
 def _spoilt(frame: bytes) -> bytes:
     return frame[:-1] + bytes([frame[-1] ^ 1])
-
-
-def _raw(t, data: bytes) -> list[proto.Frame]:
-    """Write raw bytes; collect the frames answered (until the device is quiet)."""
-    t.write(data)
-    got = bytearray()
-    quiet = 0
-    while quiet < (3 if isinstance(t.inner, ModelTransport) else 30):
-        chunk = t.read()
-        quiet = 0 if chunk else quiet + 1
-        got += chunk
-    return frames(got)
 
 
 def test_malformed_requests_and_link_errors_match_the_model(rtl):
@@ -172,9 +153,9 @@ def test_malformed_requests_and_link_errors_match_the_model(rtl):
     ]
     reqs += [proto.encode_frame(op, p, seq) for seq, (op, p) in enumerate(live, start=26)]
     answers = []
-    for t in (_Shared(ModelTransport(**FIRMWARE['receiver'])), _Shared(rtl)):
+    for t in (Shared(ModelTransport(**FIRMWARE['receiver'])), Shared(rtl)):
         ReceiverDriver(t).reset()
-        answers.append([[(f.opcode, f.seq, f.payload) for f in _raw(t, r)] for r in reqs])
+        answers.append([[(f.opcode, f.seq, f.payload) for f in exchange(t, r)] for r in reqs])
     for k, (a, b) in enumerate(zip(*answers, strict=True)):
         assert a == b, f"request {k}: model {a}, rtl {b}"
     codes = [a[0][2][0] if a and a[0][0] == Opcode.ERROR.value else None
@@ -203,7 +184,7 @@ def test_faulty_link_never_changes_a_detection(rtl, seed):
     print("fault seed", seed)
     ref = ReceiverDriver(ModelTransport(), random_key=bytes(range(32)))
     want = _session_like(ref, seed, blocks=12, events=1500)
-    for inner in (ModelTransport(**FIRMWARE['receiver']), _Shared(rtl)):
+    for inner in (ModelTransport(**FIRMWARE['receiver']), Shared(rtl)):
         link = FaultyLink(inner, random.Random(seed), rate=0.3)
         rx = ReceiverDriver(link, random_key=bytes(range(32)))
         rx.reset()
@@ -219,10 +200,10 @@ def test_faulty_link_never_changes_a_detection(rtl, seed):
 
 
 def test_a_dead_link_is_a_clear_error(rtl):
-    class Deaf(_Shared):
+    class Deaf(Shared):
         def write(self, data):
             pass                                       # every request is lost
-    rx = ReceiverDriver(_Shared(rtl))
+    rx = ReceiverDriver(Shared(rtl))
     rx.transport = Deaf(rtl)
     with pytest.raises(DeviceError, match="no valid response to READ_REG after 3 retries"):
         rx.read_register("RX_EVENTS")

@@ -20,7 +20,7 @@ from mozi.host.device import HasherDriver, TransmitterDriver, open_device
 from mozi.host.model_device import FIRMWARE, ModelTransport
 from mozi.sim import model
 
-from tests.firmware.links import FaultyLink, Recording, frames
+from tests.firmware.links import FaultyLink, Shared, exchange
 
 pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("rtl-transmitter")]
 
@@ -30,11 +30,6 @@ def rtl():
     t = open_device("rtl", role="transmitter", read_timeout=0.01, response_timeout=1.5)
     yield t
     t.close()
-
-
-class _Shared(Recording):
-    def close(self) -> None:
-        self.closed = True
 
 
 def _stimulus(seed: int, n_slots: int = 300_000, n_reports: int = 6000):
@@ -66,7 +61,7 @@ def test_register_widths_equal_the_ports_they_drive():
 def test_rtl_sifts_byte_for_byte_like_the_model(rtl):
     records, slots, basis = _stimulus(5)
     logs, results = [], []
-    for t in (_Shared(ModelTransport(**FIRMWARE['transmitter'])), _Shared(rtl)):
+    for t in (Shared(ModelTransport(**FIRMWARE['transmitter'])), Shared(rtl)):
         tx = TransmitterDriver(t, merge_gap=8)
         tx.reset()
         results.append(_sift(tx, records, slots, basis))
@@ -84,17 +79,6 @@ def test_rtl_sifts_byte_for_byte_like_the_model(rtl):
 def _seg(first, records):
     return struct.pack(">6sI", int(first).to_bytes(6, "big"), len(records)) + \
         proto.pack_nibbles(records)
-
-
-def _raw(t, data: bytes) -> list[proto.Frame]:
-    t.write(data)
-    got = bytearray()
-    quiet = 0
-    while quiet < (3 if isinstance(t.inner, ModelTransport) else 30):
-        chunk = t.read()
-        quiet = 0 if chunk else quiet + 1
-        got += chunk
-    return frames(got)
 
 
 def test_malformed_requests_match_the_model(rtl):
@@ -133,9 +117,9 @@ def test_malformed_requests_match_the_model(rtl):
     for name in ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "TX_SEGMENT_CAPACITY"):
         reqs.append(f(Opcode.READ_REG, struct.pack(">H", proto.register(name).address)))
     answers = []
-    for t in (_Shared(ModelTransport(**FIRMWARE['transmitter'])), _Shared(rtl)):
+    for t in (Shared(ModelTransport(**FIRMWARE['transmitter'])), Shared(rtl)):
         TransmitterDriver(t).reset()
-        answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in _raw(t, r)] for r in reqs])
+        answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in exchange(t, r)] for r in reqs])
     for k, (a, b) in enumerate(zip(*answers, strict=True)):
         assert a == b, f"request {k}: model {a}, rtl {b}"
     codes = [a[0][2][0] if a[0][0] == Opcode.ERROR.value else None for a in answers[0]]
@@ -152,7 +136,7 @@ def test_malformed_requests_match_the_model(rtl):
 def test_faulty_link_never_changes_a_sift_result(rtl):
     records, slots, basis = _stimulus(11, n_reports=3000)
     want = model.sift_alice(records, slots, basis)
-    link = FaultyLink(_Shared(rtl), random.Random(11), rate=0.3)
+    link = FaultyLink(Shared(rtl), random.Random(11), rate=0.3)
     tx = TransmitterDriver(link, merge_gap=8)
     tx.reset()
     out, counters = _sift(tx, records, slots, basis)
@@ -168,7 +152,7 @@ def test_rtl_hasher_matches_toeplitz_hash(rtl, n, m):
     print("seed", n * 7 + m)
     x = rng.integers(0, 2, n).astype(np.uint8)
     s = rng.integers(0, 2, n + m - 1).astype(np.uint8)
-    h = HasherDriver(_Shared(rtl))
+    h = HasherDriver(Shared(rtl))
     np.testing.assert_array_equal(h.hash(x, s, m), model.toeplitz_hash(x, s, m))
 
 
@@ -199,9 +183,9 @@ def test_toeplitz_job_order_matches_the_model(rtl):
         f(Opcode.TOEPLITZ_START, struct.pack(">I", 8)),
     ]
     answers = []
-    for t in (_Shared(ModelTransport(**FIRMWARE["transmitter"])), _Shared(rtl)):
+    for t in (Shared(ModelTransport(**FIRMWARE["transmitter"])), Shared(rtl)):
         TransmitterDriver(t).reset()
-        answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in _raw(t, r)] for r in reqs])
+        answers.append([[(fr.opcode, fr.seq, fr.payload) for fr in exchange(t, r)] for r in reqs])
     for k, (a, b) in enumerate(zip(*answers, strict=True)):
         assert a == b, f"request {k}: model {a}, rtl {b}"
     codes = [a[0][2][0] if a[0][0] == Opcode.ERROR.value else None for a in answers[0]]
