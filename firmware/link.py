@@ -29,8 +29,8 @@ from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import MIN_DIVISOR
 from mozi.hdl.common import saturating_counter
 
-__all__ = ["BufferReader", "Deframer", "Framer", "Link", "UART_REGISTERS", "host_port",
-           "register_port_name"]
+__all__ = ["BufferReader", "Deframer", "Framer", "Link", "UART_REGISTERS", "connect_host",
+           "end_command", "host_port", "register_port_name"]
 
 _SYNC0, _SYNC1 = proto.SYNC
 #: Registers every link implements itself.
@@ -46,6 +46,17 @@ def host_port(uart: bool) -> dict:
     if uart:
         return {"rx": In(1), "tx": Out(1, init=1)}
     return {"i": In(stream.Signature(8)), "o": Out(stream.Signature(8))}
+
+
+def end_command(m: Module, done, opcode=None, error=None) -> None:
+    """Inside a role top's FSM: end the request on ``cmd_done`` (the response ``opcode``, or
+    an ``ERROR`` with code ``error``) and go back to ``IDLE``."""
+    m.d.comb += done.valid.eq(1)
+    if error is not None:
+        m.d.comb += [done.payload.error.eq(1), done.payload.opcode.eq(error.value)]
+    else:
+        m.d.comb += done.payload.opcode.eq(opcode.value)
+    m.next = "IDLE"
 
 
 def connect_host(m: Module, top, link: Link, uart) -> None:

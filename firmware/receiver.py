@@ -20,7 +20,14 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out, connect
 from mozi.firmware import protocol as proto
-from mozi.firmware.link import UART_REGISTERS, Link, connect_host, host_port, register_port_name
+from mozi.firmware.link import (
+    UART_REGISTERS,
+    Link,
+    connect_host,
+    end_command,
+    host_port,
+    register_port_name,
+)
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import UART
 from mozi.hdl.basis_decoder import BasisDecoder
@@ -285,12 +292,7 @@ class Receiver(wiring.Component):
         done = link.cmd_done
 
         def finish(opcode=None, error=None):
-            m.d.comb += done.valid.eq(1)
-            if error is not None:
-                m.d.comb += [done.payload.error.eq(1), done.payload.opcode.eq(error.value)]
-            else:
-                m.d.comb += done.payload.opcode.eq(opcode.value)
-            m.next = "IDLE"
+            end_command(m, done, opcode, error)
 
         inj = cores.inject
         m.d.comb += [cnt.event.eq(assigner.i.valid & assigner.i.ready),

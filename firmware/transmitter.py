@@ -24,6 +24,7 @@ from mozi.firmware.link import (
     BufferReader,
     Link,
     connect_host,
+    end_command,
     host_port,
     register_port_name,
 )
@@ -164,12 +165,7 @@ class Transmitter(wiring.Component):
             m.d.sync += pos.eq(pos + 1)
 
         def finish(opcode=None, error=None):
-            m.d.comb += done.valid.eq(1)
-            if error is not None:
-                m.d.comb += [done.payload.error.eq(1), done.payload.opcode.eq(error.value)]
-            else:
-                m.d.comb += done.payload.opcode.eq(opcode.value)
-            m.next = "IDLE"
+            end_command(m, done, opcode, error)
 
         # wide checks of a request, registered before the FSM decides on them (Fmax)
         c_short, c_past, c_full, c_order, c_over = (Signal(name=n) for n in (
