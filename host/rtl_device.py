@@ -62,8 +62,7 @@ class RtlTransport(Transport):
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "mozi.sim.rtl_server", "--role", role,
-                 "--socket", str(self._dir / "link.sock"), "--run-dir", str(self._dir / "run"),
-                 "--stats", str(self._stats_path)],
+                 "--socket", str(self._dir / "link.sock"), "--stats", str(self._stats_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + START_TIMEOUT
         try:

