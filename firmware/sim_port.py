@@ -2,12 +2,17 @@
 
 A UART moves one byte per bit-times-ten; a simulation that stepped Python for every byte (or
 every clock) would spend its time in the bridge, not in the gateware. :class:`WidePort` wraps a
-role top's byte streams so that the co-simulation bridge (:mod:`mozi.sim.rtl_bridge`) moves a
+role top's byte streams so that the co-simulation bridge (``sim/rtl_bridge.cpp``) moves a
 *beat* of up to ``width`` bytes per handshake in each direction, and exposes ``idle`` so that
-the bridge can sleep on a signal edge while the gateware works instead of polling the clock.
+the bridge can block on its socket while the gateware is idle.
+
+The port is the co-simulation's top: it has a clock input and no reset, and every register
+starts at its initial value, as in an FPGA after configuration. (A reset input would put all
+the design's next-state logic on the simulator's input path and evaluate it again at every
+clock edge: the verilated receiver ran three times slower with one.)
 """
 
-from amaranth import Module, Signal
+from amaranth import ClockDomain, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -26,12 +31,15 @@ class WidePort(wiring.Component):
 
     Ports
     -----
+    clk : In(1)
+        The clock of the ``sync`` domain (reset-less).
     in_data : In(8 * width), in_count : In(range(width + 1)), in_valid : In(1), in_ready : Out(1)
         A beat of ``in_count`` bytes, byte ``k`` in bits ``8k .. 8k+7``; ready when the
         previous beat has been handed to the top.
     out_data : Out(8 * width), out_count : Out(range(width + 1)), out_valid : Out(1),
     out_ready : In(1)
-        A beat of the top's output, offered when full or when the top has no byte to add.
+        A beat of the top's output, offered when full, when the top is idle (its response is
+        complete) or after ``FLUSH_CYCLES`` clocks without a byte.
     out_quiet : Out(1)
         No output byte is on its way (the last beat, if any, has been taken): the bridge
         forwards what it holds.
@@ -40,10 +48,14 @@ class WidePort(wiring.Component):
         arrives.
     """
 
+    #: Clocks without an output byte after which a partial beat is offered anyway.
+    FLUSH_CYCLES = 255
+
     def __init__(self, top, width: int = 32):
         self.top = top
         self.width = width
         super().__init__({
+            "clk": In(1),
             "in_data": In(8 * width), "in_count": In(range(width + 1)),
             "in_valid": In(1), "in_ready": Out(1),
             "out_data": Out(8 * width), "out_count": Out(range(width + 1)),
@@ -53,6 +65,8 @@ class WidePort(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.domains.sync = sync = ClockDomain("sync", reset_less=True)
+        m.d.comb += sync.clk.eq(self.clk)
         W = self.width
         m.submodules.top = top = self.top
         # input beat → bytes
@@ -69,13 +83,19 @@ class WidePort(wiring.Component):
         # bytes → output beat
         ocount = Signal(range(W + 1))
         offering = Signal()
+        quiet = Signal(range(self.FLUSH_CYCLES + 1))    # clocks since the last byte
         m.d.comb += [self.out_count.eq(ocount), self.out_valid.eq(offering),
                      top.o.ready.eq(~offering & (ocount != W))]
         with m.If(top.o.valid & top.o.ready):
             m.d.sync += [self.out_data.word_select(ocount, 8).eq(top.o.payload),
-                         ocount.eq(ocount + 1)]
+                         ocount.eq(ocount + 1), quiet.eq(0)]
         with m.Elif(~offering & (ocount != 0)):
-            m.d.sync += offering.eq(1)              # full, or no byte this clock
+            # a partial beat goes out once the top has finished its response, or after a
+            # pause in a long one (so a slow stream of bytes does not wake the bridge for each)
+            with m.If((ocount == W) | top.idle | (quiet == self.FLUSH_CYCLES)):
+                m.d.sync += [offering.eq(1), quiet.eq(0)]
+            with m.Else():
+                m.d.sync += quiet.eq(quiet + 1)
         with m.If(offering & self.out_ready):
             m.d.sync += [offering.eq(0), ocount.eq(0)]
         m.d.comb += [self.out_quiet.eq(~top.o.valid & (ocount == 0) & ~offering),
