@@ -1,7 +1,7 @@
 """The project's strongest test: one session on every device backend stores the same key.
 
-``mozi session`` runs on 30 s of the simulated Micius 2017 pass around its closest approach
-(about 580 k detections, a positive finite key) three times with the same seeds: on the
+``mozi session`` runs on 110–170 s of the simulated Micius 2017 pass, around its closest
+approach (1.2 M detections, 35 kbit of final key), three times with the same seeds: on the
 ``model`` backend, with both parties' devices as RTL under Verilator (``--device rtl``), and
 with Bob's receiver behind a serial port (``--bob-device serial:PTY``, the co-simulation served
 on a pseudo-terminal). The stored keys, their IDs and check values, and every device counter
@@ -24,7 +24,7 @@ from mozi.sim.tagfile import write_tags
 pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("rtl-session")]
 
 LINK = "sat-urumqi"
-WINDOW = (120.0, 150.0)
+WINDOW = (110.0, 170.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_model_rtl_and_serial_sessions_store_the_same_key(pass_files, tmp_path, 
         runs["serial"] = _session(pass_files, tmp_path / "serial", capsys,
                                   "--bob-device", f"serial:{pty.path}")
     ref, ref_keys = runs["model"]
-    assert not ref["aborted"] and ref["final_key_bits"] > 0
+    assert not ref["aborted"] and ref["final_key_bits"] > 30_000
     assert ref["key_check_values"] and len(ref["key_check_values"]) == len(ref["key_ids"])
     for name, (result, keys) in runs.items():
         for field in ("final_key_bits", "key_ids", "key_check_values", "device_counters",
