@@ -424,3 +424,30 @@ def test_malformed_session_messages_are_protocol_aborts():
     assert decode_key_ids(bytes(16)) == (0, 0, [])
     with pytest.raises(ProtocolAbort, match="key-ids"):
         decode_key_ids(bytes(20))
+
+
+def _shows(frames, kcv: str) -> bool:
+    """Whether any frame holds the check value, as bytes or as hex text (either case)."""
+    raw = bytes.fromhex(kcv)
+    return any(raw in f or kcv.encode() in f.lower() for f in frames)
+
+
+def test_key_check_values_never_cross_the_classical_channel(slice30, tmp_path):
+    """Check values are a function of the key, so Mozi shows them to the key's owner and never
+    sends them: every frame of a session, both directions, is searched for every stored key's
+    check value, raw and as hex text."""
+    tags, alice, _ = slice30
+    sa, sb = _stores(tmp_path)
+    log = []
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                      config=SessionConfig(insecure_seed=2017), tap=_recorder(log))
+    assert not res.aborted and res.key_check_values
+    frames = [f for _, f in log]
+    assert {d for d, _ in log} == {"alice->bob", "bob->alice"}
+    kcvs = [r.check_value for r in sb.list(LINK)]
+    assert kcvs == res.key_check_values
+    # the search finds a check value wherever a frame would carry it
+    assert _shows([b"x" + bytes.fromhex(kcvs[0]) + b"y"], kcvs[0])
+    assert _shows([b"kcv=" + kcvs[0].upper().encode()], kcvs[0])
+    for kcv in kcvs:
+        assert not _shows(frames, kcv), kcv
