@@ -2,7 +2,7 @@
 
 :class:`RtlTransport` listens on a Unix socket in a private temporary folder, starts
 ``python -m mozi.sim.rtl_server`` for the role top (the Verilator build is made once per
-design and cached under ``build/cocotb/``), and then moves the link protocol's bytes between
+design and cached under ``build/rtl/``), and then moves the link protocol's bytes between
 the host driver and the running simulation. The same drivers run on it as on the ``model``
 backend, byte for byte.
 """
@@ -108,6 +108,10 @@ class RtlTransport(Transport):
         if not data:
             raise DeviceError(f"the {self.role} co-simulation ended: {self._log_tail()}")
         return data
+
+    def fileno(self) -> int:
+        """The socket to the simulation (readable when the device has sent bytes)."""
+        return self._sock.fileno()
 
     def _stop(self) -> None:
         try:

@@ -103,18 +103,21 @@ class PtyServer:
         self._thread.start()
 
     def _pump(self) -> None:
+        # bytes move as soon as either end has some; the timeout only bounds how long a
+        # close() waits for the thread
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.01)
-            if ready:
+            ready, _, _ = select.select([self._master, self._sim], [], [], 0.1)
+            if self._master in ready:
                 try:
                     data = os.read(self._master, 1 << 16)
                 except OSError:
                     break
                 if data:
                     self._sim.write(data)
-            out = self._sim.read()
-            if out:
-                os.write(self._master, out)
+            if self._sim in ready:
+                out = memoryview(self._sim.read())
+                while out:                          # a terminal may take part of a write
+                    out = out[os.write(self._master, out):]
 
     def close(self) -> None:
         """Stop serving and end the simulation."""
