@@ -4,6 +4,7 @@ from mozi.firmware.receiver import Receiver, ReceiverCores
 from mozi.firmware.transmitter import Transmitter
 from mozi.hdl.alice_sifter import AliceSifter
 from mozi.hdl.basis_decoder import BasisDecoder
+from mozi.hdl.pattern_generator import PatternGenerator
 from mozi.hdl.slot_assigner import SlotAssigner
 from mozi.hdl.time_tagger import TimeTagger
 from mozi.hdl.toeplitz_hasher import ToeplitzHasher
@@ -22,6 +23,8 @@ CORES = [
     CoreSpec("AliceSifter", lambda: AliceSifter(lanes=4), devices=("ecp5-85f",),
              params={"slot_width": 48, "lanes": 4},
              note="1 + B + R' + E clocks per block of B beats: ~lanes slots per clock"),
+    CoreSpec("PatternGenerator", lambda: PatternGenerator(), devices=("ecp5-85f",),
+             params={}, note="one slot per clock: 100 M slots/s at 100 MHz"),
     CoreSpec("ReceiverCores", lambda: ReceiverCores(phases=2), devices=("ice40up5k",),
              params={"phases": 2}, note="tagger + slot assigner + decoder, must reach 48 MHz"),
     # lanes 128 × tile 1024 (131 072 MACs per clock, 777 505 cycles per (10^6, 10^5) job)

@@ -357,6 +357,37 @@ def alice_record(basis: np.ndarray, bit: np.ndarray, intensity: np.ndarray) -> n
         ((np.asarray(intensity, np.uint8) & 3) << 2)
 
 
+def alice_choices(words, t_basis: int, t_int0: int, t_int1: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Alice's choices from one 64-bit random word per slot (the simulator's source and the
+    pattern generator both map words this way).
+
+    ``bit = w[63]``; ``basis = 1`` (X) iff ``w[32:63] >= t_basis``; with ``u = w[0:32]``,
+    ``intensity = (u >= t_int0) + (u >= t_int1)`` (0 signal, 1 decoy, 2 vacuum). So
+    ``t_basis = p_z * 2**31``, ``t_int0 = p_signal * 2**32`` and ``t_int1 = (p_signal +
+    p_decoy) * 2**32``.
+
+    Returns
+    -------
+    basis, bit, intensity : uint8 arrays shaped like ``words``
+    """
+    w = np.asarray(words, np.uint64)
+    bit = (w >> np.uint64(63)).astype(np.uint8)
+    basis = (((w >> np.uint64(32)) & np.uint64(0x7FFFFFFF)) >= np.uint64(t_basis)) \
+        .astype(np.uint8)
+    u = w & np.uint64(0xFFFFFFFF)
+    intensity = (u >= np.uint64(t_int0)).astype(np.uint8) + \
+        (u >= np.uint64(t_int1)).astype(np.uint8)
+    return basis, bit, intensity
+
+
+def laser_triggers(basis, bit, intensity) -> np.ndarray:
+    """The pattern generator's laser mask per slot: bit ``2 * basis + bit`` (H, V, D, A) set,
+    none for a vacuum slot (intensity 2)."""
+    basis, bit, intensity = (np.asarray(a, np.uint8) for a in (basis, bit, intensity))
+    return np.where(intensity >= 2, 0, 1 << (2 * (basis & 1) + (bit & 1))).astype(np.uint8)
+
+
 def unpack_alice_record(record: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse of :func:`alice_record`: (basis, bit, intensity)."""
     r = np.asarray(record, np.uint8)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from mozi.sim.errors import MoziError, short_repr
-from mozi.sim.model import alice_record
+from mozi.sim.model import alice_choices, alice_record
 
 __all__ = ["AliceSource", "ConfigurationError", "SourceConfig", "splitmix64_mix"]
 
@@ -172,14 +172,7 @@ class AliceSource:
         basis, bit, intensity : uint8 arrays shaped like ``slots``
             Basis 0 = Z, 1 = X; bit 0/1; intensity 0 signal, 1 decoy, 2 vacuum.
         """
-        w = self.words(slots)
-        bit = (w >> np.uint64(63)).astype(np.uint8)
-        basis = (((w >> np.uint64(32)) & np.uint64(0x7FFFFFFF)) >= self._t_basis) \
-            .astype(np.uint8)
-        u = w & np.uint64(0xFFFFFFFF)
-        intensity = ((u >= self._t_int0).astype(np.uint8)
-                     + (u >= self._t_int1).astype(np.uint8))
-        return basis, bit, intensity
+        return alice_choices(self.words(slots), self._t_basis, self._t_int0, self._t_int1)
 
     def records(self, first_slot: int, count: int) -> np.ndarray:
         """Alice's 4-bit records (:func:`mozi.sim.model.alice_record`) for consecutive slots.
