@@ -534,6 +534,7 @@ class Link(wiring.Component):
         dup = Signal()
         stale = Signal()
         cmd_taken = Signal()
+        done = Signal.like(self.cmd_done.payload)
         next_seq = Signal(8)
         m.d.comb += [
             next_seq.eq(Mux(last_seq == 255, 1, last_seq + 1)),
@@ -662,12 +663,15 @@ class Link(wiring.Component):
                 m.d.comb += [self.cmd_tx.ready.eq(1), tx_byte.eq(self.cmd_tx.payload),
                              tx_put.eq(self.cmd_tx.valid), self.cmd_done.ready.eq(1)]
                 with m.If(self.cmd_done.valid):
-                    m.d.sync += cmd_taken.eq(0)
-                    with m.If(self.cmd_done.payload.error):
-                        respond_error(self.cmd_done.payload.opcode)
-                    with m.Else():
-                        m.d.sync += resp_op.eq(self.cmd_done.payload.opcode)
-                        m.next = "DRAIN"
+                    # registered: the role's decision logic reaches no link state but this
+                    m.d.sync += [cmd_taken.eq(0), done.eq(self.cmd_done.payload)]
+                    m.next = "CMD_DONE"
+            with m.State("CMD_DONE"):
+                with m.If(done.error):
+                    respond_error(done.opcode)
+                with m.Else():
+                    m.d.sync += resp_op.eq(done.opcode)
+                    m.next = "DRAIN"
             with m.State("DRAIN"):                     # unread payload bytes are skipped
                 m.d.comb += rd.o.ready.eq(1)
                 with m.If(~rd.busy):
