@@ -123,8 +123,20 @@ class Transmitter(wiring.Component):
 
         # ---- Toeplitz hasher: wire bytes (MSB-first) ↔ 8-lane beats (LSB-first) --------
         th = self.hasher
+        # a registered reset: the request FSM's decisions reach none of the hasher's logic
         th_reset = Signal()
+        m.d.sync += th_reset.eq(0)
         m.submodules.hasher = ResetInserter(th_reset | link.soft_reset)(th)
+        # the seed and x bytes reach the hasher through two-entry FIFOs: valid, payload and
+        # ready all registered, so the request FSM's logic ends at their inputs
+        seed_q = SyncFIFOBuffered(width=len(th.seed.payload.as_value()), depth=2)
+        x_q = SyncFIFOBuffered(width=len(th.x.payload.as_value()), depth=2)
+        m.submodules.seed_q = ResetInserter(th_reset | link.soft_reset)(seed_q)
+        m.submodules.x_q = ResetInserter(th_reset | link.soft_reset)(x_q)
+        for q, port in ((seed_q, th.seed), (x_q, th.x)):
+            m.d.comb += [port.valid.eq(q.r_stream.valid), port.payload.eq(q.r_stream.payload),
+                         q.r_stream.ready.eq(port.ready)]
+        seed_w, x_w = seed_q.w_stream, x_q.w_stream
         y_bytes = (th.max_m + 7) // 8
         m.submodules.y_mem = y_mem = Memory(shape=8, depth=y_bytes, init=[])
         y_w, y_r = y_mem.write_port(), y_mem.read_port()
@@ -133,6 +145,11 @@ class Transmitter(wiring.Component):
         job = Signal()                           # a job was started (and not aborted)
         job_n = Signal(32)
         job_m = Signal(32)
+        cfg_valid = Signal()                     # TS_CFG offers the job to the hasher
+        # cfg straight from registers: the hasher derives its job's counts from cfg in the
+        # clock it takes it, through two adders
+        m.d.comb += [th.cfg.valid.eq(cfg_valid), th.cfg.payload.n.eq(job_n),
+                     th.cfg.payload.m.eq(job_m)]
         seed_left = Signal(33)                   # wire bytes of the seed still to come
         x_left = Signal(33)                      # … and of x
         y_count = Signal(range(y_bytes + 1))
@@ -145,6 +162,8 @@ class Transmitter(wiring.Component):
             m.d.sync += y_count.eq(y_count + 1)
         with m.If(th.status.valid):
             m.d.sync += y_done.eq(1)
+        with m.If(th_reset):                     # the abandoned job's last beats
+            m.d.sync += [y_count.eq(0), y_done.eq(0)]
         with m.If(link.soft_reset):
             m.d.sync += job.eq(0)
 
@@ -286,7 +305,7 @@ class Transmitter(wiring.Component):
             # ---- TOEPLITZ_START: n u32, m u32; any job in progress is abandoned ----
             with m.State("TS_READ"):
                 with m.If(pos == length):
-                    m.d.comb += th_reset.eq(1)
+                    m.d.sync += th_reset.eq(1)
                     m.d.sync += [job.eq(0), y_count.eq(0), y_done.eq(0), y_pos.eq(0),
                                  seed_left.eq(0), x_left.eq(0)]
                     m.next = "TS_CHECK"
@@ -301,15 +320,13 @@ class Transmitter(wiring.Component):
                 with m.Elif((n_ > th.max_n) | (m_ > th.max_m)):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
-                    m.d.sync += [job_n.eq(n_), job_m.eq(m_),
+                    m.d.sync += [job_n.eq(n_), job_m.eq(m_), cfg_valid.eq(1),
                                  seed_left.eq((n_ + m_ - 1 + 7) >> 3),
                                  x_left.eq((n_ + 7) >> 3), y_left.eq((m_ + 7) >> 3)]
                     m.next = "TS_CFG"
-            with m.State("TS_CFG"):
-                m.d.comb += [th.cfg.valid.eq(1), th.cfg.payload.n.eq(job_n),
-                             th.cfg.payload.m.eq(job_m)]
+            with m.State("TS_CFG"):                 # cfg_valid is set on the way here
                 with m.If(th.cfg.ready):
-                    m.d.sync += job.eq(1)
+                    m.d.sync += [job.eq(1), cfg_valid.eq(0)]
                     finish(Opcode.ACK)
             # ---- TOEPLITZ_DATA: the next bytes of packbits(seed) ‖ packbits(x) ----
             with m.State("TD_CHECK"):
@@ -326,16 +343,14 @@ class Transmitter(wiring.Component):
                     finish(error=ErrorCode.SEQUENCE)
             with m.State("TD_BYTE"):
                 in_seed = seed_left != 0
-                beat_ok = Mux(in_seed, th.seed.ready, th.x.ready)
+                beat_ok = Mux(in_seed, seed_w.ready, x_w.ready)
                 with m.If(pos == length):
                     finish(Opcode.ACK)
                 with m.Else():
-                    m.d.comb += [th.seed.payload.data.eq(rx.payload[::-1]),
-                                 th.seed.payload.last.eq(seed_left == 1),
-                                 th.x.payload.data.eq(rx.payload[::-1]),
-                                 th.x.payload.last.eq(x_left == 1),
-                                 th.seed.valid.eq(rx.valid & in_seed),
-                                 th.x.valid.eq(rx.valid & ~in_seed),
+                    m.d.comb += [seed_w.payload.eq(Cat(rx.payload[::-1], seed_left == 1)),
+                                 x_w.payload.eq(Cat(rx.payload[::-1], x_left == 1)),
+                                 seed_w.valid.eq(rx.valid & in_seed),
+                                 x_w.valid.eq(rx.valid & ~in_seed),
                                  rx.ready.eq(beat_ok)]
                     with m.If(rx.valid & beat_ok):
                         with m.If(in_seed):
