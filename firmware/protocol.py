@@ -66,6 +66,10 @@ request                   payload                                response
                           nibble first), repeated
 ``SIFT_REPORTS``          :data:`REPORT_BYTES`-byte reports      ``SIFT_RESULT``: one byte
                                                                  per report
+``PATTERN_RECORDS``       max count u16 (>= 1)                   ``PATTERN``: count u16, the
+                                                                 pattern generator's next
+                                                                 records, 2 per byte (high
+                                                                 nibble first)
 ``TOEPLITZ_START``        n u32, m u32                           ``ACK``
 ``TOEPLITZ_DATA``         the next bytes of the job's input      ``ACK``
                           (see below)
@@ -108,6 +112,17 @@ Live mode (``TT_SOURCE`` 1): the TimeTagger feeds the slot assigner, and
 Between requests the pipeline backs up into the tagger's FIFO, whose losses are counted
 (``RX_TAGGER_LOST``) and reported in-band. ``TAG_EVENTS`` in live mode and
 ``LIVE_DETECTIONS`` outside it are ``SOURCE``.
+
+Pattern generator (transmitter): while ``PG_ENABLE`` is 1, a slot begins every
+``PG_SLOT_CLOCKS`` clocks (>= 1, else ``BAD_VALUE``). Each takes a 64-bit word from the
+device's random source and fires the laser of its state with its intensity select, as
+:func:`mozi.sim.model.alice_choices` maps words with the ``PG_T_*`` thresholds; a slot that
+finds no word is dark (no laser, a vacuum record) and counted in ``PG_UNDERRUNS``. Each slot's
+record joins a FIFO of ``PG_RECORD_CAPACITY`` records, in slot order from the first slot after
+``PG_ENABLE`` was set (``PG_SLOTS`` counts them); a record that finds it full is lost and
+counted in ``PG_RECORDS_LOST``. ``PATTERN_RECORDS`` takes up to ``max count`` of them (``2 +
+ceil(max count / 2) <= LINK_MAX_PAYLOAD``, else ``TOO_LARGE``). The model backend has no
+random source and no clock: it generates no slot.
 
 The receiver's merge stage holds its latest event across ``TAG_EVENTS`` frames and emits it
 when an event of another slot arrives or a frame with the ``last`` flag ends. The basis decoder
@@ -237,6 +252,7 @@ class Opcode(enum.Enum, shape=8):
     LIVE_DETECTIONS = 0x12
     LOAD_RECORDS = 0x20
     SIFT_REPORTS = 0x21
+    PATTERN_RECORDS = 0x22
     TOEPLITZ_START = 0x30
     TOEPLITZ_DATA = 0x31
     TOEPLITZ_READ = 0x32
@@ -245,6 +261,7 @@ class Opcode(enum.Enum, shape=8):
     ACK = 0x83
     DETECTIONS = 0x91
     SIFT_RESULT = 0xA1
+    PATTERN = 0xA2
     TOEPLITZ_RESULT = 0xB0
     ERROR = 0xFF
 
@@ -513,9 +530,10 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
     _r("ROLE", 0x0002, 8, "ro", "device",
        "Implemented blocks: bit 0 receiver, bit 1 transmitter, bit 2 Toeplitz hasher."),
     _r("CTRL", 0x0003, 8, "rw", "device",
-       "Write 1 to bit 0: clear the counters, merge state, random FIFO, record memory and "
-       "Toeplitz job, and set SA_PERIOD to one tick, SA_OFFSET to 0 and the window to the "
-       "whole slot (the link's registers are left alone). Reads 0."),
+       "Write 1 to bit 0: clear the counters, merge state, random FIFO, record memory, "
+       "Toeplitz job and pattern generator (stopped, FIFO emptied), and set SA_PERIOD to "
+       "one tick, SA_OFFSET to 0 and the window to the whole slot (the link's registers are "
+       "left alone). Reads 0."),
     _r("LINK_MAX_PAYLOAD", 0x0010, 16, "ro", "link",
        "Payload bytes the device's frame buffers hold (requests and responses)."),
     _r("LINK_CRC_ERRORS", 0x0011, 32, "ro", "link",
@@ -580,6 +598,28 @@ REGISTERS: dict[str, Register] = {r.name: r for r in [
        "Records the sifter's record memory holds between two SIFT_REPORTS."),
     _r("TX_SEGMENT_CAPACITY", 0x0204, 32, "ro", "transmitter",
        "Record segments (LOAD_RECORDS runs) it holds between two SIFT_REPORTS."),
+    _r("PG_ENABLE", 0x0210, 1, "rw", "transmitter",
+       "1: the pattern generator starts a slot every PG_SLOT_CLOCKS clocks."),
+    _r("PG_SLOT_CLOCKS", 0x0211, 16, "rw", "transmitter",
+       "Clocks per slot of the pattern generator (>= 1)."),
+    _r("PG_T_BASIS", 0x0212, 32, "rw", "transmitter",
+       "X basis iff word bits 62..32 >= this (p_z * 2**31).", port="pattern.t_basis"),
+    _r("PG_T_INT0", 0x0213, 33, "rw", "transmitter",
+       "Decoy or vacuum iff word bits 31..0 >= this (p_signal * 2**32).",
+       port="pattern.t_int0"),
+    _r("PG_T_INT1", 0x0214, 33, "rw", "transmitter",
+       "Vacuum iff word bits 31..0 >= this too ((p_signal + p_decoy) * 2**32).",
+       port="pattern.t_int1"),
+    _r("PG_SLOTS", 0x0215, 32, "ro", "transmitter",
+       "Slots the pattern generator has started (saturating)."),
+    _r("PG_UNDERRUNS", 0x0216, 32, "ro", "transmitter",
+       "Dark slots: no random word at the slot's start (saturating).",
+       port="pattern.underruns"),
+    _r("PG_RECORDS_LOST", 0x0217, 32, "ro", "transmitter",
+       "Records lost because the record FIFO was full (saturating).",
+       port="pattern.records_lost"),
+    _r("PG_RECORD_CAPACITY", 0x0218, 16, "ro", "transmitter",
+       "Records the pattern generator's FIFO holds."),
     _r("TH_MAX_N", 0x0300, 32, "ro", "hasher",
        "Largest n (input bits) of a Toeplitz job."),
     _r("TH_MAX_M", 0x0301, 32, "ro", "hasher",

@@ -14,10 +14,10 @@ only when every report has been answered.
 """
 
 from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import Out, connect
+from amaranth.lib.wiring import In, Out, connect
 from mozi.firmware import protocol as proto
 from mozi.firmware.link import (
     UART_REGISTERS,
@@ -31,14 +31,17 @@ from mozi.firmware.link import (
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import UART
 from mozi.hdl.alice_sifter import AliceSifter
+from mozi.hdl.pattern_generator import VACUUM, PatternGenerator
 from mozi.hdl.toeplitz_hasher import ToeplitzHasher
 
-__all__ = ["RECORD_DEPTH", "SEGMENT_DEPTH", "Transmitter"]
+__all__ = ["PATTERN_DEPTH", "RECORD_DEPTH", "SEGMENT_DEPTH", "Transmitter"]
 
 #: Records the record memory holds (``TX_RECORD_CAPACITY``).
 RECORD_DEPTH = 1 << 16
 #: Segments the segment table holds (``TX_SEGMENT_CAPACITY``).
 SEGMENT_DEPTH = 1024
+#: Records the pattern generator's FIFO holds (``PG_RECORD_CAPACITY``).
+PATTERN_DEPTH = 4096
 SLOT_WIDTH = 48
 
 
@@ -48,10 +51,13 @@ def _segment_layout():
 
 
 class Transmitter(wiring.Component):
-    """Satellite role top: AliceSifter, record memory, segment table and the host link.
+    """Satellite role top: AliceSifter, record memory, segment table, pattern generator,
+    Toeplitz hasher and the host link.
 
-    The pattern generator that turns the QRNG stream into laser triggers is not part of this
-    top yet; a replay loads the records of the slots that matter.
+    The pattern generator turns the random source's words into the laser triggers and the
+    intensity select, one slot every ``PG_SLOT_CLOCKS`` clocks while ``PG_ENABLE``, and keeps
+    each slot's record in a FIFO the host reads with ``PATTERN_RECORDS``. The sifter works on
+    the records the host loads (``LOAD_RECORDS``), so a replay needs no generator.
 
     Parameters
     ----------
@@ -64,12 +70,18 @@ class Transmitter(wiring.Component):
     -----
     i : In(stream.Signature(8)), o : Out(stream.Signature(8))
         The host link's bytes (simulation), or ``rx``/``tx`` pins with ``uart``.
+    qrng : In(stream.Signature(64))
+        The random source: one word per slot (a slot that finds none is dark).
+    lasers : Out(4), intensity : Out(2)
+        The pattern generator's laser trigger pulses (H, V, D, A) and intensity select.
     idle : Out(1)
         The device waits for input.
     """
 
     REGISTERS = ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "TX_RECORD_CAPACITY",
-                 "TX_SEGMENT_CAPACITY", "TH_MAX_N", "TH_MAX_M")
+                 "TX_SEGMENT_CAPACITY", "PG_ENABLE", "PG_SLOT_CLOCKS", "PG_T_BASIS",
+                 "PG_T_INT0", "PG_T_INT1", "PG_SLOTS", "PG_UNDERRUNS", "PG_RECORDS_LOST",
+                 "PG_RECORD_CAPACITY", "TH_MAX_N", "TH_MAX_M")
 
     def __init__(self, *, max_payload: int = proto.DEVICE_MAX_PAYLOAD, uart: bool = False,
                  uart_divisor: int = 16, hasher: dict | None = None):
@@ -81,11 +93,15 @@ class Transmitter(wiring.Component):
                                                             "max_m": 1024}))
         self.link = Link(role=2 | 4, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
                          opcodes=(Opcode.LOAD_RECORDS, Opcode.SIFT_REPORTS,
-                                  Opcode.TOEPLITZ_START, Opcode.TOEPLITZ_DATA,
-                                  Opcode.TOEPLITZ_READ),
-                         init={"UART_DIVISOR": uart_divisor}, max_payload=max_payload)
+                                  Opcode.PATTERN_RECORDS, Opcode.TOEPLITZ_START,
+                                  Opcode.TOEPLITZ_DATA, Opcode.TOEPLITZ_READ),
+                         init={"UART_DIVISOR": uart_divisor, "PG_SLOT_CLOCKS": 1},
+                         max_payload=max_payload)
         self.sifter = AliceSifter(slot_width=SLOT_WIDTH, lanes=1)
-        super().__init__({**host_port(uart), "idle": Out(1)})
+        self.pattern = PatternGenerator()
+        self.pattern_fifo = SyncFIFOBuffered(width=4, depth=PATTERN_DEPTH)
+        super().__init__({**host_port(uart), "qrng": In(stream.Signature(64)),
+                          "lasers": Out(4), "intensity": Out(2, init=VACUUM), "idle": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -120,6 +136,37 @@ class Transmitter(wiring.Component):
                      reg["TX_SEGMENT_CAPACITY"].eq(SEGMENT_DEPTH),
                      reg["TH_MAX_N"].eq(self.hasher.max_n),
                      reg["TH_MAX_M"].eq(self.hasher.max_m)]
+
+        # ---- pattern generator: a slot every PG_SLOT_CLOCKS clocks, records to the FIFO --
+        pg, pg_fifo = self.pattern, self.pattern_fifo
+        m.submodules.pattern = ResetInserter(link.soft_reset)(pg)
+        m.submodules.pattern_fifo = ResetInserter(link.soft_reset)(pg_fifo)
+        connect(m, wiring.flipped(self.qrng), pg.rand)
+        connect(m, pg.records, pg_fifo.w_stream)
+        slot_clocks = reg["PG_SLOT_CLOCKS"]
+        timer = Signal.like(slot_clocks)          # clocks into the current slot
+        with m.If(~reg["PG_ENABLE"] | (timer >= slot_clocks - 1)):
+            m.d.sync += timer.eq(0)
+        with m.Else():
+            m.d.sync += timer.eq(timer + 1)
+        pr_left = Signal(range(PATTERN_DEPTH + 1))    # PATTERN_RECORDS: records to send
+        pr_high = Signal(4)
+        pg_slots = Signal(32)                     # saturating
+        with m.If(link.soft_reset):
+            m.d.sync += pg_slots.eq(0)
+        with m.Elif(pg.slot & pg.enable & ~pg_slots.all()):
+            m.d.sync += pg_slots.eq(pg_slots + 1)
+        m.d.comb += [
+            pg.slot.eq(timer == 0), pg.enable.eq(reg["PG_ENABLE"]),
+            pg.t_basis.eq(reg["PG_T_BASIS"]), pg.t_int0.eq(reg["PG_T_INT0"]),
+            pg.t_int1.eq(reg["PG_T_INT1"]),
+            self.lasers.eq(pg.lasers), self.intensity.eq(pg.intensity),
+            reg["PG_SLOTS"].eq(pg_slots), reg["PG_UNDERRUNS"].eq(pg.underruns),
+            reg["PG_RECORDS_LOST"].eq(pg.records_lost),
+            reg["PG_RECORD_CAPACITY"].eq(PATTERN_DEPTH),
+            link.w_ok.eq((link.w_addr != proto.register("PG_SLOT_CLOCKS").address) |
+                         (link.w_value != 0)),
+        ]
 
         # ---- Toeplitz hasher: wire bytes (MSB-first) ↔ 8-lane beats (LSB-first) --------
         th = self.hasher
@@ -185,6 +232,13 @@ class Transmitter(wiring.Component):
 
         def finish(opcode=None, error=None):
             end_command(m, done, opcode, error)
+
+        def read_head(nbytes):
+            # take a payload byte; the first nbytes shift into head (MSB first), the rest of
+            # a malformed payload is read and dropped
+            m.d.comb += rx.ready.eq(1)
+            with m.If(rx.valid & (pos < nbytes)):
+                m.d.sync += head.eq(Cat(rx.payload, head[:-8]))
 
         # wide checks of a request, registered before the FSM decides on them (Fmax)
         c_short, c_past, c_full, c_order, c_over = (Signal(name=n) for n in (
@@ -296,6 +350,8 @@ class Transmitter(wiring.Component):
                     with m.Elif(cmd.opcode == Opcode.SIFT_REPORTS.value):
                         m.d.sync += [rest.eq(cmd.length), reports.eq(0)]
                         m.next = "SR_COUNT"
+                    with m.Elif(cmd.opcode == Opcode.PATTERN_RECORDS.value):
+                        m.next = "PR_READ"
                     with m.Elif(cmd.opcode == Opcode.TOEPLITZ_START.value):
                         m.next = "TS_READ"
                     with m.Elif(cmd.opcode == Opcode.TOEPLITZ_DATA.value):
@@ -310,9 +366,7 @@ class Transmitter(wiring.Component):
                                  seed_left.eq(0), x_left.eq(0)]
                     m.next = "TS_CHECK"
                 with m.Else():
-                    m.d.comb += rx.ready.eq(1)
-                    with m.If(rx.valid & (pos < 8)):
-                        m.d.sync += head.eq(Cat(rx.payload, head[:72]))
+                    read_head(8)
             with m.State("TS_CHECK"):
                 n_, m_ = head[32:64], head[:32]
                 with m.If((length != 8) | (n_ == 0) | (m_ == 0)):
@@ -358,6 +412,50 @@ class Transmitter(wiring.Component):
                         with m.Else():
                             m.d.sync += x_left.eq(x_left - 1)
             # ---- TOEPLITZ_READ: the next bytes of packbits(y), once the job is done ----
+            # ---- PATTERN_RECORDS: max count u16 → count u16, records 2 per byte -------------
+            with m.State("PR_READ"):
+                with m.If(pos == length):
+                    m.next = "PR_CHECK"
+                with m.Else():
+                    read_head(2)
+            with m.State("PR_CHECK"):
+                want = head[:16]
+                with m.If((length != 2) | (want == 0)):
+                    finish(error=ErrorCode.BAD_REQUEST)
+                with m.Elif((want + 1) >> 1 > self.max_payload - 2):
+                    finish(error=ErrorCode.TOO_LARGE)
+                with m.Else():
+                    # the records there now: the FIFO only grows while they are read
+                    m.d.sync += pr_left.eq(Mux(want < pg_fifo.level, want, pg_fifo.level))
+                    m.next = "PR_COUNT_HI"
+            with m.State("PR_COUNT_HI"):
+                m.d.comb += [link.cmd_tx.valid.eq(1), link.cmd_tx.payload.eq(pr_left[8:])]
+                m.next = "PR_COUNT_LO"
+            with m.State("PR_COUNT_LO"):
+                m.d.comb += [link.cmd_tx.valid.eq(1), link.cmd_tx.payload.eq(pr_left[:8])]
+                m.next = "PR_HIGH"
+            with m.State("PR_HIGH"):                  # the earlier record: the high nibble
+                with m.If(pr_left == 0):
+                    finish(Opcode.PATTERN)
+                with m.Else():
+                    m.d.comb += pg_fifo.r_stream.ready.eq(1)
+                    with m.If(pg_fifo.r_stream.valid):
+                        m.d.sync += [pr_high.eq(pg_fifo.r_stream.payload),
+                                     pr_left.eq(pr_left - 1)]
+                        m.next = "PR_LOW"
+            with m.State("PR_LOW"):
+                with m.If(pr_left == 0):              # an odd count: zero padded
+                    m.d.comb += [link.cmd_tx.valid.eq(1),
+                                 link.cmd_tx.payload.eq(Cat(Const(0, 4), pr_high))]
+                    finish(Opcode.PATTERN)
+                with m.Else():
+                    m.d.comb += pg_fifo.r_stream.ready.eq(1)
+                    with m.If(pg_fifo.r_stream.valid):
+                        m.d.comb += [link.cmd_tx.valid.eq(1),
+                                     link.cmd_tx.payload.eq(Cat(pg_fifo.r_stream.payload,
+                                                                pr_high))]
+                        m.d.sync += pr_left.eq(pr_left - 1)
+                        m.next = "PR_HIGH"
             with m.State("TR_CHECK"):
                 with m.If(length != 0):
                     m.next = "TR_BAD"

@@ -656,6 +656,34 @@ class TransmitterDriver(_Driver):
         """The transmitter's counters (``TX_RECORDS``, ``TX_REPORTS``, ``TX_MATCHES``)."""
         return {n: self.read_register(n) for n in ("TX_RECORDS", "TX_REPORTS", "TX_MATCHES")}
 
+    def start_pattern(self, thresholds: tuple[int, int, int], *, slot_clocks: int = 1) -> None:
+        """Start the pattern generator: a slot every ``slot_clocks`` clocks, its choices by
+        ``thresholds`` = ``(t_basis, t_int0, t_int1)`` (:meth:`SourceConfig.thresholds
+        <mozi.sim.source.SourceConfig.thresholds>`). A running generator is stopped first, so
+        the records read next are of the new run."""
+        self.write_register("PG_ENABLE", 0)
+        for name, value in zip(("PG_T_BASIS", "PG_T_INT0", "PG_T_INT1"), thresholds,
+                               strict=True):
+            self.write_register(name, value)
+        self.write_register("PG_SLOT_CLOCKS", slot_clocks)
+        self.write_register("PG_ENABLE", 1)
+
+    def stop_pattern(self) -> None:
+        """Stop the pattern generator (its records stay readable)."""
+        self.write_register("PG_ENABLE", 0)
+
+    def pattern_records(self, max_count: int) -> np.ndarray:
+        """Up to ``max_count`` of the generator's next records (uint8, 4-bit, in slot
+        order)."""
+        payload = self.request(Opcode.PATTERN_RECORDS, struct.pack(">H", max_count),
+                               Opcode.PATTERN)
+        if len(payload) < 2:
+            raise DeviceError("PATTERN answer without a count")
+        (count,) = struct.unpack_from(">H", payload)
+        if count > max_count or len(payload) != 2 + (count + 1) // 2:
+            raise DeviceError(f"PATTERN answer of {len(payload)} bytes for {count} records")
+        return proto.unpack_nibbles(payload[2:], count)
+
 
 def _pack_segments(first: np.ndarray, count: np.ndarray, records: np.ndarray) -> bytes:
     """``LOAD_RECORDS`` payload: per segment first u48, count u32, nibbles (vectorised)."""

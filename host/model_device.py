@@ -48,6 +48,9 @@ class ModelTransport(Transport):
         Record segments it holds (``TX_SEGMENT_CAPACITY``).
     random_capacity : int
         Depth of the basis decoder's random-word FIFO (below ``2**13``, the register's width).
+    pattern_capacity : int
+        Records the pattern generator's FIFO holds (``PG_RECORD_CAPACITY``; the model has no
+        random source and no clock, so it generates none).
     toeplitz_max_n, toeplitz_max_m : int
         Largest ``n`` and ``m`` of a Toeplitz job.
     max_payload : int
@@ -63,7 +66,7 @@ class ModelTransport(Transport):
 
     def __init__(self, *, frac_bits: int = 16, slot_width: int = 48,
                  record_capacity: int = 1 << 16, segment_capacity: int = 1024,
-                 random_capacity: int = 4096,
+                 random_capacity: int = 4096, pattern_capacity: int = 4096,
                  toeplitz_max_n: int = 1 << 20, toeplitz_max_m: int = 1 << 20,
                  max_payload: int = proto.DEVICE_MAX_PAYLOAD,
                  role: int = ROLE_RECEIVER | ROLE_TRANSMITTER | ROLE_HASHER, phases: int = 2,
@@ -80,6 +83,7 @@ class ModelTransport(Transport):
         self.record_capacity = record_capacity
         self.segment_capacity = segment_capacity
         self.random_capacity = random_capacity
+        self.pattern_capacity = pattern_capacity
         self.toeplitz_max_n = toeplitz_max_n
         self.toeplitz_max_m = toeplitz_max_m
         self.max_payload = max_payload
@@ -108,7 +112,11 @@ class ModelTransport(Transport):
         self._source = 0
         self._counters = dict.fromkeys(
             ["RX_EVENTS", "RX_LOST", "RX_DETECTIONS", "RX_MULTI", "RX_REJECTED", "RX_DROPPED",
-             "TX_RECORDS", "TX_REPORTS", "TX_MATCHES"], 0)
+             "TX_RECORDS", "TX_REPORTS", "TX_MATCHES", "PG_SLOTS", "PG_UNDERRUNS",
+             "PG_RECORDS_LOST"], 0)
+        # the pattern generator's registers (its thresholds reach no model: no slot happens)
+        self._pattern = {"PG_ENABLE": 0, "PG_SLOT_CLOCKS": 1, "PG_T_BASIS": 0, "PG_T_INT0": 0,
+                         "PG_T_INT1": 0}
         self._held: tuple[int, int, int] | None = None   # (slot, mask, lost) awaiting merge
         self._carry_assigner = 0      # lost counts of rejected events after the held one
         self._carry_decoder = 0       # lost counts of dropped (empty-mask) detections
@@ -162,6 +170,7 @@ class ModelTransport(Transport):
             Opcode.LIVE_DETECTIONS: self._live_detections,
             Opcode.LOAD_RECORDS: self._load_records,
             Opcode.SIFT_REPORTS: self._sift_reports,
+            Opcode.PATTERN_RECORDS: self._pattern_records,
             Opcode.TOEPLITZ_START: self._toeplitz_start,
             Opcode.TOEPLITZ_DATA: self._toeplitz_data,
             Opcode.TOEPLITZ_READ: self._toeplitz_read,
@@ -169,6 +178,7 @@ class ModelTransport(Transport):
         needs = {Opcode.RANDOM_WORDS: ROLE_RECEIVER, Opcode.TAG_EVENTS: ROLE_RECEIVER,
                  Opcode.LIVE_DETECTIONS: ROLE_RECEIVER,
                  Opcode.LOAD_RECORDS: ROLE_TRANSMITTER, Opcode.SIFT_REPORTS: ROLE_TRANSMITTER,
+                 Opcode.PATTERN_RECORDS: ROLE_TRANSMITTER,
                  Opcode.TOEPLITZ_START: ROLE_HASHER, Opcode.TOEPLITZ_DATA: ROLE_HASHER,
                  Opcode.TOEPLITZ_READ: ROLE_HASHER}.get(op, 0)
         if handler is None or (needs and not self.role & needs):
@@ -202,7 +212,8 @@ class ModelTransport(Transport):
                  "RX_RANDOM_CAPACITY": self.random_capacity,
                  "TX_RECORD_CAPACITY": self.record_capacity,
                  "TX_SEGMENT_CAPACITY": self.segment_capacity,
-                 "TH_MAX_N": self.toeplitz_max_n, "TH_MAX_M": self.toeplitz_max_m}
+                 "TH_MAX_N": self.toeplitz_max_n, "TH_MAX_M": self.toeplitz_max_m,
+                 "PG_RECORD_CAPACITY": self.pattern_capacity, **self._pattern}
         return fixed[name] if name in fixed else self._counters[name]
 
     def _address(self, payload: bytes) -> proto.Register:
@@ -255,6 +266,10 @@ class ModelTransport(Transport):
             self._dead_time = value
         elif reg.name == "TT_SOURCE":
             self._source = value
+        elif reg.name in self._pattern:
+            if reg.name == "PG_SLOT_CLOCKS" and value < 1:
+                raise _Fail(ErrorCode.BAD_VALUE, "PG_SLOT_CLOCKS must be at least 1")
+            self._pattern[reg.name] = value
         elif reg.name == "UART_DIVISOR":
             if value < 4:
                 raise _Fail(ErrorCode.BAD_VALUE, "UART_DIVISOR must be at least 4")
@@ -372,6 +387,17 @@ class ModelTransport(Transport):
         self._loaded += total
         self._count("TX_RECORDS", total)
         return Opcode.ACK, b""
+
+    def _pattern_records(self, payload: bytes):
+        if len(payload) != 2:
+            raise _Fail(ErrorCode.BAD_REQUEST, "PATTERN_RECORDS takes max count u16")
+        (count,) = struct.unpack(">H", payload)
+        if count == 0:
+            raise _Fail(ErrorCode.BAD_REQUEST, "PATTERN_RECORDS max count must be >= 1")
+        if 2 + (count + 1) // 2 > self.max_payload:
+            raise _Fail(ErrorCode.TOO_LARGE, f"{count} records may not fit one frame")
+        # the model has no random source and no clock: its pattern generator makes no slot
+        return Opcode.PATTERN, struct.pack(">H", 0)
 
     def _sift_reports(self, payload: bytes):
         slots, basis = proto.decode_reports(payload)

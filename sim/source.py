@@ -98,6 +98,13 @@ class SourceConfig:
         """Average mean photon number per pulse."""
         return float(np.dot(self.intensities, self.probabilities))
 
+    def thresholds(self) -> tuple[int, int, int]:
+        """``(t_basis, t_int0, t_int1)`` of :func:`mozi.sim.model.alice_choices` for these
+        probabilities (the pattern generator's ``PG_T_*`` registers)."""
+        p = self.probabilities
+        return (round(self.p_z * 2 ** 31), min(round(p[0] * 2 ** 32), 2 ** 32),
+                min(round((p[0] + p[1]) * 2 ** 32), 2 ** 32))
+
     def to_dict(self) -> dict:
         """JSON-able form (lists for tuples)."""
         d = asdict(self)
@@ -136,10 +143,7 @@ class AliceSource:
         self.seed = int(seed)
         self.config = config
         self._key = np.uint64(int(splitmix64_mix(np.uint64(self.seed ^ _SEED_SALT))[0]))
-        self._t_basis = np.uint64(round(config.p_z * 2 ** 31))
-        p = config.probabilities
-        self._t_int0 = np.uint64(min(round(p[0] * 2 ** 32), 2 ** 32))
-        self._t_int1 = np.uint64(min(round((p[0] + p[1]) * 2 ** 32), 2 ** 32))
+        self._t_basis, self._t_int0, self._t_int1 = config.thresholds()
 
     def __repr__(self) -> str:
         return f"AliceSource(seed={self.seed}, config={self.config!r})"

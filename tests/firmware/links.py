@@ -143,3 +143,18 @@ def exchange(t: Recording, data: bytes) -> list[proto.Frame]:
 def frames(data: bytes) -> list[proto.Frame]:
     """Every good frame of a byte stream (dropping anything else)."""
     return [f for f in proto.Deframer().feed(bytes(data)) if isinstance(f, proto.Frame)]
+
+
+def check_register_ports(top, names) -> None:
+    """Every register of a role top has the width (and signedness) of its link port, and of
+    the core port it drives (:attr:`Register.port`, a path of attributes from the top)."""
+    for name in names:
+        reg = proto.register(name)
+        port = getattr(top.link, f"reg_{name.lower()}")
+        assert len(port) == reg.width, name
+        assert port.shape().signed == reg.signed, name
+        if reg.port:
+            obj = top
+            for part in reg.port.split("."):
+                obj = getattr(obj, part)
+            assert len(obj) == reg.width, f"{name}: {reg.port} is {len(obj)} bits"

@@ -21,7 +21,7 @@ from mozi.firmware.receiver import Receiver
 from mozi.host.device import DeviceError, ReceiverDriver, open_device
 from mozi.host.model_device import FIRMWARE, ModelTransport
 
-from tests.firmware.links import FAULTS, FaultyLink, Shared, exchange
+from tests.firmware.links import FAULTS, FaultyLink, Shared, check_register_ports, exchange
 
 pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("rtl-receiver")]
 
@@ -66,16 +66,7 @@ def _session_like(rx: ReceiverDriver, rng_seed: int, blocks: int = 3, events: in
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_register_widths_equal_the_ports_they_drive():
     top = Receiver()
-    for name in Receiver.REGISTERS:
-        reg = proto.register(name)
-        port = getattr(top.link, f"reg_{name.lower()}")
-        assert len(port) == reg.width, name
-        assert port.shape().signed == reg.signed, name
-        if reg.port:
-            obj = top
-            for part in reg.port.split("."):
-                obj = getattr(obj, part)
-            assert len(obj) == reg.width, f"{name}: {reg.port} is {len(obj)} bits"
+    check_register_ports(top, Receiver.REGISTERS)
     assert proto.register("RX_RANDOM_CAPACITY").width == len(top.random_fifo.level)
     del top
     gc.collect()                      # while the filter above is in force

@@ -16,11 +16,13 @@ import pytest
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.transmitter import Transmitter
-from mozi.host.device import HasherDriver, TransmitterDriver, open_device
+from mozi.host.device import DeviceError, HasherDriver, TransmitterDriver, open_device
 from mozi.host.model_device import FIRMWARE, ModelTransport
 from mozi.sim import model
+from mozi.sim.cocotb_runner import run_cocotb
+from mozi.sim.source import SourceConfig
 
-from tests.firmware.links import FaultyLink, Shared, exchange
+from tests.firmware.links import FaultyLink, Shared, check_register_ports, exchange
 
 pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("rtl-transmitter")]
 
@@ -51,9 +53,8 @@ def _sift(tx, records, slots, basis):
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_register_widths_equal_the_ports_they_drive():
     top = Transmitter()
-    for name in Transmitter.REGISTERS:
-        reg = proto.register(name)
-        assert len(getattr(top.link, f"reg_{name.lower()}")) == reg.width, name
+    check_register_ports(top, Transmitter.REGISTERS)
+    assert proto.register("PG_RECORD_CAPACITY").width >= len(top.pattern_fifo.level)
     del top
     gc.collect()                      # while the filter above is in force
 
@@ -196,3 +197,21 @@ def test_toeplitz_job_order_matches_the_model(rtl):
     s = np.unpackbits(np.frombuffer(data, np.uint8))[:n + m - 1]
     y = np.unpackbits(np.frombuffer(answers[1][9][0][2], np.uint8))[:m]
     np.testing.assert_array_equal(y, model.toeplitz_hash(x, s, m))
+
+
+def test_pattern_generator_behind_the_link_rtl():
+    """The pattern generator in the top: words on ``qrng`` → pins and records (tb_pattern)."""
+    run_cocotb(Transmitter(), "tests.firmware.tb_pattern", toplevel="transmitter_pattern")
+
+
+def test_pattern_driver_on_the_model():
+    """The driver's pattern calls on the model, which has no random source: no records."""
+    tx = TransmitterDriver(ModelTransport(**FIRMWARE["transmitter"]))
+    tx.start_pattern(SourceConfig().thresholds(), slot_clocks=5)
+    assert tx.read_register("PG_ENABLE") == 1 and tx.read_register("PG_SLOT_CLOCKS") == 5
+    assert tx.read_register("PG_T_INT1") == SourceConfig().thresholds()[2]
+    assert tx.pattern_records(100).size == 0
+    tx.stop_pattern()
+    assert tx.read_register("PG_ENABLE") == 0
+    with pytest.raises(DeviceError, match="BAD_VALUE"):
+        tx.start_pattern((0, 0, 0), slot_clocks=0)
