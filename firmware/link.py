@@ -198,7 +198,9 @@ class Deframer(wiring.Component):
                      self.waiting.eq(self.i.ready)]
 
         fe = Signal(33)                  # saturating, with up to 2 per clock
-        m.d.sync += fe.eq(Mux(fe[32], fe, fe + framing_inc))
+        fe_inc = Signal.like(framing_inc)  # counted a clock later: the parser's decisions
+        m.d.sync += [fe_inc.eq(framing_inc),  # reach a register, not the 33-bit adder
+                     fe.eq(Mux(fe[32], fe, fe + fe_inc))]
         m.d.comb += self.framing_errors.eq(fe[:32] | fe[32].replicate(32))
         saturating_counter(m, self.crc_errors, crc_inc)
 
@@ -483,6 +485,7 @@ class Link(wiring.Component):
         writable = Signal()
         nbytes = Signal(range(proto.MAX_REGISTER_BYTES + 1))
         high_clear = Signal()                # no bit set above the register's width
+        value_ok = Signal()                  # … and the value obeys the register's rules
         read_value = Signal(_VALUE_BITS)
         with m.Switch(addr):
             for reg in self.registers:
@@ -639,15 +642,20 @@ class Link(wiring.Component):
                 with m.If(rd.o.valid):
                     m.d.sync += value.eq(Cat(rd.o.payload, value[:_VALUE_BITS - 8]))
                 with m.If(~rd.busy & ~rd.start):
-                    m.next = "REG_WRITE"
-            with m.State("REG_WRITE"):
+                    m.next = "REG_RULES"
+            with m.State("REG_RULES"):
+                # the value's checks (wide comparisons in the role's rules), registered
                 m.d.comb += self.w_check.eq(high_clear)
                 rule_ok = Signal()
                 m.d.comb += rule_ok.eq(self.w_ok)
                 if "UART_DIVISOR" in {r.name for r in self.registers}:
-                    with m.If(addr == proto.register("UART_DIVISOR").address):
-                        m.d.comb += rule_ok.eq(value >= MIN_DIVISOR)
-                with m.If(~high_clear | ~rule_ok):
+                    divisor = proto.register("UART_DIVISOR")
+                    with m.If(addr == divisor.address):
+                        m.d.comb += rule_ok.eq(value[:divisor.width] >= MIN_DIVISOR)
+                m.d.sync += value_ok.eq(high_clear & rule_ok)
+                m.next = "REG_WRITE"
+            with m.State("REG_WRITE"):
+                with m.If(~value_ok):
                     respond_error(ErrorCode.BAD_VALUE.value)
                 with m.Else():
                     m.d.comb += do_write.eq(1)

@@ -150,7 +150,7 @@ class Transmitter(wiring.Component):
         with m.Else():
             m.d.sync += timer.eq(timer + 1)
         pr_left = Signal(range(PATTERN_DEPTH + 1))    # PATTERN_RECORDS: records to send
-        pr_high = Signal(4)
+        pr_high, pr_low = Signal(4), Signal(4)
         pg_slots = Signal(32)                     # saturating
         with m.If(link.soft_reset):
             m.d.sync += pg_slots.eq(0)
@@ -246,6 +246,17 @@ class Transmitter(wiring.Component):
 
         # ---- LOAD_RECORDS state ------------------------------------------------------------
         head = Signal(80)                        # first u48, count u32
+        # the checks of TOEPLITZ_START and PATTERN_RECORDS on their payload, registered from
+        # head on every clock: head is complete a clock before the *_CHECK state
+        c_ts_bad, c_ts_big, c_pr_bad, c_pr_big = (Signal(name=n) for n in (
+            "c_ts_bad", "c_ts_big", "c_pr_bad", "c_pr_big"))
+        m.d.sync += [
+            c_ts_bad.eq((length != 8) | (head[32:64] == 0) | (head[:32] == 0)),
+            c_ts_big.eq((head[32:64] > self.hasher.max_n) | (head[:32] > self.hasher.max_m)),
+            c_pr_bad.eq((length != 2) | (head[:16] == 0)),
+            c_pr_big.eq((head[:16] + 1) >> 1 > self.max_payload - 2),
+        ]
+
         hcount = Signal(4)
         seg_first = Signal(SLOT_WIDTH)
         seg_count = Signal(32)
@@ -369,9 +380,9 @@ class Transmitter(wiring.Component):
                     read_head(8)
             with m.State("TS_CHECK"):
                 n_, m_ = head[32:64], head[:32]
-                with m.If((length != 8) | (n_ == 0) | (m_ == 0)):
+                with m.If(c_ts_bad):
                     finish(error=ErrorCode.BAD_REQUEST)
-                with m.Elif((n_ > th.max_n) | (m_ > th.max_m)):
+                with m.Elif(c_ts_big):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
                     m.d.sync += [job_n.eq(n_), job_m.eq(m_), cfg_valid.eq(1),
@@ -420,9 +431,9 @@ class Transmitter(wiring.Component):
                     read_head(2)
             with m.State("PR_CHECK"):
                 want = head[:16]
-                with m.If((length != 2) | (want == 0)):
+                with m.If(c_pr_bad):
                     finish(error=ErrorCode.BAD_REQUEST)
-                with m.Elif((want + 1) >> 1 > self.max_payload - 2):
+                with m.Elif(c_pr_big):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
                     # the records there now: the FIFO only grows while they are read
@@ -445,17 +456,17 @@ class Transmitter(wiring.Component):
                         m.next = "PR_LOW"
             with m.State("PR_LOW"):
                 with m.If(pr_left == 0):              # an odd count: zero padded
-                    m.d.comb += [link.cmd_tx.valid.eq(1),
-                                 link.cmd_tx.payload.eq(Cat(Const(0, 4), pr_high))]
-                    finish(Opcode.PATTERN)
+                    m.d.sync += pr_low.eq(0)
+                    m.next = "PR_SEND"
                 with m.Else():
                     m.d.comb += pg_fifo.r_stream.ready.eq(1)
                     with m.If(pg_fifo.r_stream.valid):
-                        m.d.comb += [link.cmd_tx.valid.eq(1),
-                                     link.cmd_tx.payload.eq(Cat(pg_fifo.r_stream.payload,
-                                                                pr_high))]
-                        m.d.sync += pr_left.eq(pr_left - 1)
-                        m.next = "PR_HIGH"
+                        m.d.sync += [pr_low.eq(pg_fifo.r_stream.payload),
+                                     pr_left.eq(pr_left - 1)]
+                        m.next = "PR_SEND"
+            with m.State("PR_SEND"):                  # from registers (the FIFO's RAM is slow)
+                m.d.comb += [link.cmd_tx.valid.eq(1), link.cmd_tx.payload.eq(Cat(pr_low, pr_high))]
+                m.next = "PR_HIGH"
             with m.State("TR_CHECK"):
                 with m.If(length != 0):
                     m.next = "TR_BAD"
