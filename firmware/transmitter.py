@@ -445,25 +445,23 @@ class Transmitter(wiring.Component):
             with m.State("PR_COUNT_LO"):
                 m.d.comb += [link.cmd_tx.valid.eq(1), link.cmd_tx.payload.eq(pr_left[:8])]
                 m.next = "PR_HIGH"
+            def pop_record(into, next_state):
+                m.d.comb += pg_fifo.r_stream.ready.eq(1)
+                with m.If(pg_fifo.r_stream.valid):
+                    m.d.sync += [into.eq(pg_fifo.r_stream.payload), pr_left.eq(pr_left - 1)]
+                    m.next = next_state
+
             with m.State("PR_HIGH"):                  # the earlier record: the high nibble
                 with m.If(pr_left == 0):
                     finish(Opcode.PATTERN)
                 with m.Else():
-                    m.d.comb += pg_fifo.r_stream.ready.eq(1)
-                    with m.If(pg_fifo.r_stream.valid):
-                        m.d.sync += [pr_high.eq(pg_fifo.r_stream.payload),
-                                     pr_left.eq(pr_left - 1)]
-                        m.next = "PR_LOW"
+                    pop_record(pr_high, "PR_LOW")
             with m.State("PR_LOW"):
                 with m.If(pr_left == 0):              # an odd count: zero padded
                     m.d.sync += pr_low.eq(0)
                     m.next = "PR_SEND"
                 with m.Else():
-                    m.d.comb += pg_fifo.r_stream.ready.eq(1)
-                    with m.If(pg_fifo.r_stream.valid):
-                        m.d.sync += [pr_low.eq(pg_fifo.r_stream.payload),
-                                     pr_left.eq(pr_left - 1)]
-                        m.next = "PR_SEND"
+                    pop_record(pr_low, "PR_SEND")
             with m.State("PR_SEND"):                  # from registers (the FIFO's RAM is slow)
                 m.d.comb += [link.cmd_tx.valid.eq(1), link.cmd_tx.payload.eq(Cat(pr_low, pr_high))]
                 m.next = "PR_HIGH"
