@@ -383,6 +383,10 @@ class Link(wiring.Component):
         whether the value is acceptable (``BAD_VALUE`` otherwise).
     w_check : Out(1), w_ok : In(1)
         (``w_ok`` is 1 when the role top leaves it undriven: no rules.)
+    w_hold : In(1)
+        The accepted write of ``w_addr`` waits while this is high (a core is reading the
+        register); ``w_en`` is the clock it takes effect.
+    w_en : Out(1)
     soft_reset : Out(1)
         One-clock strobe when ``CTRL`` bit 0 is written (after the ``rw`` registers are
         restored); the role top clears its cores.
@@ -412,6 +416,7 @@ class Link(wiring.Component):
             "i": In(stream.Signature(8)), "o": Out(stream.Signature(8)),
             "w_addr": Out(16), "w_value": Out(_VALUE_BITS),
             "w_check": Out(1), "w_ok": In(1, init=1),
+            "w_hold": In(1), "w_en": Out(1),
             "soft_reset": Out(1),
             "cmd": Out(stream.Signature(data.StructLayout(
                 {"opcode": 8, "length": range(max_payload + 1)}))),
@@ -495,7 +500,7 @@ class Link(wiring.Component):
                                  high_clear.eq((value >> reg.width) == 0),
                                  read_value.eq(values[reg.name].as_unsigned())]
         m.d.comb += [self.w_addr.eq(addr), self.w_value.eq(value)]
-        do_write = Signal()
+        do_write = self.w_en
         with m.If(do_write):
             with m.Switch(addr):
                 for reg in self.registers:
@@ -657,7 +662,7 @@ class Link(wiring.Component):
             with m.State("REG_WRITE"):
                 with m.If(~value_ok):
                     respond_error(ErrorCode.BAD_VALUE.value)
-                with m.Else():
+                with m.Elif(~self.w_hold):
                     m.d.comb += do_write.eq(1)
                     with m.If((addr == proto.register("CTRL").address) & value[0]):
                         m.d.sync += reset_pending.eq(1)

@@ -7,9 +7,9 @@ the basis decoder and the :class:`~mozi.firmware.link.Link`, serving ``RANDOM_WO
 ``TAG_EVENTS`` exactly as :class:`mozi.host.model_device.ModelTransport` does.
 
 Throughput: the tagger takes one event per clock into its FIFO; the slot assigner then needs
-``16 + 3 k`` clocks per event (``k`` the bit length of the gap to the previous event in
-slots), about 28 clocks at typical detection rates, i.e. ~1.7 M detections/s at 48 MHz — well
-above the ~10^5/s of a satellite pass. Bursts above that rate queue in the tagger FIFO; when
+about 50 clocks per event at typical detection rates (``SlotAssigner.event_cycles``: 82 clocks
+less 16 for every 17-bit chunk of leading zeros in the gap to the previous event's slot), i.e.
+~1 M detections/s at 48 MHz — well above the ~10^5/s of a satellite pass. Bursts above that rate queue in the tagger FIFO; when
 it is full, events are dropped and counted (``lost_count``) and reported in-band on the next
 event that gets through. Losses with no later event (at the very end of a block) appear only
 in ``lost_count``, so the host reads the counters at the end of every block.
@@ -69,7 +69,13 @@ class ReceiverCores(wiring.Component):
         Tag events replayed by the host, used instead of the tagger's while ``source`` is 0.
     source : In(1)
         0: the slot assigner takes ``inject``; 1: the TimeTagger (whose output waits, and
-        counts its losses, while it is not selected).
+        counts its losses, while it is not selected). A change takes effect once no event of
+        the old source is on the slot assigner's input (which reads it while it works on it).
+    rebase : In(1)
+        Strobe with every write of ``period`` or ``offset``.
+    config_busy : Out(1)
+        The slot assigner reads its registers: they must not change (see
+        :class:`~mozi.hdl.slot_assigner.SlotAssigner`).
     o : Out(stream.Signature(detection_layout(slot_width)))
         Bob's detections: slot, basis, bit, multi-click flag, lost count.
     lost_count, rejected_count, dropped_count : Out(32)
@@ -94,6 +100,8 @@ class ReceiverCores(wiring.Component):
             "rand": In(stream.Signature(2)),
             "inject": In(stream.Signature(tag_event_layout(timestamp_width))),
             "source": In(1),
+            "rebase": In(1),
+            "config_busy": Out(1),
             "o": Out(stream.Signature(detection_layout(slot_width))),
             "lost_count": Out(32),
             "rejected_count": Out(32),
@@ -105,7 +113,12 @@ class ReceiverCores(wiring.Component):
         m.submodules.tagger = tagger = self.tagger
         m.submodules.assigner = assigner = self.assigner
         m.submodules.decoder = decoder = self.decoder
-        with m.If(self.source):
+        # the source in force: it changes only between events, as the payload of the one on
+        # the assigner's input must not change under it
+        source = Signal()
+        with m.If(~assigner.i.valid | assigner.i.ready):
+            m.d.sync += source.eq(self.source)
+        with m.If(source):
             connect(m, tagger=tagger.o, assigner=assigner.i)
         with m.Else():
             connect(m, wiring.flipped(self.inject), assigner.i)
@@ -120,6 +133,8 @@ class ReceiverCores(wiring.Component):
             assigner.window_start.eq(self.window_start),
             assigner.window_end.eq(self.window_end),
             assigner.flush.eq(self.flush),
+            assigner.rebase.eq(self.rebase),
+            self.config_busy.eq(assigner.config_busy),
             self.lost_count.eq(tagger.lost_count),
             self.rejected_count.eq(assigner.rejected_count),
             self.dropped_count.eq(decoder.dropped),
@@ -250,6 +265,14 @@ class Receiver(wiring.Component):
         v = link.w_value
         period, ws, we = reg["SA_PERIOD"], reg["SA_WINDOW_START"], reg["SA_WINDOW_END"]
         m.d.comb += link.w_ok.eq(1)
+        sa_regs = [proto.register(n).address for n in
+                   ("SA_PERIOD", "SA_OFFSET", "SA_WINDOW_START", "SA_WINDOW_END")]
+        base_regs = sa_regs[:2]
+        m.d.comb += [
+            # the slot assigner reads these while it works on an event: a write waits
+            link.w_hold.eq(cores.config_busy & Cat(link.w_addr == a for a in sa_regs).any()),
+            cores.rebase.eq(link.w_en & Cat(link.w_addr == a for a in base_regs).any()),
+        ]
         with m.Switch(link.w_addr):
             with m.Case(proto.register("SA_PERIOD").address):
                 m.d.comb += link.w_ok.eq((v != 0) & (v >= we))
@@ -274,7 +297,7 @@ class Receiver(wiring.Component):
                          ser_left.eq(proto.DETECTION_BYTES)]
             m.d.comb += [cnt.detection.eq(1), cnt.multi.eq(det.multi)]
         drained = Signal()
-        m.d.comb += drained.eq(assigner.i.ready & ~assigner.o.valid & ~cores.o.valid &
+        m.d.comb += drained.eq(assigner.idle & ~assigner.o.valid & ~cores.o.valid &
                                (ser_left == 0))
 
         # ---- requests ----------------------------------------------------------------------

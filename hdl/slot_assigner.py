@@ -1,8 +1,7 @@
 """Slot assigner: tagger events → accepted detections with their slot index.
 
 Bit-exact with :func:`mozi.sim.model.assign_slots` followed by
-:func:`mozi.sim.model.merge_slot_events`. For each event, with the register values present on
-the clock the event is accepted on :attr:`SlotAssigner.i`::
+:func:`mozi.sim.model.merge_slot_events`. For each event::
 
     phase = timestamp * 2**frac_bits - offset
     phase < 0                     → rejected
@@ -15,35 +14,33 @@ another slot is accepted (then the held one is emitted) or :attr:`SlotAssigner.f
 strobed. The in-band ``lost`` count of every input event, accepted or rejected, is carried
 forward (summed, saturating) onto the next event the core emits, so no loss is hidden.
 
-Division
---------
-The quotient is computed exactly by a sequential restoring divider whose datapath is only
-``period_width + 2`` bits wide, and which only divides the *new* part of the phase. The core
-keeps the absolute start of the slot of the last event it divided, ``start = offset + q_prev *
-period`` (in ``2**-frac_bits`` ticks), with ``q_prev``. When the next event has the same
-``period`` and ``offset`` and ``timestamp * 2**frac_bits >= start`` (the normal case:
-timestamps are monotonic), it divides ``x = timestamp * 2**frac_bits - start`` and adds the
-quotient to ``q_prev``; otherwise it divides ``x = phase`` from scratch. The divider shifts
-``x`` right until it is below ``period`` (``k`` shifts, ``k`` = bit length of the quotient),
-then brings the ``k`` bits back in, one restoring step per two clocks (trial subtraction, then
-select). Timing per event, from its handshake on ``i`` to the next handshake (output not
-stalled), available as :attr:`SlotAssigner.base_cycles` and :attr:`SlotAssigner.reject_cycles`:
+Architecture (built for area: the receiver top must fit an iCE40UP5K)
+--------------------------------------------------------------------
+The event stays on :attr:`~SlotAssigner.i` while it is processed: the core reads the
+timestamp, mask and lost count from the input payload and completes the handshake when it is
+done, so it keeps no copy of the event. Nor does it keep copies of its registers: it reads
+``period``, ``offset`` and the window while :attr:`~SlotAssigner.config_busy` is high, and
+the register block must not change them then (the receiver top holds such a write back).
 
-* ``base_cycles + 3 k`` clocks with ``k = bit_length(x // period)`` — ``16 + 3 k`` for the
-  receiver's widths (48-bit timestamps and slots, 16 fractional bits): 16 clocks for an event
-  in the slot of the previous one, about ``16 + 3 log2(gap / period)`` for a gap between
-  detections, at most ``16 + 3 * 65`` for the first event or after a register change;
-* ``reject_cycles`` (8) for an event before slot 0 (``phase < 0``) or with ``period = 0``.
+All the wide arithmetic goes through one subtractor :data:`CHUNK` bits wide, one chunk per
+clock, over registers that rotate by a chunk: ``x = timestamp * 2**frac_bits - start``, ``x =
+phase`` and the next ``start = timestamp * 2**frac_bits - residue``. The core keeps the absolute
+start of the slot of the last event it divided, ``start = offset + q_prev * period``, with
+``q_prev``. When that base is valid (no :attr:`~SlotAssigner.rebase` since, no rejection before
+the division) and ``x = timestamp * 2**frac_bits - start >= 0`` (the normal case: timestamps
+are monotonic), it divides that ``x`` and adds the quotient to ``q_prev``; otherwise it divides
+``x = phase`` from scratch. The divider is restoring and MSB-first, one dividend bit per
+clock on a ``period_width + 1``-bit remainder; leading all-zero chunks of ``x`` are skipped a
+chunk per clock. Its subtractor also performs the two window comparisons. The slot is
+``q_prev + quotient``, summed a chunk per clock.
 
-Exact for arbitrary gaps; wrap-around of the timestamp simply takes the from-scratch path.
-The schedule is built for the iCE40UP5K at 48 MHz: every carry chain is at most :data:`CHAIN`
-bits and ends in a register of its own, wide subtractions and the slot sum are computed in
-chunks over several clocks (registered borrows), wide comparisons are computed over two clocks
-from registered chunk flags (the divider's "t >= period" speculatively, on the value t will
-have two clocks later), the restoring step uses a carry-select subtractor on a registered
-``~period``, and the controller is one-hot with every decision one LUT over flip-flops. The
-output register counts as free only once ``o.valid`` is low, so the consumer's ``ready``
-reaches nothing but ``o.valid``.
+Clocks per event (handshake to handshake, input waiting, output ready), see
+:meth:`SlotAssigner.event_cycles`: ``base_cycles - (CHUNK - 1) * s`` for a division with
+``s`` skipped chunks (the dividend has ``dividend_width - CHUNK * s`` significant bits or
+fewer), plus ``chunks + 1`` when the base cannot be used and 2 when the event displaces the
+held one; ``reject_cycles`` (+ ``chunks + 1``) for an event before slot 0 or with period 0.
+For the receiver's widths (48-bit timestamps and slots, 16 fractional bits): 50 clocks for an
+event a few thousand ticks after the previous one.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
@@ -52,131 +49,42 @@ from amaranth.lib.wiring import In, Out
 from mozi.hdl.common import check_int
 from mozi.hdl.layouts import LOST_WIDTH, slot_event_layout, tag_event_layout
 
-__all__ = ["SlotAssigner"]
+__all__ = ["CHUNK", "SlotAssigner"]
 
 _LOST_MAX = (1 << LOST_WIDTH) - 1
 
-
-#: Longest carry chain the core builds, in bits (48 MHz on an iCE40UP5K needs short chains:
-#: routing in and out of a chain costs as much as a dozen carry steps).
-CHAIN = 16
-#: Comparisons wider than this are split in two halves compared in parallel.
-COMPARE = 12
-
-
-def _ge_stage1(v, pn):
-    """First half of ``v >= p``, given ``pn = ~p`` (``v`` at least as wide): four flags.
-
-    ``(v[w:] != 0, high half of v[:w] > p's, high halves equal, low half of v[:w] >= p's)``
-    with ``w = len(pn)``; :func:`_ge_stage2` combines them. The comparisons are carry-outs
-    of ``v + ~p`` (+ 1), so with ``~p`` in a register each is one bare carry chain.
-    """
-    w = len(pn)
-    hz = v[w:].any() if len(v) > w else Const(0)
-    if w <= COMPARE:
-        return Cat(hz, _carry_out(v[:w], pn, 1), Const(0), Const(0))
-    h = w // 2
-    return Cat(hz, _carry_out(v[h:w], pn[h:], 0), v[h:w] == ~pn[h:],
-               _carry_out(v[:h], pn[:h], 1))
-
-
-def _carry_out(a, b, cin: int):
-    """The carry out of ``a + b + cin`` (equal widths): ``a > ~b`` or, with ``cin``,
-    ``a >= ~b``."""
-    w = len(a)
-    if cin:
-        return (Cat(Const(1, 1), a) + Cat(Const(1, 1), b))[w + 1]
-    return (a.as_unsigned() + b.as_unsigned())[w]
-
-
-def _ge_stage2(g):
-    """``v >= p`` from the registered flags of :func:`_ge_stage1`."""
-    return g[0] | g[1] | (g[2] & g[3])
-
-
-def _ge_pipelined(m: Module, a, b, *, name: str):
-    """``a >= b`` (unsigned, equal widths), registered twice: valid two clocks after ``a``
-    and ``b`` settle. The first register holds ``>`` and ``==`` of chunks of at most 8 bits,
-    the second their combination."""
-    w = len(a)
-    n = -(-w // 8)
-    step = -(-w // n)
-    gts, eqs = [], []
-    for i in range(n):
-        lo_b, hi_b = i * step, min(w, (i + 1) * step)
-        gt, eq = Signal(name=f"{name}_gt{i}"), Signal(name=f"{name}_eq{i}")
-        m.d.sync += [gt.eq(a[lo_b:hi_b] > b[lo_b:hi_b]), eq.eq(a[lo_b:hi_b] == b[lo_b:hi_b])]
-        gts.append(gt)
-        eqs.append(eq)
-    ge = Signal(name=name)
-    acc = 1                                 # the empty low part: equal, so ">="
-    for gt, eq in zip(gts, eqs, strict=True):
-        acc = gt | (eq & acc)
-    m.d.sync += ge.eq(acc)
-    return ge
-
-
-def _chunks(a, b, size: int = 8):
-    """Pairs of corresponding slices of ``a`` and ``b`` (equal widths), ``size`` bits each."""
-    return [(a.as_unsigned()[i:i + size], b.as_unsigned()[i:i + size])
-            for i in range(0, len(a), size)]
-
-
-def _all_pipelined(m: Module, flags, *, name: str):
-    """AND of ``flags``, registered twice: the flags, then their AND."""
-    flags_r = Signal(len(flags), name=f"{name}_parts")
-    result = Signal(name=name)
-    m.d.sync += [flags_r.eq(flags), result.eq(flags_r.all())]
-    return result
-
-
-def _sub_select(a, bn):
-    """``a - b`` given ``bn = ~b`` (equal widths; one extra borrow bit on top), carry select.
-
-    The high half is computed for both possible borrows in parallel with the low half, so
-    the longest carry chain is half the width; ``a - b = a + ~b + 1``, and with ``~b`` from
-    a register every chain is a bare adder.
-    """
-    w = len(a)
-    h = w // 2
-    one = Const(1, 1)
-    low = (Cat(one, a[:h]) + Cat(one, bn[:h]))[1:]          # carry on top: no borrow
-    high0 = (Cat(one, a[h:]) + Cat(one, bn[h:]))[1:]        # a - b, no borrow from below
-    high1 = a[h:].as_unsigned() + bn[h:]                     # a - b - 1
-    high = Mux(low[h], high0, high1)
-    return Cat(low[:h], high[:w - h], ~high[w - h])
-
-
-def _chunked(m: Module, a, b, width: int, *, sub: bool, name: str):
-    """``a - b`` (or ``a + b``) mod ``2**width`` in chunks of at most :data:`CHAIN` bits.
-
-    Chunk ``i`` is a register written on every clock from chunk ``i - 1``'s registered
-    carry, so the result is valid ``n`` clocks after ``a`` and ``b`` settle. Returns
-    ``(result, n)``.
-    """
-    n = -(-width // CHAIN)
-    step = -(-width // n)
-    a, b = a.as_unsigned(), b.as_unsigned()
-    parts, carry = [], None
-    for i in range(n):
-        lo_b, hi_b = i * step, min(width, (i + 1) * step)
-        w = hi_b - lo_b
-        part = Signal(w, name=f"{name}{i}")
-        total = (a[lo_b:hi_b] - b[lo_b:hi_b]) if sub else (a[lo_b:hi_b] + b[lo_b:hi_b])
-        if carry is not None:
-            total = (total - carry) if sub else (total + carry)
-        m.d.sync += part.eq(total[:w])
-        if i + 1 < n:
-            nxt = Signal(name=f"{name}{i}_carry")
-            m.d.sync += nxt.eq(total[w])        # borrow (sub) or carry (add)
-            carry = nxt
-        parts.append(part)
-    return Cat(*parts), n
+#: Widest chunk of the chunked arithmetic, in bits (one carry chain per clock; 48 MHz on an
+#: iCE40UP5K).
+CHUNK = 17
 
 
 def _sat_lost(total):
     """Saturate a sum of ``lost`` counts to :data:`LOST_WIDTH` bits."""
     return Mux(total > _LOST_MAX, _LOST_MAX, total[:LOST_WIDTH])
+
+
+def _ge_sub(v, bn):
+    """``(v >= b, (v - b) mod 2**(len(v) - 1))`` given ``bn = ~b`` (equal widths), carry
+    select: the high half is computed for both carries from the low half, in parallel with
+    it, so the longest carry chain is half the width."""
+    w = len(v)
+    h = (w + 1) // 2
+    one = Const(1, 1)
+    low = (Cat(one, v[:h]) + Cat(one, bn[:h]))[1:]          # v_lo + ~b_lo + 1
+    high0 = v[h:].as_unsigned() + bn[h:]                     # no carry from below
+    high1 = (Cat(one, v[h:]) + Cat(one, bn[h:]))[1:]         # a carry from below
+    high = Mux(low[h], high1, high0)
+    return high[w - h], Cat(low[:h], high[:w - h])[:w - 1]
+
+
+def _chunk_of(value, index, chunks: int, width: int):
+    """Chunk ``index`` (a signal) of ``value`` zero- or sign-extended to ``chunks * width``."""
+    ext = chunks * width - len(value)
+    if value.shape().signed:
+        full = Cat(value, value[-1].replicate(ext)) if ext else value.as_unsigned()
+    else:
+        full = Cat(value, Const(0, ext)) if ext else value
+    return full.word_select(index, width)
 
 
 class SlotAssigner(wiring.Component):
@@ -200,7 +108,8 @@ class SlotAssigner(wiring.Component):
     Attributes
     ----------
     i : In(stream.Signature(tag_event_layout(timestamp_width, channels)))
-        Tagger events (``timestamp``, ``mask``, ``lost``), in time order.
+        Tagger events (``timestamp``, ``mask``, ``lost``), in time order. An event is read
+        from the payload while it is processed; the handshake ends its processing.
     o : Out(stream.Signature(slot_event_layout(slot_width, channels)))
         Accepted detections (``slot``, OR-merged ``mask``, summed saturating ``lost``).
     period : In(period_width)
@@ -211,18 +120,20 @@ class SlotAssigner(wiring.Component):
         Acceptance window relative to the start of each slot, ``window_start <= residue <
         window_end`` (valid settings satisfy ``0 <= window_start < window_end <= period``;
         other settings are compared literally, so an empty window rejects everything).
+    rebase : In(1)
+        Strobe with every change of ``period`` or ``offset``: the next event is divided from
+        scratch.
+    config_busy : Out(1)
+        The core is reading ``period``, ``offset`` and the window: they must not change.
     flush : In(1)
-        Strobe: emit the held event once every event accepted on ``i`` up to and including
-        this clock has been processed (events of the same slot on either side of a flush are
-        not merged). While a flush is pending ``i.ready`` is low.
+        Strobe: emit the held event once the event being processed, if any, is done. An event
+        whose processing has not started (its first clock on ``i`` coincides with the strobe,
+        or the core was busy) comes after the flush; same-slot events on either side of a
+        flush are not merged.
+    idle : Out(1)
+        No event in processing and no flush pending.
     rejected_count : Out(rejected_width)
         Events dropped as out of window or before slot 0 since reset (saturating).
-
-    Notes
-    -----
-    Registers are sampled when an event is accepted on ``i``, so the host may reprogram them
-    at any time; each event uses one consistent set. Throughput: ``base_cycles + 3 k`` clocks
-    per event (see the module docstring).
     """
 
     def __init__(self, *, timestamp_width: int = 48, slot_width: int = 48, frac_bits: int = 16,
@@ -234,13 +145,19 @@ class SlotAssigner(wiring.Component):
         self.period_width = check_int("period_width", period_width, 1)
         self.rejected_width = check_int("rejected_width", rejected_width, 1)
         self.offset_width = timestamp_width + frac_bits + 1
+        # signed width holding timestamp * 2**F - offset (or - start) exactly
         w_phase = timestamp_width + frac_bits + 2
-        self._n_sub = max(-(-w_phase // CHAIN), 3) + 1
-        self._n_sum = max(-(-w_phase // CHAIN), -(-slot_width // CHAIN) + 2, 3)
-        #: Clocks per event with a quotient of bit length ``k``: ``base_cycles + 3 * k``.
-        self.base_cycles = 5 + self._n_sub + self._n_sum
-        #: Clocks per event rejected before the division (``phase < 0`` or ``period = 0``).
-        self.reject_cycles = 2 + self._n_sub
+        #: Chunks of the phase-wide registers, and their width.
+        self.chunks = -(-w_phase // CHUNK)
+        self.chunk = -(-w_phase // self.chunks)
+        #: Width of the divider's dividend register (a whole number of chunks).
+        self.dividend_width = self.chunks * self.chunk
+        self.slot_chunks = -(-slot_width // self.chunk)
+        self._post = max(self.chunks + 1, self.slot_chunks, 3)
+        #: Clocks of an event divided with no chunk skipped, from the base, kept in its slot.
+        self.base_cycles = 7 + self.chunks + self.dividend_width + self._post
+        #: Clocks of an event rejected before the division (``phase < 0`` or period 0).
+        self.reject_cycles = 6 + 2 * self.chunks
         super().__init__({
             "i": In(stream.Signature(tag_event_layout(timestamp_width, channels))),
             "o": Out(stream.Signature(slot_event_layout(slot_width, channels))),
@@ -248,131 +165,100 @@ class SlotAssigner(wiring.Component):
             "offset": In(signed(self.offset_width)),
             "window_start": In(period_width),
             "window_end": In(period_width),
+            "rebase": In(1),
+            "config_busy": Out(1),
             "flush": In(1),
+            "idle": Out(1),
             "rejected_count": Out(rejected_width),
         })
+
+    def event_cycles(self, x: int | None, *, from_base: bool, load: int = 0) -> int:
+        """Clocks the core takes for one event, handshake to handshake, with the event
+        waiting on ``i`` and the output ready.
+
+        ``x`` is the dividend (``None``: rejected before the division); ``from_base`` whether
+        it came from the base; ``load`` 0 for an event rejected by the window or merged into
+        the held one, 1 for one that becomes the held event, 2 for one that displaces it.
+        """
+        if x is None:
+            return self.reject_cycles
+        skipped = 0
+        while skipped < self.chunks and \
+                x >> (self.dividend_width - self.chunk * (skipped + 1)) == 0:
+            skipped += 1
+        return (self.base_cycles - (self.chunk - 1) * skipped + load
+                + (0 if from_base else self.chunks + 2))
 
     def elaborate(self, platform):
         m = Module()
         F, S, PW = self.frac_bits, self.slot_width, self.period_width
-        # signed width holding timestamp * 2**F - offset, and - start, exactly
-        W = self.timestamp_width + F + 2
-        X = W - 1                   # width of a non-negative dividend
+        n, C, N = self.chunks, self.chunk, self.dividend_width
+        ns = self.slot_chunks
+        ev = self.i.payload
 
-        # Timing discipline (iCE40): every carry chain ends in a register of its own, written
-        # on every clock (no multiplexer after the chain); the FSM only copies registers.
-
-        # --- the event being processed (latched on the input handshake) ---------------------
-        ts_f = Signal(W)            # timestamp * 2**F, zero-extended
-        ev_mask = Signal(self.channels)
-        ev_lost = Signal(LOST_WIDTH)
-        period_l = Signal(PW)
-        offset_l = Signal(signed(self.offset_width))
-        ws_l = Signal(PW)
-        we_l = Signal(PW)
-
-        # --- the base of the incremental division -------------------------------------------
+        # --- state ----------------------------------------------------------------------------
         base_valid = Signal()
-        start = Signal(signed(W))   # absolute start of the last divided event's slot
-        q_prev = Signal(S)
-        period_b = Signal(PW)
-        offset_b = Signal(signed(self.offset_width))
-
-        # --- chunked subtractions xa = ts_f - start, xb = ts_f - offset, and checks --------
-        offset_w = Signal(W)
-        m.d.comb += offset_w.eq(offset_l)           # sign-extended to W bits
-        xa, n_sub = _chunked(m, ts_f, start, W, sub=True, name="xa")
-        xb, _ = _chunked(m, ts_f, offset_w, W, sub=True, name="xb")
-        # same period and offset as the base, and period != 0: chunk flags, then their AND
-        # (registered twice); fast_ok one clock later
-        same_period = _all_pipelined(m, Cat(a == b for a, b in _chunks(period_l, period_b)),
-                                     name="same_period")
-        same_offset = _all_pipelined(m, Cat(a == b for a, b in _chunks(offset_l, offset_b)),
-                                     name="same_offset")
-        period_nz = ~_all_pipelined(m, Cat(a == 0 for a, _ in _chunks(period_l, period_l)),
-                                    name="period_zero")
-        fast_ok = Signal()
-        m.d.sync += fast_ok.eq(base_valid & same_period & same_offset)
-        use_a_v, use_b_v = fast_ok & ~xa[-1], period_nz & ~xb[-1]
-        ld_a, ld_b = Signal(), Signal()            # SELECT's decision, registered
-        n_sub = max(n_sub, 3) + 1   # fast_ok takes three clocks, the decision one more
-        assert n_sub == self._n_sub
-
-        # --- divider -------------------------------------------------------------------------
-        t = Signal(X)               # the dividend shifted right; then the partial remainder
-        lo = Signal(X)              # bits shifted out of t, the next one to bring back on top
-        q = Signal(S)
-        qb = Signal(S)
-        k = Signal(range(X + 1))
-        k_zero = Signal()
-        # The controller is one-hot, one flip-flop per state (see below).
-        s_idle = Signal(init=1)
-        s_sub, s_select, s_cond, s_shift, s_trial, s_restore, s_sum, s_done = (
-            Signal(name=f"s_{n}") for n in (
-                "sub", "select", "cond", "shift", "trial", "restore", "sum", "done"))
-
-        # "t >= period" for the t of the current clock decides SHIFT (do_shift below). It is
-        # computed over two clocks (_ge_stage1, registered; then cond_next = _ge_stage2,
-        # registered within do_shift) on the value t will have by then: in SELECT on both
-        # candidate dividends xa and xb, in COND on t >> 1 and in SHIFT on t >> 2 (correct
-        # whenever SHIFT goes on shifting; when it stops, the result is not used again).
-        t1 = t >> 1
-        period_n = Signal(PW)       # ~period, registered (valid from the second SUB clock)
-        m.d.sync += period_n.eq(~period_l)
-        g_a, g_b, g_t1, g_t2 = (Signal(4, name=n)
-                                for n in ("cond_a", "cond_b", "cond_t1", "cond_t2"))
-        from_a = Signal()           # in COND: t was loaded from xa
-        m.d.sync += [
-            g_a.eq(_ge_stage1(xa[:X], period_n)),
-            g_b.eq(_ge_stage1(xb[:X], period_n)),
-            g_t1.eq(_ge_stage1(t1, period_n)),
-            g_t2.eq(_ge_stage1(t >> 2, period_n)),
-            from_a.eq(ld_a),
-        ]
-        cond_next = Signal()
-        m.d.comb += cond_next.eq(Mux(s_cond, Mux(from_a, _ge_stage2(g_a), _ge_stage2(g_b)),
-                                     Mux(k_zero, _ge_stage2(g_t1), _ge_stage2(g_t2))))
-        r2 = Cat(lo[-1], t[:PW])                    # partial remainder * 2 + next bit
-        trial = Signal(PW + 2)                      # r2 - period, top bit = borrow
-        m.d.sync += trial.eq(_sub_select(r2, Cat(period_n, 1)))
-
-        # --- slot, window and next base, registered ------------------------------------------
-        residue = t[:PW]
-        residue_w = Signal(W)
-        m.d.comb += residue_w.eq(residue)
-        slot, n_slot = _chunked(m, qb, q, S, sub=False, name="slot")
-        new_start, n_new = _chunked(m, ts_f, residue_w, W, sub=True, name="start_new")
-        # the window check in two registered steps (t is stable during SUM)
-        win_ge = _ge_pipelined(m, residue, ws_l, name="win_ge")
-        win_lt = ~_ge_pipelined(m, residue, we_l, name="win_lt")
-        n_sum = max(n_new, n_slot + 2, 3)  # + 2: the slot comparison and the decision below;
-        #                                   3: the window check and the decision
-        assert n_sum == self._n_sum
-
-        # --- merge stage and output ----------------------------------------------------------
+        start = Signal(N)           # absolute start of the last divided event's slot (signed)
+        q_prev = Signal(ns * C)     # its slot (low slot_width bits meaningful)
+        x = Signal(N)               # the dividend; the quotient as the divider runs
+        r = Signal(PW)              # the divider's remainder; the residue afterwards
+        bits = Signal(range(N + 1))  # dividend bits still to bring down
+        bits_zero = Signal()        # bits == 0, and bits == 1: registered with bits
+        bits_one = Signal()
+        j = Signal(range(max(n + 1, self._post) + 1))   # chunk index
+        borrow = Signal()
+        carry = Signal()
         held_valid = Signal()
         held = Signal(self.o.payload.shape())
         lost_acc = Signal(LOST_WIDTH)
         lost_new, lost_merged = Signal(LOST_WIDTH), Signal(LOST_WIDTH)
-        # held.slot == slot as registered 8-bit chunk flags, combined in the decisions
-        slot_pairs = _chunks(held.slot, slot)
-        slot_eq = Signal(len(slot_pairs))
-        same_slot = slot_eq.all()
-        accept, merge, displace, fresh, stall = (Signal(name=n) for n in (
-            "accept", "merge", "displace", "fresh", "stall"))
+        flush_pending = Signal()
+        m.d.comb += self.o.payload.eq(held)
+
+        # --- the chunk subtractor: timestamp * 2**F - b, chunk j - 1, from operands loaded
+        # (selected by registers only) on the clock before; b is start, offset or residue
+        ts_f = Cat(Const(0, F), ev.timestamp)
+        sub_src = Signal(2)         # 0: start (rotating), 1: offset, 2: residue
+        sub_a, sub_b = Signal(C), Signal(C)
         m.d.sync += [
-            lost_new.eq(_sat_lost(ev_lost + lost_acc)),
-            lost_merged.eq(_sat_lost(held.lost + lost_new)),
-            slot_eq.eq(Cat(a == b for a, b in slot_pairs)),
-            # DONE's decisions, from registers only (stall: may have to wait for the output)
-            accept.eq(win_ge & win_lt),
-            merge.eq(win_ge & win_lt & held_valid & same_slot),
-            displace.eq(held_valid & ~same_slot),     # a new slot pushes the held event out
-            fresh.eq(win_ge & win_lt & ~(held_valid & same_slot)),
-            stall.eq(win_ge & win_lt & held_valid & ~same_slot),
+            sub_a.eq(_chunk_of(ts_f, j, n, C)),
+            sub_b.eq(Mux(sub_src == 0, start[:C],
+                         Mux(sub_src == 1, _chunk_of(self.offset, j, n, C),
+                             _chunk_of(r, j, n, C)))),
         ]
-        # rejected_count: two halves, the carry and the saturation precomputed (rejections
-        # are at least four clocks apart, so these flags are never stale when used)
+        sub_out = Signal(C + 1)
+        m.d.comb += sub_out.eq(sub_a - sub_b - borrow)
+        sub_d, sub_borrow = sub_out[:C], sub_out[C]
+        loading = Signal()          # j < n: the operands of chunk j are loaded this clock
+        writing = Signal()          # j > 0: chunk j - 1 is written this clock
+        m.d.comb += [loading.eq(j < n), writing.eq(j != 0)]
+
+        # --- the divider's step, also the window comparisons: v >= b -----------------------
+        b_n = Signal(PW + 1)        # ~b, registered: one bare carry chain
+        # the dividend bit brought down (x's top bit; 0 when comparing), in a register of its
+        # own so that the carry chain starts at flip-flops
+        step_in = Signal()
+        v = Signal(PW + 1)
+        m.d.comb += v.eq(Cat(step_in, r))
+        fits, diff = _ge_sub(v, b_n)
+        period_zero = Signal()
+        m.d.sync += period_zero.eq(self.period == 0)
+
+        # --- slot sum: q_prev + quotient, a chunk per clock ------------------------------------
+        add_out = Signal(C + 1)
+        m.d.comb += add_out.eq(q_prev[:C] + x[:C] + carry)
+
+        # --- lost bookkeeping (the payload and held are stable while they are used) --------
+        m.d.sync += [lost_new.eq(_sat_lost(ev.lost + lost_acc)),
+                     lost_merged.eq(_sat_lost(held.lost + lost_new))]
+
+        # --- output: the held event is offered as it is; o.ready only clears o.valid ------
+        out_free = Signal()
+        m.d.comb += out_free.eq(~self.o.valid)
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        # --- rejected_count: two halves, the carry and the saturation precomputed ---------
         rej_max = (1 << self.rejected_width) - 1
         rej_full = Signal()
         rw_lo = (self.rejected_width + 1) // 2
@@ -381,17 +267,6 @@ class SlotAssigner(wiring.Component):
         rej_lo_full = Signal()
         m.d.sync += [rej_full.eq(self.rejected_count == rej_max),
                      rej_lo_full.eq(rej_lo == (1 << rw_lo) - 1)]
-        wait = Signal(range(max(n_sub, n_sum) + 1))
-        flush_pending = Signal()
-        # The output register is free once its event has been taken: o.ready only clears
-        # o.valid, so the consumer's handshake logic never reaches the merge decisions.
-        out_free = Signal()
-        m.d.comb += out_free.eq(~self.o.valid)
-        with m.If(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(out_free):        # the payload follows `held` while nothing is offered
-            m.d.sync += self.o.payload.eq(held)
-
         rej_pulse = Signal()        # counted one clock after the decision (short paths)
         m.d.sync += rej_pulse.eq(0)
         with m.If(rej_pulse & ~rej_full):
@@ -403,117 +278,141 @@ class SlotAssigner(wiring.Component):
         def reject():
             m.d.sync += [rej_pulse.eq(1), lost_acc.eq(lost_new)]
 
-        def emit_held():            # only when out_free: the payload is loaded above
-            m.d.sync += self.o.valid.eq(1)
+        slot = q_prev[:S]
+        same_slot = Signal()        # held_valid and held.slot == slot, registered in COMPARE
+        accept = Signal()           # in the window, registered in COMPARE
+        ge_ws, ge_we = Signal(), Signal()
+        # which chunks of the finished dividend are zero, registered; shifted with it in SKIP
+        chunk_zero = Cat(x[i * C:(i + 1) * C] == 0 for i in range(n))
+        zero_chunks = Signal(n)
 
-        # The controller is one-hot, one flip-flop per state, and every decision it takes is
-        # either a registered flag or one LUT over registered flags: the wide registers below
-        # (t, lo, q, qb, 48 to 65 bits each) see their selects straight from flip-flops.
-        go = Signal()           # an event is taken on i
-        sub_end = Signal()
-        do_shift = Signal()
-        shift_stop = Signal()
-        k_is1 = Signal()        # k == 1, registered (k does not change in TRIAL)
-        sum_end = Signal()
-        done_exit = Signal()
-        m.d.comb += [
-            self.i.ready.eq(s_idle & ~flush_pending),
-            go.eq(s_idle & ~flush_pending & self.i.valid),
-            sub_end.eq(s_sub & (wait == 0)),
-            shift_stop.eq(s_shift & ~do_shift),
-            sum_end.eq(s_sum & (wait == 0)),
-            done_exit.eq(s_done & (~stall | out_free)),   # else wait for room on the output
-        ]
-        m.d.sync += [
-            k_is1.eq(k == 1),
-            # SELECT's decision, taken on the last SUB clock and registered
-            ld_a.eq(sub_end & use_a_v),
-            ld_b.eq(sub_end & ~use_a_v & use_b_v),
-            s_idle.eq((s_idle & ~go) | (s_select & ~ld_a & ~ld_b) | done_exit),
-            s_sub.eq(go | (s_sub & (wait != 0))),
-            s_select.eq(sub_end),
-            s_cond.eq(s_select & (ld_a | ld_b)),
-            s_shift.eq(s_cond | do_shift),
-            # do_shift = s_shift & "t >= period", retimed into one flip-flop: the selects of
-            # t, lo and k come straight from it
-            do_shift.eq((s_cond | do_shift) & cond_next),
-            s_trial.eq((shift_stop & ~k_zero) | (s_restore & ~k_is1)),
-            s_restore.eq(s_trial),
-            s_sum.eq((shift_stop & k_zero) | (s_restore & k_is1) | (s_sum & (wait != 0))),
-            s_done.eq(sum_end | (s_done & ~done_exit)),
-            # SUB and SUM count down; IDLE and the divider states preload their length
-            wait.eq(Mux(s_idle, n_sub - 1, Mux(s_sub | s_sum, wait - 1, n_sum - 1))),
-        ]
+        # b_n: ~period for the divider by default; ~(2 * window_start), ~(2 * window_end)
+        # for the comparisons of 2 * residue in POST
+        b_sel = Signal(2)
+        m.d.sync += b_n.eq(Mux(b_sel == 1, Cat(Const(1, 1), ~self.window_start),
+                               Mux(b_sel == 2, Cat(Const(1, 1), ~self.window_end),
+                                   Cat(~self.period, Const(1, 1)))))
 
-        # IDLE: flush, or take an event.
-        with m.If(s_idle):
-            with m.If(flush_pending):
-                with m.If(~held_valid):
-                    m.d.sync += flush_pending.eq(0)
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(flush_pending):
+                    with m.If(~held_valid):
+                        m.d.sync += flush_pending.eq(0)
+                    with m.Elif(out_free):
+                        m.d.sync += [self.o.valid.eq(1), held_valid.eq(0),
+                                     flush_pending.eq(0)]
+                with m.Elif(self.i.valid & ~self.flush):
+                    m.d.sync += [j.eq(0), borrow.eq(0), sub_src.eq(0)]
+                    m.next = "SUB_BASE"
+            # x = ts_f - start (start rotates a chunk per load, back in place after n)
+            with m.State("SUB_BASE"):
+                m.d.comb += self.config_busy.eq(1)
+                m.d.sync += j.eq(j + 1)
+                with m.If(loading):
+                    m.d.sync += start.eq(Cat(start[C:], start[:C]))
+                with m.If(writing):
+                    m.d.sync += [x.eq(Cat(x[C:], sub_d)), borrow.eq(sub_borrow)]
+                with m.If(j == n):
+                    m.next = "CHECK_BASE"
+            with m.State("CHECK_BASE"):
+                m.d.comb += self.config_busy.eq(1)
+                m.d.sync += [j.eq(0), borrow.eq(0), sub_src.eq(1), r.eq(0), bits.eq(N),
+                             bits_zero.eq(N == 0), bits_one.eq(N == 1),
+                             zero_chunks.eq(chunk_zero)]
+                with m.If(base_valid & ~x[N - 1]):
+                    m.next = "SKIP"
+                with m.Else():
+                    m.next = "SUB_OFFSET"
+            # x = ts_f - offset: the phase
+            with m.State("SUB_OFFSET"):
+                m.d.comb += self.config_busy.eq(1)
+                m.d.sync += j.eq(j + 1)
+                with m.If(writing):
+                    m.d.sync += [x.eq(Cat(x[C:], sub_d)), borrow.eq(sub_borrow)]
+                with m.If(j == n):
+                    m.next = "CHECK_OFFSET"
+            with m.State("CHECK_OFFSET"):
+                m.d.comb += self.config_busy.eq(1)
+                m.d.sync += [q_prev.eq(0), zero_chunks.eq(chunk_zero)]
+                with m.If(x[N - 1] | period_zero):         # phase < 0, or no period
+                    reject()
+                    m.d.sync += base_valid.eq(0)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.next = "SKIP"
+            # leading all-zero chunks of the dividend: their quotient bits are 0
+            with m.State("SKIP"):
+                m.d.comb += self.config_busy.eq(1)
+                with m.If(bits_zero):
+                    m.d.sync += [j.eq(0), carry.eq(0), borrow.eq(0), b_sel.eq(1),
+                                 sub_src.eq(2)]
+                    m.next = "POST"
+                with m.Elif(zero_chunks[-1]):
+                    m.d.sync += [x.eq(x << C), bits.eq(bits - C), bits_zero.eq(bits == C),
+                                 bits_one.eq(bits == C + 1),
+                                 zero_chunks.eq(zero_chunks << 1)]
+                with m.Else():
+                    m.d.sync += step_in.eq(x[N - 1])
+                    m.next = "STEP"
+            # restoring division: bring down x's top bit, subtract the period if it fits
+            with m.State("STEP"):
+                m.d.comb += self.config_busy.eq(1)
+                m.d.sync += [r.eq(Mux(fits, diff, v[:PW])), x.eq(Cat(fits, x[:N - 1])),
+                             bits.eq(bits - 1), bits_one.eq(bits == 2),
+                             step_in.eq(x[N - 2] if N > 1 else 0)]
+                with m.If(bits_one):
+                    m.d.sync += [j.eq(0), carry.eq(0), borrow.eq(0), b_sel.eq(1),
+                                 sub_src.eq(2), step_in.eq(0)]
+                    m.next = "POST"
+            # slot = q_prev + quotient; start = ts_f - residue; the window comparisons
+            with m.State("POST"):
+                m.d.comb += self.config_busy.eq(1)
+                m.d.sync += j.eq(j + 1)
+                with m.If(writing & (j <= n)):
+                    m.d.sync += [start.eq(Cat(start[C:], sub_d)), borrow.eq(sub_borrow)]
+                with m.If(j < ns):
+                    m.d.sync += [q_prev.eq(Cat(q_prev[C:], add_out[:C])),
+                                 x.eq(x >> C), carry.eq(add_out[C])]
+                with m.If(j == 0):
+                    m.d.sync += b_sel.eq(2)
+                with m.If(j == 1):
+                    m.d.sync += [ge_ws.eq(fits), b_sel.eq(0)]
+                with m.If(j == 2):
+                    m.d.sync += ge_we.eq(fits)
+                with m.If(j == self._post - 1):
+                    m.next = "COMPARE"
+            with m.State("COMPARE"):
+                m.d.sync += [same_slot.eq(held_valid & (held.slot == slot)),
+                             accept.eq(ge_ws & ~ge_we)]
+                m.next = "DECIDE"
+            # the new base, then reject, merge into the held event, or replace it
+            with m.State("DECIDE"):
+                m.d.sync += base_valid.eq(1)
+                with m.If(~accept):
+                    reject()
+                    m.next = "FINISH"
                 with m.Elif(out_free):
-                    emit_held()
-                    m.d.sync += [held_valid.eq(0), flush_pending.eq(0)]
-        with m.If(go):
-            m.d.sync += [
-                ts_f.eq(self.i.payload.timestamp << F),
-                ev_mask.eq(self.i.payload.mask),
-                ev_lost.eq(self.i.payload.lost),
-                period_l.eq(self.period),
-                offset_l.eq(self.offset),
-                ws_l.eq(self.window_start),
-                we_l.eq(self.window_end),
-            ]
+                    with m.If(same_slot):
+                        m.d.sync += [held.mask.eq(held.mask | ev.mask),
+                                     held.lost.eq(lost_merged), lost_acc.eq(0)]
+                        m.next = "FINISH"
+                    with m.Elif(held_valid):           # a new slot pushes the held one out
+                        m.d.sync += [self.o.valid.eq(1), held_valid.eq(0)]
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(out_free):
+                    m.d.sync += [held_valid.eq(1), held.slot.eq(slot), held.mask.eq(ev.mask),
+                                 held.lost.eq(lost_new), lost_acc.eq(0)]
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                m.d.comb += self.i.ready.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.idle.eq(fsm.ongoing("IDLE") & ~flush_pending)
 
-        # SELECT: load the dividend (xa incrementally, xb from scratch) or reject.
-        with m.If(s_select):
-            m.d.sync += [lo.eq(0), q.eq(0), k.eq(0), k_zero.eq(1)]
-            with m.If(~ld_a & ~ld_b):              # phase < 0, or no period
-                reject()
-                m.d.sync += base_valid.eq(0)
-        with m.If(ld_a):
-            m.d.sync += qb.eq(q_prev)
-        with m.Elif(ld_b):
-            m.d.sync += qb.eq(0)
-
-        # The divider's partial remainder: SHIFT right while t >= period, then one restoring
-        # step per TRIAL (trial = r2 - period) and RESTORE pair.
-        fits = ~trial[-1]
-        with m.If(do_shift):
-            m.d.sync += [t.eq(t1), lo.eq(Cat(lo[1:], t[0])), k.eq(k + 1), k_zero.eq(0)]
-        with m.Elif(s_restore):
-            m.d.sync += [
-                t.eq(Mux(fits, trial[:PW + 1], r2)),
-                lo.eq(lo << 1),
-                q.eq(Cat(fits, q)),
-                k.eq(k - 1),
-            ]
-        with m.Elif(ld_a):
-            m.d.sync += t.eq(xa)
-        with m.Elif(ld_b):
-            m.d.sync += t.eq(xb)
-
-        # DONE: the new base, then reject, merge into the held event, or replace it.
-        with m.If(s_done):
-            m.d.sync += [start.eq(new_start), q_prev.eq(slot),
-                         period_b.eq(period_l), offset_b.eq(offset_l), base_valid.eq(1)]
-            with m.If(~accept):
-                reject()
-            with m.If(merge):
-                m.d.sync += [
-                    held.mask.eq(held.mask | ev_mask),
-                    held.lost.eq(lost_merged),
-                    lost_acc.eq(0),
-                ]
-            with m.If(fresh & (~displace | out_free)):
-                with m.If(displace):
-                    emit_held()
-                m.d.sync += [
-                    held_valid.eq(1),
-                    held.slot.eq(slot),
-                    held.mask.eq(ev_mask),
-                    held.lost.eq(lost_new),
-                    lost_acc.eq(0),
-                ]
         with m.If(self.flush):
             m.d.sync += flush_pending.eq(1)
+        with m.If(self.rebase):     # after DECIDE's update: a change of base always wins
+            m.d.sync += base_valid.eq(0)
         return m

@@ -40,7 +40,8 @@ def test_defaults_elaborate():
     assert sa.o.payload.shape() == slot_event_layout(48, 4)
     assert len(sa.offset) == 48 + 16 + 1 and sa.offset.shape().signed
     assert len(sa.period) == 24
-    assert (sa.base_cycles, sa.reject_cycles) == (16, 8)   # as measured by the cocotb suite
+    assert (sa.base_cycles, sa.reject_cycles) == (84, 14)  # as measured by the cocotb suite
+    assert sa.event_cycles(3 << 30, from_base=True) == 84 - 16 * 2
     assert "module" in rtlil.convert(SlotAssigner(), name="slot_assigner")
 
 
