@@ -44,11 +44,15 @@ def run() -> dict:
             derived[f"decoder_events_per_s@{device}"] = row["fmax_mhz"] * 1e6
         row = _row(results, "SlotAssigner", device)
         if row:
-            base = SlotAssigner(period_width=32).base_cycles
-            # next-slot events (k = 1) and a typical 100-kHz detection rate at 100 MHz (k = 10)
-            for label, k in (("adjacent_slot", 1), ("gap_1000_slots", 10)):
+            core = SlotAssigner(period_width=32)
+            core._MustUse__silence = True
+            period = 1 << core.frac_bits       # a one-tick slot
+            # an event in the next slot, and one 1000 slots on (a 100-kHz detection rate at
+            # 100 MHz), each displacing the held detection
+            for label, gap in (("adjacent_slot", 1), ("gap_1000_slots", 1000)):
+                cycles = core.event_cycles(gap * period, from_base=True, load=2)
                 derived[f"slot_assigner_events_per_s_{label}@{device}"] = \
-                    row["fmax_mhz"] * 1e6 / (base + 3 * k)
+                    row["fmax_mhz"] * 1e6 / cycles
     row = _row(results, "AliceSifter", "ecp5-85f")
     if row:
         lanes = row["params"]["lanes"]

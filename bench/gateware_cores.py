@@ -17,7 +17,8 @@ CORES = [
              note="one event per clock"),
     CoreSpec("SlotAssigner", lambda: SlotAssigner(period_width=32),
              params={"timestamp_width": 48, "frac_bits": 16, "period_width": 32},
-             note="sequential divider: 16 + 3k clocks per event, k = bit length of the slot gap"),
+             note="chunk-serial, bit-serial divider: 84 - 16 s clocks per event "
+                  "(s zero chunks skipped)"),
     CoreSpec("BasisDecoder", lambda: BasisDecoder(),
              params={"slot_width": 48}, note="one event per clock"),
     CoreSpec("AliceSifter", lambda: AliceSifter(lanes=4), devices=("ecp5-85f",),

@@ -7,12 +7,13 @@ the basis decoder and the :class:`~mozi.firmware.link.Link`, serving ``RANDOM_WO
 ``TAG_EVENTS`` exactly as :class:`mozi.host.model_device.ModelTransport` does.
 
 Throughput: the tagger takes one event per clock into its FIFO; the slot assigner then needs
-about 50 clocks per event at typical detection rates (``SlotAssigner.event_cycles``: 82 clocks
+about 54 clocks per event at typical detection rates (``SlotAssigner.event_cycles``: 84 clocks
 less 16 for every 17-bit chunk of leading zeros in the gap to the previous event's slot), i.e.
-~1 M detections/s at 48 MHz — well above the ~10^5/s of a satellite pass. Bursts above that rate queue in the tagger FIFO; when
-it is full, events are dropped and counted (``lost_count``) and reported in-band on the next
-event that gets through. Losses with no later event (at the very end of a block) appear only
-in ``lost_count``, so the host reads the counters at the end of every block.
+~0.9 M detections/s at 48 MHz — well above the ~10^5/s of a satellite pass. Bursts above that
+rate queue in the tagger FIFO; when it is full, events are dropped and counted
+(``lost_count``) and reported in-band on the next event that gets through. Losses with no
+later event (at the very end of a block) appear only in ``lost_count``, so the host reads the
+counters at the end of every block.
 """
 
 from amaranth import Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
@@ -349,7 +350,7 @@ class Receiver(wiring.Component):
                     finish(error=ErrorCode.BAD_REQUEST)
                 with m.Elif(~reg["TT_SOURCE"]):
                     finish(error=ErrorCode.SOURCE)
-                with m.Elif(ev[32:48] * proto.DETECTION_BYTES > self.max_payload):
+                with m.Elif(ev[32:48] > self.max_payload // proto.DETECTION_BYTES):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
                     m.d.sync += [live_max.eq(ev[32:48]), clocks.eq(ev[:32]), live_got.eq(0)]
@@ -419,9 +420,10 @@ class Receiver(wiring.Component):
             with m.State("TE_CHECK"):
                 with m.If((head[1:8] != 0) | (rest != 0)):
                     finish(error=ErrorCode.BAD_REQUEST)
-                with m.Elif(events + 1 > fifo.level):
+                with m.Elif(events >= fifo.level):             # k + 1 words needed
                     finish(error=ErrorCode.RANDOM_UNDERFLOW)
-                with m.Elif((events + 1) * proto.DETECTION_BYTES > self.max_payload):
+                # (k + 1) * DETECTION_BYTES > max_payload, without a multiplier
+                with m.Elif(events >= self.max_payload // proto.DETECTION_BYTES):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
                     m.d.sync += count.eq(0)

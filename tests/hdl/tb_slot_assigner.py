@@ -451,8 +451,8 @@ async def test_random_stalls(dut):
                 await bench.flush()
     rejected = await bench.finish()
     total_out, total_rej = bench.check(rejected)
-    dut._log.info("%d events in, %d out, %d rejected", len([o for o in bench.ops if o not in (FLUSH, REBASE)]),
-                  total_out, total_rej)
+    n_in = len([o for o in bench.ops if o not in (FLUSH, REBASE)])
+    dut._log.info("%d events in, %d out, %d rejected", n_in, total_out, total_rej)
     assert total_out > 50 and total_rej > 50
 
 
@@ -513,8 +513,10 @@ async def test_cycles_per_event(dut):
     assert rejected == 2
     measured = [b - a for a, b in itertools.pairwise(bench.accept_cycles)]
     predicted = ref_cycles(bench.ops)[1:]          # a handshake ends an event
+    assert len(measured) == len(predicted)
     if measured != predicted:
-        bad = [(k, m, p) for k, (m, p) in enumerate(zip(measured, predicted)) if m != p]
+        bad = [(k, m, p) for k, (m, p) in enumerate(zip(measured, predicted, strict=True))
+               if m != p]
         raise AssertionError(f"{len(bad)} events off the model, first (event, measured, "
                              f"model): {bad[:6]}")
     dut._log.info("cycles per event (%d with no chunk skipped): min %d, mean %.1f, max %d",
