@@ -636,7 +636,7 @@ async def test_fifo_overflow_lost_counts(dut):
     # behind the last drops and carry them in-band (drops with no later event cannot be)
     stall = int(2.5 * FIFO_DEPTH * per_clock / 0.5)
     dense = (stall + 1200) * PHASES
-    ticks = dense + 5000 * PHASES
+    ticks = dense + 15000 * PHASES
     clicks = slot_clicks(rng, dense, regs, p_slot=0.5, p_multi=0.2, p_spread=0.0,
                          p_outside=0.1, late_only=True)
     tail = slot_clicks(rng, ticks, regs, p_slot=0.03, p_multi=0.2, p_spread=0.0,
