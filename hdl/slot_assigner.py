@@ -37,10 +37,10 @@ chunk per clock. Its subtractor also performs the two window comparisons. The sl
 Clocks per event (handshake to handshake, input waiting, output ready), see
 :meth:`SlotAssigner.event_cycles`: ``base_cycles - (CHUNK - 1) * s`` for a division with
 ``s`` skipped chunks (the dividend has ``dividend_width - CHUNK * s`` significant bits or
-fewer), plus ``chunks + 1`` when the base cannot be used and 2 when the event displaces the
-held one; ``reject_cycles`` (+ ``chunks + 1``) for an event before slot 0 or with period 0.
-For the receiver's widths (48-bit timestamps and slots, 16 fractional bits): 50 clocks for an
-event a few thousand ticks after the previous one.
+fewer), plus ``chunks + 2`` when the base cannot be used, 1 when the event becomes the held
+one and 2 when it displaces it; ``reject_cycles`` for an event before slot 0 or with period
+0. For the receiver's widths (48-bit timestamps and slots, 16 fractional bits): about 54 clocks
+for an event a few thousand ticks after the previous one.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
@@ -293,6 +293,15 @@ class SlotAssigner(wiring.Component):
                                Mux(b_sel == 2, Cat(Const(1, 1), ~self.window_end),
                                    Cat(~self.period, Const(1, 1)))))
 
+        def subtract_into_x(then: str):
+            """x = ts_f - (the operand sub_src selects), a chunk per clock, then ``then``."""
+            m.d.comb += self.config_busy.eq(1)
+            m.d.sync += j.eq(j + 1)
+            with m.If(writing):
+                m.d.sync += [x.eq(Cat(x[C:], sub_d)), borrow.eq(sub_borrow)]
+            with m.If(j == n):
+                m.next = then
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(flush_pending):
@@ -306,14 +315,9 @@ class SlotAssigner(wiring.Component):
                     m.next = "SUB_BASE"
             # x = ts_f - start (start rotates a chunk per load, back in place after n)
             with m.State("SUB_BASE"):
-                m.d.comb += self.config_busy.eq(1)
-                m.d.sync += j.eq(j + 1)
+                subtract_into_x("CHECK_BASE")
                 with m.If(loading):
                     m.d.sync += start.eq(Cat(start[C:], start[:C]))
-                with m.If(writing):
-                    m.d.sync += [x.eq(Cat(x[C:], sub_d)), borrow.eq(sub_borrow)]
-                with m.If(j == n):
-                    m.next = "CHECK_BASE"
             with m.State("CHECK_BASE"):
                 m.d.comb += self.config_busy.eq(1)
                 m.d.sync += [j.eq(0), borrow.eq(0), sub_src.eq(1), r.eq(0), bits.eq(N),
@@ -325,12 +329,7 @@ class SlotAssigner(wiring.Component):
                     m.next = "SUB_OFFSET"
             # x = ts_f - offset: the phase
             with m.State("SUB_OFFSET"):
-                m.d.comb += self.config_busy.eq(1)
-                m.d.sync += j.eq(j + 1)
-                with m.If(writing):
-                    m.d.sync += [x.eq(Cat(x[C:], sub_d)), borrow.eq(sub_borrow)]
-                with m.If(j == n):
-                    m.next = "CHECK_OFFSET"
+                subtract_into_x("CHECK_OFFSET")
             with m.State("CHECK_OFFSET"):
                 m.d.comb += self.config_busy.eq(1)
                 m.d.sync += [q_prev.eq(0), zero_chunks.eq(chunk_zero)]
