@@ -263,8 +263,10 @@ class Receiver(wiring.Component):
         ]
 
         # ---- register write rules (as the model's) -----------------------------------------
-        v = link.w_value
         period, ws, we = reg["SA_PERIOD"], reg["SA_WINDOW_START"], reg["SA_WINDOW_END"]
+        # the link refuses a value with a bit set above the register's width by itself, so
+        # the rules compare at the width of these registers (all of period's)
+        v = link.w_value[:len(period)]
         m.d.comb += link.w_ok.eq(1)
         sa_regs = [proto.register(n).address for n in
                    ("SA_PERIOD", "SA_OFFSET", "SA_WINDOW_START", "SA_WINDOW_END")]

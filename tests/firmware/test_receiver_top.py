@@ -143,6 +143,16 @@ def test_malformed_requests_and_link_errors_match_the_model(rtl):
         (Opcode.WRITE_REG, struct.pack(">H", source.address) + source.encode(0)),
     ]
     reqs += [proto.encode_frame(op, p, seq) for seq, (op, p) in enumerate(live, start=26)]
+    # the write rules, each side of every comparison (after reset: period = window_end = 1.0)
+    one = 1 << 16
+    rules = [("SA_WINDOW_END", one + 1), ("SA_WINDOW_START", one), ("SA_PERIOD", one - 1),
+             ("SA_WINDOW_END", 300), ("SA_PERIOD", 299), ("SA_PERIOD", 300),
+             ("SA_WINDOW_START", 300), ("SA_WINDOW_START", 299), ("SA_WINDOW_END", 299),
+             ("SA_WINDOW_END", 0xFFFFFFFF), ("SA_PERIOD", 0xFFFFFFFF),
+             ("SA_WINDOW_END", 0xFFFFFFFF)]
+    reqs += [proto.encode_frame(Opcode.WRITE_REG, struct.pack(">H", proto.register(n).address)
+                                + proto.register(n).encode(v), seq)
+             for seq, (n, v) in enumerate(rules, start=26 + len(live))]
     answers = []
     for t in (Shared(ModelTransport(**FIRMWARE['receiver'])), Shared(rtl)):
         ReceiverDriver(t).reset()
@@ -166,6 +176,8 @@ def test_malformed_requests_and_link_errors_match_the_model(rtl):
                             ErrorCode.SOURCE.value, ErrorCode.BAD_REQUEST.value,
                             ErrorCode.TOO_LARGE.value]
     assert answers[0][38][0][0] == Opcode.DETECTIONS.value and answers[0][38][0][2] == b""
+    bad = ErrorCode.BAD_VALUE.value
+    assert codes[41:] == [bad, bad, bad, None, bad, None, bad, None, bad, bad, None, None]
 
 
 @pytest.mark.parametrize("seed", [7])
