@@ -1,0 +1,122 @@
+"""Saturating event counters kept in block RAM, read back as consistent snapshots.
+
+A role top counts a dozen kinds of events in 32-bit saturating registers (``RX_*``,
+``LINK_*``). As flip-flops each costs 33 logic cells and 32 inputs of the link's read
+multiplexer — on the iCE40UP5K, where the receiver top must fit, eleven of them cost about
+700 cells. :class:`CounterBank` keeps the totals in one block RAM instead and visits them in
+turn, one per clock: while a counter waits for its visit its increments add up in a narrow
+``pending`` register, wide enough for what ``N`` clocks can bring. A visit reads the total,
+adds the pending amount (saturating) and writes it back; a read asks for the total of one
+counter and gets it from its next visit, so a value read is the exact count at that clock.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from mozi.hdl.common import check_int
+
+__all__ = ["CounterBank"]
+
+
+class CounterBank(wiring.Component):
+    """``len(increments)`` saturating counters of ``width`` bits in one memory.
+
+    Parameters
+    ----------
+    increments : sequence of int
+        Width of each counter's increment: counter ``k`` adds ``inc[k]`` every clock.
+    cleared : sequence of bool
+        Which counters ``clear`` resets to 0 (the others survive it).
+    width : int
+        Bits of every total; a total saturates at ``2**width - 1``.
+
+    Ports
+    -----
+    inc0, inc1, … : In(increments[k])
+        The increments (registered here before they are added); :attr:`inc` lists them.
+    clear : In(1)
+        Strobe: the ``cleared`` counters restart from 0 (increments of this clock are lost,
+        as under a reset).
+    rd_index : In(range(count)), rd_req : In(1)
+        While ``rd_req`` is high, ask for the total of counter ``rd_index``.
+    rd_valid : Out(1), rd_value : Out(width)
+        ``rd_value`` is the total of counter ``rd_index`` in the clock ``rd_valid`` is high,
+        at most ``count`` clocks after ``rd_req`` rose: every increment presented four clocks
+        before or earlier, since the last ``clear`` two clocks before or earlier.
+    """
+
+    def __init__(self, increments, *, cleared=None, width: int = 32):
+        self.widths = [check_int("increment width", w, 1) for w in increments]
+        if not self.widths:
+            raise ValueError("a counter bank needs at least one counter")
+        self.cleared = [bool(c) for c in (cleared if cleared is not None
+                                           else [True] * len(self.widths))]
+        if len(self.cleared) != len(self.widths):
+            raise ValueError("cleared needs one entry per counter")
+        self.width = check_int("width", width, 1)
+        # a visit writes its total one clock after reading it: two counters at least, so that
+        # the next read of the same counter sees the write
+        self.count = max(len(self.widths), 2)
+        super().__init__({
+            **{f"inc{k}": In(w) for k, w in enumerate(self.widths)},
+            "clear": In(1), "rd_index": In(range(self.count)), "rd_req": In(1),
+            "rd_valid": Out(1), "rd_value": Out(width),
+        })
+        self.inc = [getattr(self, f"inc{k}") for k in range(len(self.widths))]
+
+    def pending_width(self, k: int) -> int:
+        """Bits of counter ``k``'s pending amount: ``count`` clocks of its largest increment."""
+        return (self.count * ((1 << self.widths[k]) - 1)).bit_length()
+
+    def elaborate(self, platform):
+        m = Module()
+        N, W = self.count, self.width
+        m.submodules.totals = mem = Memory(shape=W, depth=N, init=[],
+                                           attrs={"ram_style": "block"})
+        rd = mem.read_port()
+        wr = mem.write_port()
+
+        cleared_mask = Const(sum(1 << k for k, c in enumerate(self.cleared) if c), N)
+        stale = Signal(N, init=(1 << N) - 1)     # totals in memory to be read as 0
+        idx = Signal(range(N))                   # visit, stage 1: read the total
+        hot = Signal(N, init=1)                  # … the same, one-hot
+        idx2 = Signal(range(N))                  # stage 2: add and write back
+        live2 = Signal()                         # stage 2 holds a visit (not after reset)
+        zero2 = Signal()                         # stage 2 reads its total as 0
+        amt2 = Signal(max(self.pending_width(k) for k in range(len(self.widths))))
+        m.d.sync += [idx.eq(Mux(idx == N - 1, 0, idx + 1)), hot.eq(hot.rotate_left(1)),
+                     idx2.eq(idx), live2.eq(1)]
+        m.d.comb += [rd.addr.eq(idx), rd.en.eq(1)]
+
+        amt = Const(0, len(amt2))
+        for k, w in enumerate(self.widths):
+            inc = Signal(w, name=f"inc{k}_r")
+            pending = Signal(self.pending_width(k), name=f"pending{k}")
+            m.d.sync += [inc.eq(self.inc[k]),
+                         pending.eq(Mux(hot[k], 0, pending) + inc)]
+            if self.cleared[k]:
+                with m.If(self.clear):
+                    m.d.sync += [inc.eq(0), pending.eq(0)]
+            amt = amt | (pending & hot[k].replicate(len(pending)))
+        m.d.sync += [amt2.eq(amt), zero2.eq((stale & hot).any())]
+        with m.If(self.clear & (cleared_mask & hot).any()):
+            m.d.sync += [amt2.eq(0), zero2.eq(1)]
+
+        total = Signal(W + 1)
+        value = Signal(W)
+        m.d.comb += [
+            total.eq(Mux(zero2, 0, rd.data) + amt2),
+            value.eq(Mux(total[W], (1 << W) - 1, total[:W])),
+            wr.addr.eq(idx2), wr.data.eq(value), wr.en.eq(live2),
+        ]
+        visited = Signal(N)                      # the total written back this clock
+        m.d.comb += visited.eq(Mux(live2, 1 << idx2, 0))
+        # a clear wins over this clock's write
+        m.d.sync += stale.eq((stale & ~visited) | Mux(self.clear, cleared_mask, 0))
+
+        m.d.sync += [self.rd_valid.eq(self.rd_req & live2 & (idx2 == self.rd_index)),
+                     self.rd_value.eq(value)]
+        return m
