@@ -36,16 +36,16 @@ class CounterBank(wiring.Component):
     Ports
     -----
     inc0, inc1, … : In(increments[k])
-        The increments (registered here before they are added); :attr:`inc` lists them.
+        The increments; :attr:`inc` lists them.
     clear : In(1)
         Strobe: the ``cleared`` counters restart from 0 (increments of this clock are lost,
         as under a reset).
     rd_index : In(range(count)), rd_req : In(1)
         While ``rd_req`` is high, ask for the total of counter ``rd_index``.
     rd_valid : Out(1), rd_value : Out(width)
-        ``rd_value`` is the total of counter ``rd_index`` in the clock ``rd_valid`` is high,
-        at most ``count`` clocks after ``rd_req`` rose: every increment presented four clocks
-        before or earlier, since the last ``clear`` two clocks before or earlier.
+        ``rd_value`` is the total of counter ``rd_index`` in the clock ``rd_valid`` is high
+        (within ``count`` clocks of ``rd_req``, combinationally from both): every increment
+        presented before that clock and after the last ``clear`` before it.
     """
 
     def __init__(self, increments, *, cleared=None, width: int = 32):
@@ -79,44 +79,37 @@ class CounterBank(wiring.Component):
         rd = mem.read_port()
         wr = mem.write_port()
 
-        cleared_mask = Const(sum(1 << k for k, c in enumerate(self.cleared) if c), N)
-        stale = Signal(N, init=(1 << N) - 1)     # totals in memory to be read as 0
-        idx = Signal(range(N))                   # visit, stage 1: read the total
-        hot = Signal(N, init=1)                  # … the same, one-hot
-        idx2 = Signal(range(N))                  # stage 2: add and write back
+        # A visit reads counter idx's total (stage 1), then adds its pending amount and
+        # writes the sum back (stage 2, the next clock); pending restarts in stage 2.
+        idx = Signal(range(N))
+        idx2 = Signal(range(N))
+        hot = Signal(N, init=1)                  # idx, one-hot
+        hot2 = Signal(N)                         # idx2, one-hot
         live2 = Signal()                         # stage 2 holds a visit (not after reset)
-        zero2 = Signal()                         # stage 2 reads its total as 0
-        amt2 = Signal(max(self.pending_width(k) for k in range(len(self.widths))))
         m.d.sync += [idx.eq(Mux(idx == N - 1, 0, idx + 1)), hot.eq(hot.rotate_left(1)),
                      idx2.eq(idx), live2.eq(1)]
-        m.d.comb += [rd.addr.eq(idx), rd.en.eq(1)]
+        m.d.comb += [rd.addr.eq(idx), rd.en.eq(1), hot2.eq(hot.rotate_right(1))]
 
-        amt = Const(0, len(amt2))
+        cleared = Const(sum(1 << k for k, c in enumerate(self.cleared) if c), N)
+        stale = Signal(N, init=(1 << N) - 1)     # totals in memory to be read as 0
+        amt = Const(0, 1)
         for k, w in enumerate(self.widths):
-            inc = Signal(w, name=f"inc{k}_r")
             pending = Signal(self.pending_width(k), name=f"pending{k}")
-            m.d.sync += [inc.eq(self.inc[k]),
-                         pending.eq(Mux(hot[k], 0, pending) + inc)]
+            m.d.sync += pending.eq(Mux(hot2[k], 0, pending) + self.inc[k])
             if self.cleared[k]:
                 with m.If(self.clear):
-                    m.d.sync += [inc.eq(0), pending.eq(0)]
-            amt = amt | (pending & hot[k].replicate(len(pending)))
-        m.d.sync += [amt2.eq(amt), zero2.eq((stale & hot).any())]
-        with m.If(self.clear & (cleared_mask & hot).any()):
-            m.d.sync += [amt2.eq(0), zero2.eq(1)]
+                    m.d.sync += pending.eq(0)
+            amt = amt | (pending & hot2[k].replicate(len(pending)))
 
         total = Signal(W + 1)
         value = Signal(W)
         m.d.comb += [
-            total.eq(Mux(zero2, 0, rd.data) + amt2),
+            total.eq(Mux((stale & hot2).any(), 0, rd.data) + amt),
             value.eq(Mux(total[W], (1 << W) - 1, total[:W])),
             wr.addr.eq(idx2), wr.data.eq(value), wr.en.eq(live2),
         ]
-        visited = Signal(N)                      # the total written back this clock
-        m.d.comb += visited.eq(Mux(live2, 1 << idx2, 0))
-        # a clear wins over this clock's write
-        m.d.sync += stale.eq((stale & ~visited) | Mux(self.clear, cleared_mask, 0))
-
-        m.d.sync += [self.rd_valid.eq(self.rd_req & live2 & (idx2 == self.rd_index)),
+        # a clear wins over this clock's write (which is then of a total from before it)
+        m.d.sync += stale.eq((stale & ~Mux(live2, hot2, 0)) | Mux(self.clear, cleared, 0))
+        m.d.comb += [self.rd_valid.eq(self.rd_req & live2 & (idx2 == self.rd_index)),
                      self.rd_value.eq(value)]
         return m
