@@ -25,12 +25,12 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from mozi.firmware import protocol as proto
+from mozi.firmware.counter_bank import CounterBank
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import MIN_DIVISOR
-from mozi.hdl.common import saturating_counter
 
 __all__ = ["BufferReader", "Deframer", "Framer", "Link", "UART_REGISTERS", "connect_host",
-           "end_command", "host_port", "register_port_name"]
+           "counter_port_name", "end_command", "host_port", "register_port_name"]
 
 _SYNC0, _SYNC1 = proto.SYNC
 #: Registers every link implements itself.
@@ -38,6 +38,9 @@ LINK_REGISTERS = ("ID", "VERSION", "ROLE", "CTRL", "LINK_MAX_PAYLOAD", "LINK_CRC
                   "LINK_FRAMING_ERRORS", "LINK_RETRIES")
 #: Registers of a link whose physical layer is a UART.
 UART_REGISTERS = ("UART_DIVISOR", "LINK_OVERFLOWS")
+#: The link's own counters in its :class:`CounterBank`, with their increment widths (up to
+#: two framing errors a clock); ``LINK_OVERFLOWS`` counts ``counter_port_name`` strobes.
+LINK_COUNTERS = {"LINK_CRC_ERRORS": 1, "LINK_FRAMING_ERRORS": 2, "LINK_RETRIES": 1}
 _VALUE_BITS = 8 * proto.MAX_REGISTER_BYTES
 
 
@@ -70,7 +73,7 @@ def connect_host(m: Module, top, link: Link, uart) -> None:
     wiring.connect(m, uart.o, link.i)
     wiring.connect(m, link.o, uart.i)
     m.d.comb += [uart.rx.eq(top.rx), top.tx.eq(uart.tx),
-                 getattr(link, register_port_name("LINK_OVERFLOWS")).eq(uart.overflows)]
+                 getattr(link, counter_port_name("LINK_OVERFLOWS")).eq(uart.lost)]
     # a new rate takes effect once the ACK of its write has left at the old one
     divisor = getattr(link, register_port_name("UART_DIVISOR"))
     rate = Signal.like(divisor, init=divisor.init)
@@ -82,6 +85,11 @@ def connect_host(m: Module, top, link: Link, uart) -> None:
 def register_port_name(name: str) -> str:
     """The :class:`Link` port of register ``name`` (``SA_PERIOD`` → ``reg_sa_period``)."""
     return "reg_" + name.lower()
+
+
+def counter_port_name(name: str) -> str:
+    """The :class:`Link` port that increments counter ``name`` (``RX_LOST`` → ``inc_rx_lost``)."""
+    return "inc_" + name.lower()
 
 
 def _shape(reg: proto.Register):
@@ -168,8 +176,9 @@ class Deframer(wiring.Component):
         A good frame is in the buffer; taking it releases the buffer.
     bad : Out(stream.Signature(8))
         A frame was dropped (bad CRC or oversize length): its sequence byte as received.
-    framing_errors, crc_errors : Out(32)
-        Saturating counts, as ``LINK_FRAMING_ERRORS`` and ``LINK_CRC_ERRORS``.
+    framing_inc : Out(2), crc_inc : Out(1)
+        Framing errors (bytes skipped, oversize lengths) and CRC errors of this clock, for
+        ``LINK_FRAMING_ERRORS`` and ``LINK_CRC_ERRORS``.
     waiting : Out(1)
         Waiting for a byte (no complete frame held).
     """
@@ -181,7 +190,7 @@ class Deframer(wiring.Component):
             "w_addr": Out(range(max_payload)), "w_data": Out(8), "w_en": Out(1),
             "frame": Out(stream.Signature(frame_layout(max_payload))),
             "bad": Out(stream.Signature(8)),
-            "framing_errors": Out(32), "crc_errors": Out(32),
+            "framing_inc": Out(2), "crc_inc": Out(1),
             "waiting": Out(1),
         })
 
@@ -192,17 +201,11 @@ class Deframer(wiring.Component):
         count = Signal(range(max(self.max_payload, 4) + 1))
         byte = self.i.payload
         take = self.i.valid & self.i.ready
-        framing_inc = Signal(2)          # 0, 1 or 2 bytes skipped this clock
-        crc_inc = Signal()
+        framing_inc = self.framing_inc   # 0, 1 or 2 bytes skipped this clock
+        crc_inc = self.crc_inc
         m.d.comb += [crc.data.eq(byte), self.w_data.eq(byte), self.w_addr.eq(count),
                      self.waiting.eq(self.i.ready)]
 
-        fe = Signal(33)                  # saturating, with up to 2 per clock
-        fe_inc = Signal.like(framing_inc)  # counted a clock later: the parser's decisions
-        m.d.sync += [fe_inc.eq(framing_inc),  # reach a register, not the 33-bit adder
-                     fe.eq(Mux(fe[32], fe, fe + fe_inc))]
-        m.d.comb += self.framing_errors.eq(fe[:32] | fe[32].replicate(32))
-        saturating_counter(m, self.crc_errors, crc_inc)
 
         with m.FSM():
             with m.State("SYNC0"):
@@ -366,7 +369,13 @@ class Link(wiring.Component):
     registers : sequence of str
         The registers of the role top, beyond :data:`LINK_REGISTERS`. Each gets a port named
         by :func:`register_port_name`: ``Out`` (the register's storage) for a ``rw`` register,
-        ``In`` (the value to read) for a ``ro`` one, with the register's width and sign.
+        ``In`` (the value to read) for a ``ro`` one, with the register's width and sign —
+        except counters.
+    counters : dict of str to int
+        Of those, the saturating counters the link keeps in its :class:`CounterBank` (with
+        :data:`LINK_COUNTERS` and ``LINK_OVERFLOWS``), by the width of their increment: each
+        gets an ``In`` port named by :func:`counter_port_name`, added to the count every
+        clock. ``CTRL`` bit 0 clears them, but not the link's own.
     opcodes : sequence of Opcode
         Requests handed to the role top on ``cmd``.
     init : dict of str to int
@@ -399,12 +408,11 @@ class Link(wiring.Component):
     cmd_done : In(stream.Signature({opcode: 8, error: 1}))
         Ends the request: with ``error`` the response is ``ERROR`` with code ``opcode``, and
         any ``cmd_tx`` bytes are discarded; otherwise the response opcode.
-    framing_errors, crc_errors : Out(32)
     idle : Out(1)
         Nothing in progress: no frame partly received, no request executing, no byte to send.
     """
 
-    def __init__(self, *, role: int, registers=(), opcodes=(), init=None,
+    def __init__(self, *, role: int, registers=(), opcodes=(), counters=None, init=None,
                  max_payload: int = proto.DEVICE_MAX_PAYLOAD):
         self.role = role
         self.max_payload = max_payload
@@ -412,6 +420,19 @@ class Link(wiring.Component):
         names = list(LINK_REGISTERS) + [n for n in registers if n not in LINK_REGISTERS]
         self.registers = [proto.register(n) for n in names]
         self.init = dict(init or {})
+        self.counters = dict(LINK_COUNTERS)
+        if "LINK_OVERFLOWS" in names:
+            self.counters["LINK_OVERFLOWS"] = 1
+        for name, width in (counters or {}).items():
+            reg = proto.register(name)
+            if name not in names or reg.access != "ro" or reg.signed:
+                raise ValueError(f"counter {name} must be an unsigned read-only register "
+                                 "of the link")
+            self.counters[name] = width
+        widths = {proto.register(n).width for n in self.counters}
+        if len(widths) != 1:
+            raise ValueError(f"counters of different widths: {sorted(self.counters)}")
+        self.counter_width = widths.pop()
         ports = {
             "i": In(stream.Signature(8)), "o": Out(stream.Signature(8)),
             "w_addr": Out(16), "w_value": Out(_VALUE_BITS),
@@ -423,11 +444,13 @@ class Link(wiring.Component):
             "cmd_rx": Out(stream.Signature(8)),
             "cmd_tx": In(stream.Signature(8)),
             "cmd_done": In(stream.Signature(data.StructLayout({"opcode": 8, "error": 1}))),
-            "framing_errors": Out(32), "crc_errors": Out(32),
             "idle": Out(1),
         }
+        for name, width in self.counters.items():
+            if name not in LINK_COUNTERS:
+                ports[counter_port_name(name)] = In(width)
         for reg in self.registers:
-            if reg.name in LINK_REGISTERS:
+            if reg.name in LINK_REGISTERS or reg.name in self.counters:
                 continue
             ports[register_port_name(reg.name)] = \
                 Out(_shape(reg), init=self.init.get(reg.name, 0)) if reg.access == "rw" \
@@ -452,7 +475,6 @@ class Link(wiring.Component):
             rx_w.addr.eq(dfr.w_addr), rx_w.data.eq(dfr.w_data), rx_w.en.eq(dfr.w_en),
             rx_r.addr.eq(rd.addr), rx_r.en.eq(rd.en), rd.data.eq(rx_r.data),
             tx_r.addr.eq(fr.r_addr), tx_r.en.eq(fr.r_en), fr.r_data.eq(tx_r.data),
-            self.framing_errors.eq(dfr.framing_errors), self.crc_errors.eq(dfr.crc_errors),
         ]
         hdr = dfr.frame.payload
         m.d.comb += rd.length.eq(hdr.length)
@@ -470,19 +492,29 @@ class Link(wiring.Component):
         last_seq = Signal(8)
         last_crc = Signal(16)
         last = Signal(send_layout(P))
-        retries = Signal(32)
         retry_inc = Signal()
-        saturating_counter(m, retries, retry_inc)
+
+        # ---- counters ----------------------------------------------------------------------
+        counter_names = list(self.counters)
+        m.submodules.counters = bank = CounterBank(
+            [self.counters[n] for n in counter_names],
+            cleared=[proto.register(n).block != "link" for n in counter_names],
+            width=self.counter_width)
+        sources = {"LINK_CRC_ERRORS": dfr.crc_inc, "LINK_FRAMING_ERRORS": dfr.framing_inc,
+                   "LINK_RETRIES": retry_inc}
+        for k, name in enumerate(counter_names):
+            m.d.comb += bank.inc[k].eq(sources[name] if name in sources
+                                       else getattr(self, counter_port_name(name)))
+        m.d.comb += bank.clear.eq(self.soft_reset)
 
         # ---- registers -------------------------------------------------------------------
         values = {
             "ID": Const(proto.DEVICE_ID, 32), "VERSION": Const(proto.PROTOCOL_VERSION, 16),
             "ROLE": Const(self.role, 8), "CTRL": Const(0, 8),
-            "LINK_MAX_PAYLOAD": Const(P, 16), "LINK_CRC_ERRORS": dfr.crc_errors,
-            "LINK_FRAMING_ERRORS": dfr.framing_errors, "LINK_RETRIES": retries,
+            "LINK_MAX_PAYLOAD": Const(P, 16),
         }
         for reg in self.registers:
-            if reg.name not in values:
+            if reg.name not in values and reg.name not in self.counters:
                 values[reg.name] = getattr(self, register_port_name(reg.name))
         addr = Signal(16)
         value = Signal(_VALUE_BITS)          # assembled MSB-first from the wire
@@ -490,15 +522,21 @@ class Link(wiring.Component):
         writable = Signal()
         nbytes = Signal(range(proto.MAX_REGISTER_BYTES + 1))
         high_clear = Signal()                # no bit set above the register's width
+        # (a value is nbytes bytes shifted into zeros, so only its top byte can break that)
         value_ok = Signal()                  # … and the value obeys the register's rules
         read_value = Signal(_VALUE_BITS)
+        is_counter = Signal()                # … its value comes from the counter bank
         with m.Switch(addr):
             for reg in self.registers:
                 with m.Case(reg.address):
                     m.d.comb += [known.eq(1), writable.eq(reg.access == "rw"),
                                  nbytes.eq(reg.nbytes),
-                                 high_clear.eq((value >> reg.width) == 0),
-                                 read_value.eq(values[reg.name].as_unsigned())]
+                                 high_clear.eq(value[reg.width:8 * reg.nbytes] == 0)]
+                    if reg.name in self.counters:
+                        m.d.comb += [is_counter.eq(1),
+                                     bank.rd_index.eq(counter_names.index(reg.name))]
+                    else:
+                        m.d.comb += read_value.eq(values[reg.name].as_unsigned())
         m.d.comb += [self.w_addr.eq(addr), self.w_value.eq(value)]
         do_write = self.w_en
         with m.If(do_write):
@@ -620,7 +658,10 @@ class Link(wiring.Component):
                     with m.Else():
                         m.d.sync += [latched.eq(read_value), count.eq(0),
                                      resp_op.eq(Opcode.REG_VALUE.value)]
-                        m.next = "REG_VALUE"
+                        with m.If(is_counter):
+                            m.next = "REG_COUNT"
+                        with m.Else():
+                            m.next = "REG_VALUE"
                 with m.Elif(hdr.length != 2 + nbytes):
                     respond_error(ErrorCode.BAD_REQUEST.value)
                 with m.Elif(~writable):
@@ -628,6 +669,11 @@ class Link(wiring.Component):
                 with m.Else():
                     m.d.sync += count.eq(0)
                     m.next = "REG_DATA"
+            with m.State("REG_COUNT"):              # the counter's total at its next visit
+                m.d.comb += bank.rd_req.eq(1)
+                with m.If(bank.rd_valid):
+                    m.d.sync += latched.eq(bank.rd_value)
+                    m.next = "REG_VALUE"
             with m.State("REG_VALUE"):
                 # the address, then the value's nbytes bytes, MSB first
                 m.d.comb += tx_put.eq(1)

@@ -474,9 +474,10 @@ class Register:
         Which part of the firmware implements it.
     doc : str
     port : str or None
-        The gateware port the register drives or reads (a dotted path from the role top);
-        its width equals :attr:`width` (checked by a test). ``None`` for a constant or a
-        counter of the top's own.
+        The gateware port the register drives or reads (a dotted path from the role top) —
+        for a counter the link keeps, the core's own count of the same events; its width
+        equals :attr:`width` (checked by a test). ``None`` for a constant or a counter of the
+        top's own.
     """
 
     name: str

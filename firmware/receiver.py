@@ -16,7 +16,7 @@ later event (at the very end of a block) appear only in ``lost_count``, so the h
 counters at the end of every block.
 """
 
-from amaranth import Cat, Const, Elaboratable, Module, Mux, ResetInserter, Signal, signed
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out, connect
@@ -25,6 +25,7 @@ from mozi.firmware.link import (
     UART_REGISTERS,
     Link,
     connect_host,
+    counter_port_name,
     end_command,
     host_port,
     register_port_name,
@@ -32,8 +33,7 @@ from mozi.firmware.link import (
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import UART
 from mozi.hdl.basis_decoder import BasisDecoder
-from mozi.hdl.common import saturating_counter
-from mozi.hdl.layouts import detection_layout, tag_event_layout
+from mozi.hdl.layouts import LOST_WIDTH, detection_layout, tag_event_layout
 from mozi.hdl.slot_assigner import SlotAssigner
 from mozi.hdl.time_tagger import TimeTagger
 
@@ -82,6 +82,8 @@ class ReceiverCores(wiring.Component):
     lost_count, rejected_count, dropped_count : Out(32)
         Events dropped by the tagger (output backed up), rejected by the window, and dropped
         by the decoder (empty mask).
+    lost_inc, rejected_inc, dropped_inc : Out(1)
+        High for one clock per event each of those counts (for the link's counter bank).
     """
 
     def __init__(self, *, phases: int = 2, timestamp_width: int = 48, slot_width: int = 48,
@@ -107,6 +109,7 @@ class ReceiverCores(wiring.Component):
             "lost_count": Out(32),
             "rejected_count": Out(32),
             "dropped_count": Out(32),
+            "lost_inc": Out(1), "rejected_inc": Out(1), "dropped_inc": Out(1),
         })
 
     def elaborate(self, platform):
@@ -139,33 +142,10 @@ class ReceiverCores(wiring.Component):
             self.lost_count.eq(tagger.lost_count),
             self.rejected_count.eq(assigner.rejected_count),
             self.dropped_count.eq(decoder.dropped),
+            self.lost_inc.eq(tagger.drop),
+            self.rejected_inc.eq(assigner.reject),
+            self.dropped_inc.eq(decoder.drop),
         ]
-        return m
-
-
-class _RoleCounters(Elaboratable):
-    """The receiver's own counters (``RX_EVENTS``, ``RX_LOST``, ``RX_DETECTIONS``,
-    ``RX_MULTI``), 32-bit saturating, in one module so that ``CTRL`` can reset them."""
-
-    def __init__(self):
-        self.event = Signal()
-        self.lost = Signal(16)
-        self.detection = Signal()
-        self.multi = Signal()
-        self.events = Signal(32)
-        self.lost_sum = Signal(32)
-        self.detections = Signal(32)
-        self.multis = Signal(32)
-
-    def elaborate(self, platform):
-        m = Module()
-        saturating_counter(m, self.events, self.event)
-        saturating_counter(m, self.detections, self.detection)
-        saturating_counter(m, self.multis, self.detection & self.multi)
-        total = Signal(33)
-        with m.If(self.event):
-            m.d.sync += total.eq(Mux(total[32], total, total + self.lost))
-        m.d.comb += self.lost_sum.eq(total[:32] | total[32].replicate(32))
         return m
 
 
@@ -211,6 +191,9 @@ class Receiver(wiring.Component):
                  "TT_DEAD_TIME", "TT_PHASES", "TT_SOURCE", "RX_EVENTS", "RX_REJECTED", "RX_LOST",
                  "RX_DETECTIONS", "RX_MULTI", "RX_RANDOM_LEVEL", "RX_RANDOM_CAPACITY",
                  "RX_DROPPED", "RX_TAGGER_LOST")
+    #: Of those, the counters the link keeps, by the width of their increment.
+    COUNTERS = {"RX_EVENTS": 1, "RX_REJECTED": 1, "RX_LOST": LOST_WIDTH, "RX_DETECTIONS": 1,
+                "RX_MULTI": 1, "RX_DROPPED": 1, "RX_TAGGER_LOST": 1}
 
     def __init__(self, *, phases: int = 2, max_payload: int = proto.DEVICE_MAX_PAYLOAD,
                  frac_bits: int = 16, uart: bool = False, uart_divisor: int = 16):
@@ -223,6 +206,7 @@ class Receiver(wiring.Component):
         self.link = Link(role=1, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
                          opcodes=(Opcode.RANDOM_WORDS, Opcode.TAG_EVENTS,
                                   Opcode.LIVE_DETECTIONS),
+                         counters=self.COUNTERS,
                          init={"SA_PERIOD": one, "SA_WINDOW_END": one,
                                "UART_DIVISOR": uart_divisor},
                          max_payload=max_payload)
@@ -236,10 +220,11 @@ class Receiver(wiring.Component):
         m.submodules.link = link
         m.submodules.cores = ResetInserter(rst)(cores)
         m.submodules.random_fifo = ResetInserter(rst)(fifo)
-        m.submodules.counters = cnt = ResetInserter(rst)(_RoleCounters())
         connect_host(m, self, link, self.uart)
         connect(m, fifo.r_stream, cores.rand)
-        reg = {name: getattr(link, register_port_name(name)) for name in self.REGISTERS}
+        reg = {name: getattr(link, register_port_name(name)) for name in self.REGISTERS
+               if name not in self.COUNTERS}
+        inc = {name: getattr(link, counter_port_name(name)) for name in self.COUNTERS}
         assigner = cores.assigner
         m.d.comb += [
             cores.pins.eq(self.pins),
@@ -251,13 +236,9 @@ class Receiver(wiring.Component):
             cores.window_end.eq(reg["SA_WINDOW_END"]),
             reg["SA_FRAC_BITS"].eq(self.frac_bits),
             reg["TT_PHASES"].eq(self.phases),
-            reg["RX_EVENTS"].eq(cnt.events),
-            reg["RX_LOST"].eq(cnt.lost_sum),
-            reg["RX_DETECTIONS"].eq(cnt.detections),
-            reg["RX_MULTI"].eq(cnt.multis),
-            reg["RX_REJECTED"].eq(cores.rejected_count),
-            reg["RX_DROPPED"].eq(cores.dropped_count),
-            reg["RX_TAGGER_LOST"].eq(cores.lost_count),
+            inc["RX_REJECTED"].eq(cores.rejected_inc),
+            inc["RX_DROPPED"].eq(cores.dropped_inc),
+            inc["RX_TAGGER_LOST"].eq(cores.lost_inc),
             reg["RX_RANDOM_LEVEL"].eq(fifo.level),
             reg["RX_RANDOM_CAPACITY"].eq(RANDOM_DEPTH),
         ]
@@ -298,7 +279,7 @@ class Receiver(wiring.Component):
             flags = Cat(det.basis, det.bit, det.multi, Const(0, 5))
             m.d.sync += [ser.eq(Cat(det.lost[:8], det.lost[8:16], flags, det.slot)),
                          ser_left.eq(proto.DETECTION_BYTES)]
-            m.d.comb += [cnt.detection.eq(1), cnt.multi.eq(det.multi)]
+            m.d.comb += [inc["RX_DETECTIONS"].eq(1), inc["RX_MULTI"].eq(det.multi)]
         drained = Signal()
         m.d.comb += drained.eq(assigner.idle & ~assigner.o.valid & ~cores.o.valid &
                                (ser_left == 0))
@@ -321,8 +302,9 @@ class Receiver(wiring.Component):
             end_command(m, done, opcode, error)
 
         inj = cores.inject
-        m.d.comb += [cnt.event.eq(assigner.i.valid & assigner.i.ready),
-                     cnt.lost.eq(assigner.i.payload.lost)]
+        event = assigner.i.valid & assigner.i.ready
+        m.d.comb += [inc["RX_EVENTS"].eq(event),
+                     inc["RX_LOST"].eq(Mux(event, assigner.i.payload.lost, 0))]
         clocks = Signal(32)
         live_max = Signal(16)
         live_got = Signal(16)

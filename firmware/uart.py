@@ -13,7 +13,6 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import saturating_counter
 
 __all__ = ["MIN_DIVISOR", "UART"]
 
@@ -39,8 +38,9 @@ class UART(wiring.Component):
         Received bytes.
     i : In(stream.Signature(8))
         Bytes to send.
-    overflows : Out(32)
-        Bytes lost: the FIFO was full, or the stop bit was 0 (saturating).
+    lost : Out(1)
+        A byte is lost this clock: the FIFO was full, or its stop bit was 0 (the link counts
+        these in ``LINK_OVERFLOWS``).
     tx_busy : Out(1)
         A byte is being sent.
     """
@@ -50,7 +50,7 @@ class UART(wiring.Component):
     divisor: In(16)
     o: Out(stream.Signature(8))
     i: In(stream.Signature(8))
-    overflows: Out(32)
+    lost: Out(1)
     tx_busy: Out(1)
 
     def __init__(self, fifo_depth: int = 32):
@@ -63,8 +63,7 @@ class UART(wiring.Component):
         wiring.connect(m, fifo.r_stream, wiring.flipped(self.o))
         rx = Signal(init=1)
         m.submodules.rx_sync = FFSynchronizer(self.rx, rx, init=1)
-        lost = Signal()
-        saturating_counter(m, self.overflows, lost)
+        lost = self.lost
 
         # ---- receiver ---------------------------------------------------------------------
         r_timer = Signal(16)

@@ -45,6 +45,8 @@ class BasisDecoder(wiring.Component):
         produce no output; their ``lost`` count is not discarded but added (saturating) to the
         ``lost`` of the next emitted detection, as for every receiver core. Counted one clock
         after the event.
+    drop : Out(1)
+        High for one clock per such event, as ``dropped`` counts it.
 
     Notes
     -----
@@ -69,6 +71,7 @@ class BasisDecoder(wiring.Component):
             "rand": In(stream.Signature(2)),
             "o": Out(stream.Signature(detection_layout(slot_width))),
             "dropped": Out(32),
+            "drop": Out(1),
         })
 
     def elaborate(self, platform):
@@ -139,7 +142,7 @@ class BasisDecoder(wiring.Component):
             ]
         with m.If(fire & ~valid):
             m.d.sync += [carry.eq(lost), pending.eq(1)]
-        drop = Signal()             # counted one clock later, from a register (short paths)
+        drop = self.drop            # counted one clock later, from a register (short paths)
         m.d.sync += drop.eq(fire & ~valid)
         saturating_counter(m, self.dropped, drop)
         return m

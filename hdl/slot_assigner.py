@@ -134,6 +134,9 @@ class SlotAssigner(wiring.Component):
         No event in processing and no flush pending.
     rejected_count : Out(rejected_width)
         Events dropped as out of window or before slot 0 since reset (saturating).
+    reject : Out(1)
+        High for one clock per rejected event, as ``rejected_count`` counts it (for a counter
+        kept elsewhere).
     """
 
     def __init__(self, *, timestamp_width: int = 48, slot_width: int = 48, frac_bits: int = 16,
@@ -170,6 +173,7 @@ class SlotAssigner(wiring.Component):
             "flush": In(1),
             "idle": Out(1),
             "rejected_count": Out(rejected_width),
+            "reject": Out(1),
         })
 
     def event_cycles(self, x: int | None, *, from_base: bool, load: int = 0) -> int:
@@ -267,7 +271,7 @@ class SlotAssigner(wiring.Component):
         rej_lo_full = Signal()
         m.d.sync += [rej_full.eq(self.rejected_count == rej_max),
                      rej_lo_full.eq(rej_lo == (1 << rw_lo) - 1)]
-        rej_pulse = Signal()        # counted one clock after the decision (short paths)
+        rej_pulse = self.reject     # counted one clock after the decision (short paths)
         m.d.sync += rej_pulse.eq(0)
         with m.If(rej_pulse & ~rej_full):
             m.d.sync += rej_lo.eq(rej_lo + 1)

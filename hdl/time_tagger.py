@@ -85,6 +85,8 @@ class TimeTagger(wiring.Component):
     lost_count : Out(lost_count_width)
         Total number of events dropped since reset (saturating; counted one clock after the
         drop).
+    drop : Out(1)
+        High for one clock per dropped event, as ``lost_count`` counts it.
     """
 
     def __init__(self, *, channels: int = 4, phases: int = 1, timestamp_width: int = 48,
@@ -108,6 +110,7 @@ class TimeTagger(wiring.Component):
             "dead_time": In(dead_time_width),
             "o": Out(stream.Signature(self.event_layout)),
             "lost_count": Out(lost_count_width),
+            "drop": Out(1),
         })
 
     def elaborate(self, platform):
@@ -209,7 +212,7 @@ class TimeTagger(wiring.Component):
                                               depth=self.fifo_depth)
         # drops since the last write; the top bit, once set, saturates it (no wide compare)
         pending = Signal(LOST_WIDTH + 1)
-        drop = Signal()
+        drop = self.drop
         m.d.sync += drop.eq(0)
         entry = Signal(self.event_layout)
         m.d.comb += [

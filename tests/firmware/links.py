@@ -146,13 +146,18 @@ def frames(data: bytes) -> list[proto.Frame]:
 
 
 def check_register_ports(top, names) -> None:
-    """Every register of a role top has the width (and signedness) of its link port, and of
-    the core port it drives (:attr:`Register.port`, a path of attributes from the top)."""
+    """Every register of a role top has the width (and signedness) of its link port — for a
+    counter the link keeps, of its counter bank — and of the core port it drives or mirrors
+    (:attr:`Register.port`, a path of attributes from the top)."""
     for name in names:
         reg = proto.register(name)
-        port = getattr(top.link, f"reg_{name.lower()}")
-        assert len(port) == reg.width, name
-        assert port.shape().signed == reg.signed, name
+        if name in top.link.counters:
+            assert top.link.counter_width == reg.width and not reg.signed, name
+            assert hasattr(top.link, f"inc_{name.lower()}"), name
+        else:
+            port = getattr(top.link, f"reg_{name.lower()}")
+            assert len(port) == reg.width, name
+            assert port.shape().signed == reg.signed, name
         if reg.port:
             obj = top
             for part in reg.port.split("."):

@@ -18,7 +18,7 @@ def test_basis_decoder_rtl(slot_width, channels):
 def test_defaults_and_ports():
     core = BasisDecoder()
     assert core.slot_width == 48 and core.channels == 4
-    assert set(core.signature.members) == {"i", "rand", "o", "dropped"}
+    assert set(core.signature.members) == {"i", "rand", "o", "dropped", "drop"}
 
 
 @pytest.mark.parametrize("kwargs, exc", [
