@@ -93,7 +93,7 @@ class CounterBank(wiring.Component):
         cleared = Const(sum(1 << k for k, c in enumerate(self.cleared) if c), N)
         stale = Signal(N, init=(1 << N) - 1)     # totals in memory to be read as 0
         amt = Const(0, 1)
-        for k, w in enumerate(self.widths):
+        for k in range(len(self.widths)):
             pending = Signal(self.pending_width(k), name=f"pending{k}")
             m.d.sync += pending.eq(Mux(hot2[k], 0, pending) + self.inc[k])
             if self.cleared[k]:
