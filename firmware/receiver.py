@@ -257,32 +257,38 @@ class Receiver(wiring.Component):
             link.w_hold.eq(cores.config_busy & Cat(link.w_addr == a for a in sa_regs).any()),
             cores.rebase.eq(link.w_en & Cat(link.w_addr == a for a in base_regs).any()),
         ]
+        ge_we = Signal()                  # one comparator for both rules against the end
+        m.d.comb += ge_we.eq(v >= we)
         with m.Switch(link.w_addr):
             with m.Case(proto.register("SA_PERIOD").address):
-                m.d.comb += link.w_ok.eq((v != 0) & (v >= we))
+                m.d.comb += link.w_ok.eq((v != 0) & ge_we)
             with m.Case(proto.register("SA_WINDOW_START").address):
-                m.d.comb += link.w_ok.eq(v < we)
+                m.d.comb += link.w_ok.eq(~ge_we)
             with m.Case(proto.register("SA_WINDOW_END").address):
                 m.d.comb += link.w_ok.eq((v > ws) & (v <= period))
 
         # ---- detections → response bytes -------------------------------------------------
+        # a detection is sent byte by byte from the decoder's output register, and taken
+        # with its last byte (once begun, also after the request stops collecting)
         det = cores.o.payload
-        ser = Signal(8 * proto.DETECTION_BYTES)
-        ser_left = Signal(range(proto.DETECTION_BYTES + 1))
+        flags = Cat(det.basis, det.bit, det.multi, Const(0, 5))
+        wire = Cat(det.lost[:8], det.lost[8:16], flags, det.slot)      # last byte first
+        last = proto.DETECTION_BYTES - 1
+        byte_at = Signal(range(proto.DETECTION_BYTES), init=last)   # the byte to send next
         collecting = Signal()              # a request takes detections now
-        m.d.comb += [cores.o.ready.eq((ser_left == 0) & collecting),
-                     link.cmd_tx.payload.eq(ser[-8:]),
-                     link.cmd_tx.valid.eq(ser_left != 0)]
+        sending = Signal()
+        m.d.comb += [
+            sending.eq(cores.o.valid & (collecting | (byte_at != last))),
+            link.cmd_tx.valid.eq(sending),
+            link.cmd_tx.payload.eq(wire.word_select(byte_at, 8)),
+            cores.o.ready.eq(sending & link.cmd_tx.ready & (byte_at == 0)),
+        ]
         with m.If(link.cmd_tx.valid & link.cmd_tx.ready):
-            m.d.sync += [ser.eq(ser << 8), ser_left.eq(ser_left - 1)]
+            m.d.sync += byte_at.eq(Mux(byte_at == 0, last, byte_at - 1))
         with m.If(cores.o.valid & cores.o.ready):
-            flags = Cat(det.basis, det.bit, det.multi, Const(0, 5))
-            m.d.sync += [ser.eq(Cat(det.lost[:8], det.lost[8:16], flags, det.slot)),
-                         ser_left.eq(proto.DETECTION_BYTES)]
             m.d.comb += [inc["RX_DETECTIONS"].eq(1), inc["RX_MULTI"].eq(det.multi)]
         drained = Signal()
-        m.d.comb += drained.eq(assigner.idle & ~assigner.o.valid & ~cores.o.valid &
-                               (ser_left == 0))
+        m.d.comb += drained.eq(assigner.idle & ~assigner.o.valid & ~cores.o.valid)
 
         # ---- requests ----------------------------------------------------------------------
         cmd = link.cmd.payload
@@ -306,8 +312,6 @@ class Receiver(wiring.Component):
         m.d.comb += [inc["RX_EVENTS"].eq(event),
                      inc["RX_LOST"].eq(Mux(event, assigner.i.payload.lost, 0))]
         clocks = Signal(32)
-        live_max = Signal(16)
-        live_got = Signal(16)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += link.cmd.ready.eq(1)
@@ -337,18 +341,19 @@ class Receiver(wiring.Component):
                 with m.Elif(ev[32:48] > self.max_payload // proto.DETECTION_BYTES):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
-                    m.d.sync += [live_max.eq(ev[32:48]), clocks.eq(ev[:32]), live_got.eq(0)]
+                    # the detections still wanted count down in `events`
+                    m.d.sync += [events.eq(ev[32:48]), clocks.eq(ev[:32])]
                     m.next = "LD_RUN"
             with m.State("LD_RUN"):
                 m.d.comb += collecting.eq(1)
-                m.d.sync += clocks.eq(clocks - (clocks != 0))
+                m.d.sync += clocks.eq(clocks - 1)
                 with m.If(cores.o.valid & cores.o.ready):
-                    m.d.sync += live_got.eq(live_got + 1)
-                with m.If((clocks == 0) | (live_got == live_max)):
+                    m.d.sync += events.eq(events - 1)
+                with m.If((clocks == 0) | (events == 0)):
                     m.d.comb += collecting.eq(0)
                     m.next = "LD_END"
-            with m.State("LD_END"):                   # the last detection leaves the register
-                with m.If(ser_left == 0):
+            with m.State("LD_END"):                   # a detection begun is sent whole
+                with m.If(byte_at == last):
                     finish(Opcode.DETECTIONS)
             with m.State("TE_SOURCE"):
                 with m.If(reg["TT_SOURCE"]):

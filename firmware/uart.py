@@ -74,27 +74,28 @@ class UART(wiring.Component):
                 with m.If(~rx):                               # start bit edge
                     # the synchroniser and this state delay the edge by 2 clocks and START
                     # samples T + 1 clocks on: T = divisor / 2 - 1 samples the bit's middle
-                    m.d.sync += r_timer.eq((self.divisor >> 1) - 1)
+                    # (the timers count from T + 1 down to 1: no subtractor on the divisor)
+                    m.d.sync += r_timer.eq(self.divisor >> 1)
                     m.next = "START"
             with m.State("START"):
-                with m.If(r_timer == 0):
+                with m.If(r_timer == 1):
                     with m.If(rx):                            # a glitch, not a start bit
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [r_timer.eq(self.divisor - 1), r_bits.eq(0)]
+                        m.d.sync += [r_timer.eq(self.divisor), r_bits.eq(0)]
                         m.next = "DATA"
                 with m.Else():
                     m.d.sync += r_timer.eq(r_timer - 1)
             with m.State("DATA"):
-                with m.If(r_timer == 0):
+                with m.If(r_timer == 1):
                     m.d.sync += [r_shift.eq(Mux(rx, 0x80, 0) | (r_shift >> 1)),
-                                 r_timer.eq(self.divisor - 1), r_bits.eq(r_bits + 1)]
+                                 r_timer.eq(self.divisor), r_bits.eq(r_bits + 1)]
                     with m.If(r_bits == 7):
                         m.next = "STOP"
                 with m.Else():
                     m.d.sync += r_timer.eq(r_timer - 1)
             with m.State("STOP"):
-                with m.If(r_timer == 0):
+                with m.If(r_timer == 1):
                     m.d.comb += [fifo.w_stream.payload.eq(r_shift),
                                  fifo.w_stream.valid.eq(rx),
                                  lost.eq(~rx | ~fifo.w_stream.ready)]
@@ -115,17 +116,17 @@ class UART(wiring.Component):
                 with m.If(self.i.valid):
                     # start bit, 8 data bits LSB first, stop bit
                     m.d.sync += [t_shift.eq((self.i.payload << 1) | (1 << 9)),
-                                 t_timer.eq(self.divisor - 1), t_bits.eq(0),
+                                 t_timer.eq(self.divisor), t_bits.eq(0),
                                  self.tx.eq(0)]
                     m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += self.tx_busy.eq(1)
-                with m.If(t_timer == 0):
+                with m.If(t_timer == 1):
                     with m.If(t_bits == 9):
                         m.next = "IDLE"
                     with m.Else():
                         m.d.sync += [self.tx.eq(t_shift[1]), t_shift.eq(t_shift >> 1),
-                                     t_bits.eq(t_bits + 1), t_timer.eq(self.divisor - 1)]
+                                     t_bits.eq(t_bits + 1), t_timer.eq(self.divisor)]
                 with m.Else():
                     m.d.sync += t_timer.eq(t_timer - 1)
         return m
