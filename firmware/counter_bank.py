@@ -16,7 +16,7 @@ from amaranth import Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import check_int
+from mozi.hdl.common import check_int, collision_free_read
 
 __all__ = ["CounterBank"]
 
@@ -76,8 +76,8 @@ class CounterBank(wiring.Component):
         N, W = self.count, self.width
         m.submodules.totals = mem = Memory(shape=W, depth=N, init=[],
                                            attrs={"ram_style": "block"})
-        rd = mem.read_port()
         wr = mem.write_port()
+        rd, rd_data = collision_free_read(m, mem)   # idx2 (written) is never idx (read)
 
         # A visit reads counter idx's total (stage 1), then adds its pending amount and
         # writes the sum back (stage 2, the next clock); pending restarts in stage 2.
@@ -88,7 +88,7 @@ class CounterBank(wiring.Component):
         live2 = Signal()                         # stage 2 holds a visit (not after reset)
         m.d.sync += [idx.eq(Mux(idx == N - 1, 0, idx + 1)), hot.eq(hot.rotate_left(1)),
                      idx2.eq(idx), live2.eq(1)]
-        m.d.comb += [rd.addr.eq(idx), rd.en.eq(1), hot2.eq(hot.rotate_right(1))]
+        m.d.comb += [rd.addr.eq(idx), hot2.eq(hot.rotate_right(1))]
 
         cleared = Const(sum(1 << k for k, c in enumerate(self.cleared) if c), N)
         stale = Signal(N, init=(1 << N) - 1)     # totals in memory to be read as 0
@@ -104,7 +104,7 @@ class CounterBank(wiring.Component):
         total = Signal(W + 1)
         value = Signal(W)
         m.d.comb += [
-            total.eq(Mux((stale & hot2).any(), 0, rd.data) + amt),
+            total.eq(Mux((stale & hot2).any(), 0, rd_data) + amt),
             value.eq(Mux(total[W], (1 << W) - 1, total[:W])),
             wr.addr.eq(idx2), wr.data.eq(value), wr.en.eq(live2),
         ]

@@ -28,6 +28,7 @@ from mozi.firmware import protocol as proto
 from mozi.firmware.counter_bank import CounterBank
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import MIN_DIVISOR
+from mozi.hdl.common import collision_free_read
 
 __all__ = ["BufferReader", "Deframer", "Framer", "Link", "UART_REGISTERS", "connect_host",
            "counter_port_name", "end_command", "host_port", "register_port_name"]
@@ -462,19 +463,21 @@ class Link(wiring.Component):
         P = self.max_payload
         m.submodules.rx_mem = rx_mem = Memory(shape=8, depth=P, init=[])
         m.submodules.tx_mem = tx_mem = Memory(shape=8, depth=P, init=[])
-        rx_w = rx_mem.write_port()
-        rx_r = rx_mem.read_port()
-        tx_w = tx_mem.write_port()
-        tx_r = tx_mem.read_port()
         m.submodules.deframer = dfr = Deframer(P)
         m.submodules.framer = fr = Framer(P)
         m.submodules.reader = rd = BufferReader(P)
+        # a buffer is never read while it is written: the request buffer while the deframer
+        # holds a frame (and takes no byte), the response buffer once the framer is idle
+        rx_w = rx_mem.write_port()
+        rx_r, rx_data = collision_free_read(m, rx_mem, en=rd.en)
+        tx_w = tx_mem.write_port()
+        tx_r, tx_data = collision_free_read(m, tx_mem, en=fr.r_en)
         wiring.connect(m, wiring.flipped(self.i), dfr.i)
         wiring.connect(m, fr.o, wiring.flipped(self.o))
         m.d.comb += [
             rx_w.addr.eq(dfr.w_addr), rx_w.data.eq(dfr.w_data), rx_w.en.eq(dfr.w_en),
-            rx_r.addr.eq(rd.addr), rx_r.en.eq(rd.en), rd.data.eq(rx_r.data),
-            tx_r.addr.eq(fr.r_addr), tx_r.en.eq(fr.r_en), fr.r_data.eq(tx_r.data),
+            rx_r.addr.eq(rd.addr), rd.data.eq(rx_data),
+            tx_r.addr.eq(fr.r_addr), fr.r_data.eq(tx_data),
         ]
         hdr = dfr.frame.payload
         m.d.comb += rd.length.eq(hdr.length)

@@ -41,7 +41,7 @@ from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signe
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import check_int, saturating_counter
+from mozi.hdl.common import check_int, collision_free_read, saturating_counter
 from mozi.hdl.layouts import LOST_WIDTH, tag_event_layout
 
 __all__ = ["TimeTagger"]
@@ -291,11 +291,12 @@ class _EventFIFO(Elaboratable):
         m = Module()
         D = self.depth
         # Memory of a power of two words > depth - 1: pointers wrap by themselves and never
-        # meet while a word is being read.
+        # meet while a word is being read (so the read needs no collision logic).
         mem_depth = 1 << (D - 1).bit_length()
         m.submodules.storage = storage = Memory(shape=self.width, depth=mem_depth, init=[])
         w_port = storage.write_port()
-        r_port = storage.read_port(domain="sync")
+        do_read = Signal()                  # memory → output register
+        r_port, r_data = collision_free_read(m, storage, en=do_read)
         produce = Signal(range(mem_depth))
         consume = Signal(range(mem_depth))
         inner = Signal(range(D))            # words in the memory
@@ -303,7 +304,6 @@ class _EventFIFO(Elaboratable):
         total = Signal(range(D + 1))        # inner + r_rdy
 
         do_write = Signal()
-        do_read = Signal()                  # memory → output register
         taken = Signal()                    # output register → consumer
         m.d.comb += [
             do_write.eq(self.w_en & self.w_rdy),
@@ -313,8 +313,7 @@ class _EventFIFO(Elaboratable):
             w_port.data.eq(self.w_data),
             w_port.en.eq(do_write),
             r_port.addr.eq(consume),
-            r_port.en.eq(do_read),
-            self.r_data.eq(r_port.data),
+            self.r_data.eq(r_data),
         ]
         with m.If(do_write):
             m.d.sync += produce.eq(produce + 1)
