@@ -21,7 +21,7 @@ P = test_params()
 WIDTHS = P["increments"]
 CLEARED = P["cleared"]
 WIDTH = P["width"]
-COUNT = max(len(WIDTHS), 2)
+COUNT = max(len(WIDTHS), 3)
 MAX = (1 << WIDTH) - 1
 
 

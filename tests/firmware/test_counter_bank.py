@@ -8,7 +8,7 @@ from mozi.sim.cocotb_runner import run_cocotb
 
 PARAMS = [
     {"increments": [1, 2, 5, 1], "cleared": [True, False, True, True], "width": 10},
-    {"increments": [3], "cleared": [True], "width": 10},     # one counter: padded to two
+    {"increments": [3], "cleared": [True], "width": 10},     # one counter: padded to three
 ]
 
 
