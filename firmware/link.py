@@ -207,7 +207,6 @@ class Deframer(wiring.Component):
         m.d.comb += [crc.data.eq(byte), self.w_data.eq(byte), self.w_addr.eq(count),
                      self.waiting.eq(self.i.ready)]
 
-
         with m.FSM():
             with m.State("SYNC0"):
                 m.d.comb += self.i.ready.eq(1)
