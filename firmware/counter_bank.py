@@ -6,8 +6,9 @@ multiplexer — on the iCE40UP5K, where the receiver top must fit, eleven of the
 700 cells. :class:`CounterBank` keeps the totals in one block RAM instead and visits them in
 turn, one per clock: while a counter waits for its visit its increments add up in a narrow
 ``pending`` register, wide enough for what ``N`` clocks can bring. A visit reads the total,
-adds the pending amount (saturating) and writes it back; a read asks for the total of one
-counter and gets it from its next visit, so a value read is the exact count at that clock.
+holds it a clock, adds the pending amount (saturating) and writes it back; a read asks for
+the total of one counter and gets it from its next visit, so a value read is the exact count
+at that clock.
 """
 
 from __future__ import annotations
