@@ -91,13 +91,18 @@ class CounterBank(wiring.Component):
         live2 = Signal()                         # stage 2 / 3 holds a visit (not after reset)
         live3 = Signal()
         held = Signal(W)
+        hot2 = Signal(N)                         # idx2, one-hot
         m.d.sync += [idx.eq(Mux(idx == N - 1, 0, idx + 1)), hot.eq(hot.rotate_left(1)),
-                     idx2.eq(idx), idx3.eq(idx2), live2.eq(1), live3.eq(live2),
-                     held.eq(rd_data)]
-        m.d.comb += [rd.addr.eq(idx), hot3.eq(hot.rotate_right(2))]
+                     idx2.eq(idx), idx3.eq(idx2), live2.eq(1), live3.eq(live2)]
+        m.d.comb += [rd.addr.eq(idx), hot2.eq(hot.rotate_right(1)),
+                     hot3.eq(hot.rotate_right(2))]
 
         cleared = Const(sum(1 << k for k, c in enumerate(self.cleared) if c), N)
         stale = Signal(N, init=(1 << N) - 1)     # totals in memory to be read as 0
+        # stage 2 holds idx2's total, or 0 if it is stale (or a clear makes it so now): the
+        # adder of stage 3 starts at a register
+        m.d.sync += held.eq(Mux((stale & hot2).any() | (self.clear & (cleared & hot2).any()),
+                                0, rd_data))
         amt = Const(0, 1)
         for k in range(len(self.widths)):
             pending = Signal(self.pending_width(k), name=f"pending{k}")
@@ -110,7 +115,7 @@ class CounterBank(wiring.Component):
         total = Signal(W + 1)
         value = Signal(W)
         m.d.comb += [
-            total.eq(Mux((stale & hot3).any(), 0, held) + amt),
+            total.eq(held + amt),
             value.eq(Mux(total[W], (1 << W) - 1, total[:W])),
             wr.addr.eq(idx3), wr.data.eq(value), wr.en.eq(live3),
         ]
