@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from mozi.firmware import protocol as proto
+from mozi.firmware.link import counter_port_name, register_port_name
 from mozi.host.device import Transport
 
 FAULTS = ("flip", "truncate", "duplicate", "delay", "garbage", "flip_response",
@@ -153,9 +154,9 @@ def check_register_ports(top, names) -> None:
         reg = proto.register(name)
         if name in top.link.counters:
             assert top.link.counter_width == reg.width and not reg.signed, name
-            assert hasattr(top.link, f"inc_{name.lower()}"), name
+            assert hasattr(top.link, counter_port_name(name)), name
         else:
-            port = getattr(top.link, f"reg_{name.lower()}")
+            port = getattr(top.link, register_port_name(name))
             assert len(port) == reg.width, name
             assert port.shape().signed == reg.signed, name
         if reg.port:
