@@ -103,11 +103,6 @@ def hash_status_layout() -> data.StructLayout:
     return data.StructLayout({"status": ToeplitzStatus})
 
 
-#: Cycles a pass waits after starting its two buffer streamers, so that their FIFOs are full
-#: and neither runs dry while the pass takes one word from each per clock.
-PRIME_CYCLES = 15
-
-
 def job_cycles(n: int, m: int, *, lanes: int, tile: int, karatsuba_base: int = 8) -> int:
     """Cycles of one successful job with every stream always valid/ready.
 
@@ -253,6 +248,33 @@ def _last_beat_mask(rem, lanes: int):
     return Mux(rem == 0, ~0, _below(rem, lanes))
 
 
+def _buffer_port(lanes: int, addr_width: int, count_max: int) -> wiring.Signature:
+    """What :class:`_HashController` drives of a :class:`_LaneBuffer`: its write port and the
+    start of a read stream (``count`` words from ``start_addr``)."""
+    return wiring.Signature({
+        "w_addr": Out(addr_width),
+        "w_data": Out(lanes),
+        "w_en": Out(1),
+        "start": Out(1),
+        "start_addr": Out(addr_width),
+        "count": Out(range(count_max + 1)),
+    })
+
+
+def _datapath_port(lanes: int) -> wiring.Signature:
+    """What :class:`_HashController` drives of a :class:`_TileDatapath`, and what it reads back."""
+    return wiring.Signature({
+        "shift": Out(1),            # take a seed chunk this clock (FILL and RUN)
+        "consume": Out(1),          # an x beat enters the products this clock (RUN)
+        "dump": Out(1),             # shift the accumulators down by one row block
+        "emit": Out(1),             # ... and send the rows that leave block 0 on y
+        "last": Out(1),             # ... as y's last beat
+        "last_mask": Out(lanes),    # lanes of y's last beat inside m
+        "room": In(1),              # the output FIFO has room for one more emitted beat
+        "drained": In(1),           # every emitted beat has left on y
+    })
+
+
 class _LaneBuffer(wiring.Component):
     """Buffer memory with a registered write port and a prefetching read streamer.
 
@@ -266,66 +288,59 @@ class _LaneBuffer(wiring.Component):
 
     Ports
     -----
-    w_addr, w_data, w_en : In
-        Write port, applied two cycles later.
-    start : In(1)
-        Begin streaming ``count`` words from ``start_addr``, descending if ``down``. The
-        previous stream must have been consumed or flushed.
-    start_addr, count, down : In
-        Parameters sampled with ``start``. Addresses wrap modulo ``2**len(w_addr)``.
-    flush : In(1)
-        Abandon the current stream: stop reading and discard buffered words.
+    ctl : In(_buffer_port(...))
+        ``w_addr``, ``w_data``, ``w_en``: the write port, applied two clocks later.
+        ``start``: begin streaming ``count`` words from ``start_addr``, in descending order if
+        the buffer was built ``descending``; the previous stream must have been read whole.
+        Addresses wrap modulo ``2**len(w_addr)``.
     o : Out(stream.Signature(lanes))
         The words, in order.
-    idle : Out(1)
-        Nothing issued, in flight or buffered.
     """
 
-    FIFO_DEPTH = 8
-    LATENCY = 5  # issue → memory data → 4 registers → FIFO write
+    #: Clocks from a word's issue to its FIFO write: the memory's read, q1, q1b, q2 and q3.
+    LATENCY = 5
+    #: Clocks from a FIFO write to the word at the FIFO's output (``SyncFIFOBuffered``).
+    FIFO_LATENCY = 2
+    #: FIFO words, the fewest for a stream read at one word per clock without running dry
+    #: once it has been primed (see :data:`PRIME_CYCLES`): the word issued after the first
+    #: read (a clock later, when the FIFO's ``level`` shows the read) reaches the output
+    #: ``LATENCY + FIFO_LATENCY`` clocks after that, while the consumer reads the FIFO's words.
+    FIFO_DEPTH = LATENCY + FIFO_LATENCY + 1
 
-    def __init__(self, lanes: int, depth: int, count_max: int, sliced: bool, bank_depth: int,
-                 slice_width: int = 1):
+    def __init__(self, lanes: int, depth: int, count_max: int, *, descending: bool,
+                 sliced: bool, bank_depth: int, slice_width: int):
         self.lanes = lanes
         self.depth = depth
+        self.descending = descending
         self.sliced = sliced
         self.bank_depth = bank_depth
         self.slice_width = slice_width
-        aw = max(ceil_log2(depth), 1)
         super().__init__({
-            "w_addr": In(aw),
-            "w_data": In(lanes),
-            "w_en": In(1),
-            "start": In(1),
-            "start_addr": In(aw),
-            "count": In(range(count_max + 1)),
-            "down": In(1),
-            "flush": In(1),
+            "ctl": In(_buffer_port(lanes, max(ceil_log2(depth), 1), count_max)),
             "o": Out(stream.Signature(lanes)),
-            "idle": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         L = self.lanes
+        ctl = self.ctl
         # Write pipeline: two registers, so that the write port can sit anywhere on the chip
         # (a wide buffer's block RAMs fill whole rows of them). The second stage decodes the
         # bank enables.
-        w_addr = Signal.like(self.w_addr)
+        w_addr = Signal.like(ctl.w_addr)
         w_data = Signal(L)
         w_en = Signal()
-        m.d.sync += [w_addr.eq(self.w_addr), w_data.eq(self.w_data), w_en.eq(self.w_en)]
-        w_addr2 = Signal.like(self.w_addr)
+        m.d.sync += [w_addr.eq(ctl.w_addr), w_data.eq(ctl.w_data), w_en.eq(ctl.w_en)]
+        w_addr2 = Signal.like(ctl.w_addr)
         w_data2 = Signal(L)
         m.d.sync += [w_addr2.eq(w_addr), w_data2.eq(w_data)]
 
-        r_addr = Signal.like(self.start_addr)
-        left = Signal.like(self.count)
-        down = Signal()
-        # Read pipeline: memory data (1) → q1 (2) → q1b (3) → q2 (4) → q3 (5) → FIFO. A
-        # sliced buffer is made of banks of bank_depth words per slice of slice_width lanes,
-        # each one block RAM with its own q1 and q1b registers (two hops to cross the chip
-        # from a block RAM, whose clock-to-out alone takes most of a period); the bank
+        r_addr = Signal.like(ctl.start_addr)
+        left = Signal.like(ctl.count)
+        # Read pipeline (LATENCY): memory data (1) → q1 (2) → q1b (3) → q2 (4) → q3 (5) →
+        # FIFO. A sliced buffer is made of banks of bank_depth words per slice of slice_width
+        # lanes, each one block RAM with its own q1 and q1b registers (two hops to cross the
+        # chip from a block RAM, whose clock-to-out alone takes most of a period); the bank
         # multiplexer sits between q1b and q2, and q3 carries the word to the consumer.
         # Data registers need no reset (``valid`` says what they hold), which keeps a LUT out
         # of the path from each block RAM to its register.
@@ -391,208 +406,107 @@ class _LaneBuffer(wiring.Component):
         valid = Signal(self.LATENCY)   # issued 1 … LATENCY cycles ago
         issue = Signal()
         in_flight = sum(valid[i] for i in range(self.LATENCY))
-        m.d.comb += issue.eq((left != 0) & ~self.flush &
-                             (fifo.level + in_flight < self.FIFO_DEPTH))
+        m.d.comb += issue.eq((left != 0) & (fifo.level + in_flight < self.FIFO_DEPTH))
         m.d.sync += valid.eq(Cat(issue, valid[:-1]))
-        with m.If(self.start):
-            m.d.sync += [
-                r_addr.eq(self.start_addr),
-                left.eq(self.count),
-                down.eq(self.down),
-            ]
-        with m.Elif(self.flush):
-            m.d.sync += left.eq(0)
+        with m.If(ctl.start):
+            m.d.sync += [r_addr.eq(ctl.start_addr), left.eq(ctl.count)]
         with m.Elif(issue):
             m.d.sync += [
-                r_addr.eq(Mux(down, r_addr - 1, r_addr + 1)),
+                r_addr.eq(r_addr - 1 if self.descending else r_addr + 1),
                 left.eq(left - 1),
             ]
         m.d.comb += [
             fifo.w_data.eq(q3),
-            fifo.w_en.eq(valid[-1] & ~self.flush),
+            fifo.w_en.eq(valid[-1]),
             self.o.payload.eq(fifo.r_data),
-            self.o.valid.eq(fifo.r_rdy & ~self.flush),
-            fifo.r_en.eq(self.o.ready | self.flush),
-            self.idle.eq((left == 0) & (valid == 0) & ~fifo.r_rdy),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
         ]
         return m
 
 
-class ToeplitzHasher(wiring.Component):
-    """Streaming GF(2) Toeplitz hash ``y = T x`` with runtime ``n`` and ``m``.
+#: Clocks a pass waits after starting its two buffer streamers before it reads them, the
+#: fewest for which neither runs dry while the pass takes one word from each per clock: the
+#: streamer issues its first word the clock after its start, and a word reaches the FIFO's
+#: output ``LATENCY + FIFO_LATENCY`` clocks after its issue. Once the first word is there in
+#: time, so is every later one, because the FIFO's :attr:`~_LaneBuffer.FIFO_DEPTH` covers
+#: the refill.
+PRIME_CYCLES = _LaneBuffer.LATENCY + _LaneBuffer.FIFO_LATENCY
 
-    Parameters
-    ----------
-    lanes : int
-        Input (and output) bits per clock: a power of two from 1 to 256.
-    tile : int
-        Number of accumulators, i.e. output rows computed per pass over ``x``; a multiple of
-        ``lanes``. A job makes ``ceil(m / tile)`` passes.
-    max_n : int
-        Largest ``n``; sizes the ``x`` buffer (``ceil(max_n / lanes)`` words of ``lanes`` bits).
-    max_m : int
-        Largest ``m``; with ``max_n`` sizes the seed buffer
-        (``ceil((max_n + max_m - 1) / lanes) + 1`` words of ``lanes`` bits).
-    slice_memory : bool or None
-        Build each buffer as one ``slice_width``-bit-wide memory per ``slice_width`` lanes
-        (deep, narrow block RAMs with small output multiplexers, for the best Fmax) rather
-        than one ``lanes``-bit memory, which the tools build from wide, shallow block RAMs
-        cascaded through LUT multiplexers. ``None`` (default) slices when the ``x`` buffer is
-        deeper than :attr:`SLICE_DEPTH` words (one 512 × 36 block RAM of an ECP5).
-    bank_depth : int
-        With ``slice_memory``, words per memory bank (a power of two). Each bank has its own
-        output register. ``slice_width * bank_depth = 16384`` makes each bank one ECP5 DP16KD.
-    slice_width : int
-        With ``slice_memory``, lanes per memory (a power of two dividing ``lanes``): 1
-        (16384 × 1 block RAMs), 2, 4 … trade block RAMs for fewer, shallower banks.
-    karatsuba_base : int
-        The ``tile × lanes`` product is computed as ``tile / lanes`` square Toeplitz blocks,
-        each split by :func:`toeplitz_block` until it is at most ``karatsuba_base`` lanes
-        wide: ``lanes = 2**d · karatsuba_base`` costs ``(3/4)**d`` of the ``tile · lanes``
-        AND terms of the direct product, plus a few XORs per level.
+
+class _TileDatapath(wiring.Component):
+    """The ``tile``-row product and its accumulators: each clock a seed chunk enters the
+    seed window and an ``x`` beat (or 0) is multiplied with it into every row block; a dump
+    shifts the accumulators out on ``y`` by ``lanes`` rows per clock.
+
+    It has no control inputs while a pass runs: both its input streams are read every clock
+    the controller says (``shift``, ``consume``) without looking at their ``valid`` — the
+    controller primes the buffers so that they never run dry — so the seed window slides one
+    chunk every clock and the blocks' inputs pass along free-running registers. Its
+    registers have no reset: after a reset the controller dumps it :attr:`clear_dumps` times.
+    The only control is the dump, which travels along the blocks as a wave through one
+    register per block, so that no net spans the array.
 
     Ports
     -----
-    cfg : In(stream.Signature(hash_config_layout(max_n, max_m)))
-        Starts a job: ``n`` input bits, ``m`` output bits. Accepted only when idle.
-    seed : In(stream.Signature(bits_layout(lanes)))
-        The seed ``s``, ``n + m - 1`` bits, ``lanes`` per beat, ``last`` on the final beat.
-        Consumed right after ``cfg``.
-    x : In(stream.Signature(bits_layout(lanes)))
-        The input ``x``, ``n`` bits, ``lanes`` per beat, ``last`` on the final beat. Consumed
-        after the whole seed, at up to one beat per clock, and stored before the first pass.
+    seed, x : In(stream.Signature(lanes))
+        The seed chunks (from the top of the pass's seed downwards) and the ``x`` beats.
+    ctl : In(_datapath_port(lanes))
+        The controller's commands, and the output FIFO's ``room`` and ``drained``.
     y : Out(stream.Signature(bits_layout(lanes)))
-        The output ``y``, ``m`` bits, ``lanes`` per beat (bits past ``m`` are 0), ``last`` on
-        the final beat. Emitted in ``tile``-row bursts at the end of each pass.
-    status : Out(stream.Signature(hash_status_layout()))
-        One beat per job, after its last ``y`` beat: :class:`ToeplitzStatus`. The core waits
-        for it to be taken before accepting the next ``cfg``.
-    busy : Out(1)
-        A job is in progress (from ``cfg`` accepted until ``status`` taken).
+        The rows shifted out of block 0 by an ``emit`` dump, through a FIFO of
+        :attr:`y_depth` beats.
     """
 
-    def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
-                 slice_memory: bool | None = None, bank_depth: int = 16384,
-                 slice_width: int = 1, karatsuba_base: int = 8):
-        for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
-                            ("max_m", max_m)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise TypeError(f"{name} must be a positive integer, not {value!r}")
-        if lanes & (lanes - 1) or lanes > 256:
-            raise ValueError(f"lanes must be a power of two from 1 to 256, not {lanes}")
-        if tile % lanes:
-            raise ValueError(f"tile must be a multiple of lanes ({lanes}), not {tile}")
-        if not isinstance(bank_depth, int) or isinstance(bank_depth, bool) or bank_depth < 1:
-            raise TypeError(f"bank_depth must be a positive integer, not {bank_depth!r}")
-        if bank_depth & (bank_depth - 1):
-            raise ValueError(f"bank_depth must be a power of two, not {bank_depth}")
-        if not isinstance(slice_width, int) or isinstance(slice_width, bool) or slice_width < 1:
-            raise TypeError(f"slice_width must be a positive integer, not {slice_width!r}")
-        if slice_width & (slice_width - 1) or lanes % slice_width:
-            raise ValueError(f"slice_width must be a power of two dividing lanes ({lanes}), "
-                             f"not {slice_width}")
-        if not isinstance(karatsuba_base, int) or isinstance(karatsuba_base, bool) \
-                or karatsuba_base < 1:
-            raise TypeError(f"karatsuba_base must be a positive integer, not {karatsuba_base!r}")
-        if slice_memory is None:
-            slice_memory = lanes > 1 and -(-max_n // lanes) > self.SLICE_DEPTH
-        elif not isinstance(slice_memory, bool):
-            raise TypeError(f"slice_memory must be a bool or None, not {slice_memory!r}")
+    def __init__(self, lanes: int, tile: int, karatsuba_base: int):
         self.lanes = lanes
         self.tile = tile
-        self.max_n = max_n
-        self.max_m = max_m
-        self.slice_memory = slice_memory
-        self.bank_depth = bank_depth
-        self.slice_width = slice_width
         self.karatsuba_base = karatsuba_base
+        #: Row blocks of the tile, ``lanes`` rows each.
+        self.blocks = tile // lanes
+        levels = _split_levels(lanes, karatsuba_base)
+        #: Clocks from an ``x`` beat's entry until its product is in the top block's
+        #: accumulators: the end of a pass waits this long before the dump.
+        self.settle = _settle_cycles(self.blocks, levels)
+        #: Dumps that clear every accumulator after a reset (``x`` enters as 0 from the
+        #: clock after it): the top block's products are 0 from ``settle`` clocks on, and
+        #: each dump moves the zeros that enter at the top one block down, so block 0 has
+        #: them after ``blocks`` dumps.
+        self.clear_dumps = max(self.settle, self.blocks)
+        #: Output FIFO beats: one pass's dump wave emits at most ``blocks`` beats, each of
+        #: which reaches the FIFO ``blocks`` clocks after its dump, so with a ready sink the
+        #: dump never waits for room.
+        self.y_depth = self.blocks
         super().__init__({
-            "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
-            "seed": In(stream.Signature(bits_layout(lanes))),
-            "x": In(stream.Signature(bits_layout(lanes))),
+            "seed": In(stream.Signature(lanes)),
+            "x": In(stream.Signature(lanes)),
+            "ctl": In(_datapath_port(lanes)),
             "y": Out(stream.Signature(bits_layout(lanes))),
-            "status": Out(stream.Signature(hash_status_layout())),
-            "busy": Out(1),
         })
-
-    #: Buffer depth (words) above which ``slice_memory=None`` slices the buffers.
-    SLICE_DEPTH = 512
 
     def elaborate(self, platform):
         m = Module()
-        L, T = self.lanes, self.tile
-        lg = ceil_log2(L)
-        B = T // L                                    # row blocks of the tile
-        K = B + 1                                     # seed chunks that fill the window
+        L, T, B = self.lanes, self.tile, self.blocks
+        ctl = self.ctl
         levels = _split_levels(L, self.karatsuba_base)
-        split = levels > 0
-        settle = _settle_cycles(B, levels)
-        x_depth = -(-self.max_n // L)
-        s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
-        clear_dumps = 2 * B + 6                       # see CLEAR
-        y_fifo_depth = B + 4                          # the dump wave's B beats in flight + 4
 
-        sliced = self.slice_memory
-        banks, width = self.bank_depth, self.slice_width
-        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, sliced, banks, width)
-        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + K, sliced, banks, width)
-
-        # Job registers.
-        n = Signal.like(self.cfg.payload.n)
-        err = Signal(ToeplitzStatus)
-        n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
-        n_last = Signal(range(x_depth + 2))           # ceil(n / L) - 1: index of x's last beat
-        # Comparisons with the counters are registered flags, updated a beat ahead, so that
-        # no wide equality sits in the stream handshakes.
-        n_last2 = Signal(range(x_depth + 2))          # n_last - 1 (wraps when n_last is 0)
-        s_last2 = Signal(range(s_depth + 2))          # ceil((n + m - 1) / L) - 2 (wraps too)
-        x_final = Signal()                            # x_cnt == n_last
-        s_final = Signal()                            # s_cnt is the seed's last beat
-        r = Signal(range(L)) if L > 1 else Const(0, 1)  # n mod L: seed re-alignment
-        # Per-stream counters.
-        s_cnt = Signal(range(s_depth + 2))
-        s_prev = Signal(L)                            # previous seed beat (re-alignment)
-        x_cnt = Signal(range(x_depth + 2))
-        phase_cnt = Signal(range(max(clear_dumps + B + 1, PRIME_CYCLES, settle, K, B) + 1))
-        tile_word = Signal(range(-(-self.max_m // L) + B + 1))  # p * tile / L
-        y_beats = Signal(range(-(-self.max_m // L) + 1))  # y beats not yet emitted
-        y_one = Signal()                              # y_beats == 1
-        y_zero = Signal()                             # y_beats == 0
-        x_last_mask = Signal(L)                       # lanes of x's last beat inside n
-        y_last_mask = Signal(L)                       # lanes of y's last beat inside m
-
-        # Datapath. It has no control inputs while a pass runs: every pass streams both
-        # buffers without a stall (they are primed first, and x was stored whole before the
-        # first pass), so the seed window slides one chunk every clock and the blocks' inputs
-        # pass along free-running registers. Its registers have no reset (a reset mid-job is
-        # cleaned up by the CLEAR state). The only control is the dump, which travels along the
-        # blocks as a wave through one register per block, so that no net spans the array.
         window = Signal(T + 2 * L, reset_less=True)
         x_reg = Signal(L, reset_less=True)            # x beat that entered the cycle before
-
-        # The pass's stream reads are registered flags, set and cleared by the controller a
-        # cycle ahead: no handshake logic lies between them and the FIFOs they read.
-        shift = Signal()        # controller: take a seed chunk (FILL and RUN)
-        consume = Signal()      # controller: an x beat enters the datapath (RUN)
-        dump = Signal()         # controller: shift the accumulators out by L rows
-        emit = Signal()         # controller: ... and send the L rows shifted out on y
         seed_in = Signal(L, reset_less=True)          # the chunk shifted in
         x_in = Signal(L, reset_less=True)             # x beat, 0 if none
-        m.d.sync += [
-            seed_in.eq(s_buf.o.payload),
-            x_in.eq(Mux(consume, x_buf.o.payload, 0)),
+        m.d.comb += [
+            self.seed.ready.eq(ctl.shift),
+            self.x.ready.eq(ctl.consume),
         ]
-
-        m.d.comb += self.busy.eq(~self.cfg.ready)
+        m.d.sync += [
+            seed_in.eq(self.seed.payload),
+            x_in.eq(Mux(ctl.consume, self.x.payload, 0)),
+        ]
 
         # Seed window: each chunk from the seed streamer enters at the bottom. Chunks come
         # from descending addresses and wrap harmlessly below 0: such bits only ever meet
         # x bits past n, which are 0. Between passes the window fills with whatever the
         # streamer shows; the pass's first tile/lanes + 1 chunks replace all that is read.
-        m.d.comb += [
-            s_buf.o.ready.eq(shift),
-            x_buf.o.ready.eq(consume),
-        ]
         m.d.sync += window.eq(Cat(seed_in, window[:-L]))
 
         # Products. x_reg holds the beat that entered the datapath (x_in) one cycle
@@ -604,10 +518,12 @@ class ToeplitzHasher(wiring.Component):
             m.d.comb += wire.eq(value)
             return wire
 
+        def gate(vector, bit):
+            return vector & bit.replicate(len(vector))
+
         base = self.karatsuba_base
-        gate = lambda v, b: v & b.replicate(len(v))  # noqa: E731
         m.d.sync += x_reg.eq(x_in)
-        if split:
+        if levels:
             # Each block's product is split by Karatsuba (toeplitz_block) into leaf products
             # of leaf seeds (XORs of seed bits) and leaf x vectors (XORs of x bits), which are
             # registered, multiplied, registered again and recombined (with a register
@@ -631,7 +547,6 @@ class ToeplitzHasher(wiring.Component):
                 return parts
 
             blocks = []
-            cat = lambda lo, hi: Cat(lo, hi)  # noqa: E731
             seeds_in, x_in_leaves = Cat(*entering), Cat(*x_leaves)
             for j in range(B):
                 leaf_seeds = Signal(sum(widths), name=f"leaf_seeds{j}", reset_less=True)
@@ -651,13 +566,13 @@ class ToeplitzHasher(wiring.Component):
                     # register the recombination halfway up as well
                     lower = (levels + 1) // 2
                     top_base = (L >> levels) << lower
-                    parts = [combine_leaves(leaves, top_base, base=base, cat=cat, bind=bind)
+                    parts = [combine_leaves(leaves, top_base, base=base, cat=Cat, bind=bind)
                              for _ in range(3 ** (levels - lower))]
                     partial = Signal(top_base * len(parts), name=f"partial{j}",
                                      reset_less=True)
                     m.d.sync += partial.eq(Cat(*parts))
                     leaves = unpack(partial, [top_base] * len(parts))
-                blocks.append(combine_leaves(leaves, L, base=top_base, cat=cat, bind=bind))
+                blocks.append(combine_leaves(leaves, L, base=top_base, cat=Cat, bind=bind))
                 assert not leaves
                 # inputs of block j+1
                 seeds_prev = Signal.like(leaf_seeds, name=f"leaf_seeds{j}_prev")
@@ -675,12 +590,10 @@ class ToeplitzHasher(wiring.Component):
         dump_wave = Signal(B)       # bit j: block j shifts this cycle
         emit_wave = Signal(B)       # ... and (at block 0) the rows leave on y
         last_wave = Signal(B)       # ... as y's last beat
-        y_last = Signal()
-        m.d.comb += y_last.eq(y_one)
         m.d.sync += [
-            dump_wave.eq(Cat(dump_wave[1:], dump)),
-            emit_wave.eq(Cat(emit_wave[1:], dump & emit)),
-            last_wave.eq(Cat(last_wave[1:], y_last)),
+            dump_wave.eq(Cat(dump_wave[1:], ctl.dump)),
+            emit_wave.eq(Cat(emit_wave[1:], ctl.dump & ctl.emit)),
+            last_wave.eq(Cat(last_wave[1:], ctl.last)),
         ]
         acc = [Signal(L, name=f"acc{j}", reset_less=True) for j in range(B)]
         for j in range(B):
@@ -695,6 +608,101 @@ class ToeplitzHasher(wiring.Component):
                 m.d.sync += acc[j].eq(acc_above)
             with m.Else():
                 m.d.sync += acc[j].eq(acc[j] ^ mac)
+
+        # Output: L rows per beat, rows past m read as 0. The rows leaving block 0 go through
+        # a FIFO with room for every beat of the dump wave in flight (pending), so y.ready
+        # never reaches the accumulators.
+        m.submodules.y_fifo = y_fifo = SyncFIFO(width=L + 1, depth=self.y_depth)
+        pending = Signal(range(self.y_depth + 1))     # emitted, not yet in the FIFO
+        y_data = Signal(L)
+        m.d.sync += pending.eq(pending + (ctl.dump & ctl.emit) - emit_wave[0])
+        m.d.comb += [
+            y_data.eq(acc[0] & Mux(last_wave[0], ctl.last_mask, ~0)),
+            y_fifo.w_en.eq(emit_wave[0]),
+            y_fifo.w_data.eq(Cat(y_data, last_wave[0])),
+            ctl.room.eq(y_fifo.level + pending < self.y_depth),
+            ctl.drained.eq(~y_fifo.r_rdy & (pending == 0)),
+            self.y.valid.eq(y_fifo.r_rdy),
+            self.y.payload.eq(y_fifo.r_data),
+            y_fifo.r_en.eq(self.y.ready),
+        ]
+        return m
+
+
+class _HashController(wiring.Component):
+    """The job sequence of a :class:`ToeplitzHasher`: takes ``cfg``, checks the job, stores
+    the seed (re-aligned) and ``x`` in their buffers, then runs each pass — start both
+    streamers, prime them, fill the seed window, stream ``x``, let the last products settle,
+    dump — and answers with ``status``.
+
+    Ports: ``cfg``, ``seed``, ``x`` and ``status`` as the hasher's; ``x_buf`` and ``s_buf``
+    drive the buffers (:func:`_buffer_port`); ``datapath`` drives the
+    :class:`_TileDatapath` (:func:`_datapath_port`).
+    """
+
+    def __init__(self, *, lanes: int, max_n: int, max_m: int, datapath: _TileDatapath,
+                 x_buf: _LaneBuffer, s_buf: _LaneBuffer):
+        self.lanes = lanes
+        self.max_n = max_n
+        self.max_m = max_m
+        self.blocks = datapath.blocks
+        self.settle = datapath.settle
+        self.clear_dumps = datapath.clear_dumps
+        self.x_depth = x_buf.depth
+        self.s_depth = s_buf.depth
+        super().__init__({
+            "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
+            "seed": In(stream.Signature(bits_layout(lanes))),
+            "x": In(stream.Signature(bits_layout(lanes))),
+            "status": Out(stream.Signature(hash_status_layout())),
+            "x_buf": Out(x_buf.ctl.signature.flip()),
+            "s_buf": Out(s_buf.ctl.signature.flip()),
+            "datapath": Out(datapath.ctl.signature.flip()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        L, B = self.lanes, self.blocks
+        lg = ceil_log2(L)
+        K = B + 1                                     # seed chunks that fill the window
+        x_depth, s_depth = self.x_depth, self.s_depth
+        x_buf, s_buf, dp = self.x_buf, self.s_buf, self.datapath
+
+        # Job registers.
+        n = Signal.like(self.cfg.payload.n)
+        err = Signal(ToeplitzStatus)
+        n_beats = Signal(range(x_depth + 2))          # ceil(n / L)
+        n_last = Signal(range(x_depth + 2))           # ceil(n / L) - 1: index of x's last beat
+        # Comparisons with the counters are registered flags, updated a beat ahead, so that
+        # no wide equality sits in the stream handshakes.
+        n_last2 = Signal(range(x_depth + 2))          # n_last - 1 (wraps when n_last is 0)
+        s_last2 = Signal(range(s_depth + 2))          # ceil((n + m - 1) / L) - 2 (wraps too)
+        x_final = Signal()                            # x_cnt == n_last
+        s_final = Signal()                            # s_cnt is the seed's last beat
+        r = Signal(range(L)) if L > 1 else Const(0, 1)  # n mod L: seed re-alignment
+        # Per-stream counters.
+        s_cnt = Signal(range(s_depth + 2))
+        s_prev = Signal(L)                            # previous seed beat (re-alignment)
+        x_cnt = Signal(range(x_depth + 2))
+        clear_end = self.clear_dumps + B              # see CLEAR
+        phase_cnt = Signal(range(max(clear_end, PRIME_CYCLES, self.settle, K, B) + 1))
+        tile_word = Signal(range(-(-self.max_m // L) + B + 1))  # p * tile / L
+        y_beats = Signal(range(-(-self.max_m // L) + 1))  # y beats not yet emitted
+        y_one = Signal()                              # y_beats == 1
+        y_zero = Signal()                             # y_beats == 0
+        x_last_mask = Signal(L)                       # lanes of x's last beat inside n
+        y_last_mask = Signal(L)                       # lanes of y's last beat inside m
+
+        # The pass's stream reads are registered flags, set and cleared a cycle ahead: no
+        # handshake logic lies between them and the FIFOs they read.
+        shift = Signal()
+        consume = Signal()
+        m.d.comb += [
+            dp.shift.eq(shift),
+            dp.consume.eq(consume),
+            dp.last.eq(y_one),
+            dp.last_mask.eq(y_last_mask),
+        ]
 
         # x buffer: the whole x packet is stored before the first pass.
         last_lane_ok = Signal(L)
@@ -712,38 +720,19 @@ class ToeplitzHasher(wiring.Component):
             s_buf.w_data.eq(aligned),
             s_buf.w_addr.eq(s_cnt),
         ]
-
-        # Output: L rows per beat, rows past m read as 0. The rows leaving block 0 go through
-        # a FIFO with room for every beat of the dump wave in flight (y_pending), so y.ready
-        # never reaches the accumulators.
-        m.submodules.y_fifo = y_fifo = SyncFIFO(width=L + 1, depth=y_fifo_depth)
-        y_pending = Signal(range(B + 2))              # emitted, not yet in the FIFO
-        y_room = Signal()
-        y_data = Signal(L)
-        m.d.sync += y_pending.eq(y_pending + (dump & emit) - emit_wave[0])
-        m.d.comb += [
-            y_data.eq(acc[0] & Mux(last_wave[0], y_last_mask, ~0)),
-            y_fifo.w_en.eq(emit_wave[0]),
-            y_fifo.w_data.eq(Cat(y_data, last_wave[0])),
-            y_room.eq(y_fifo.level + y_pending < y_fifo_depth),
-            self.y.valid.eq(y_fifo.r_rdy),
-            self.y.payload.data.eq(y_fifo.r_data[:L]),
-            self.y.payload.last.eq(y_fifo.r_data[L]),
-            y_fifo.r_en.eq(self.y.ready),
-            self.status.payload.status.eq(err),
-        ]
+        m.d.comb += self.status.payload.status.eq(err)
 
         # The pass's top seed chunk starts at E = p*tile + n - L + tile.
         addr_top = tile_word + (n >> lg) + B
         cfg = self.cfg.payload
         with m.FSM(init="CLEAR"):
             with m.State("CLEAR"):
-                # After a reset: x_in is 0 from the first cycle, so zeros reach every block's
-                # products within B + 4 cycles; meanwhile the accumulators are dumped often
-                # enough that zeros from the top fill them all after that. Then the wave drains.
-                m.d.comb += dump.eq(phase_cnt < clear_dumps)
+                # After a reset the datapath's registers hold what they held: x enters as 0
+                # from the first clock, and clear_dumps dumps leave every accumulator 0. Then
+                # the wave drains from the blocks.
+                m.d.comb += dp.dump.eq(phase_cnt < self.clear_dumps)
                 m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                with m.If(phase_cnt == clear_dumps + B):
+                with m.If(phase_cnt == clear_end):
                     m.d.sync += phase_cnt.eq(0)
                     m.next = "IDLE"
 
@@ -843,7 +832,6 @@ class ToeplitzHasher(wiring.Component):
                     s_buf.start.eq(1),
                     s_buf.start_addr.eq(addr_top),
                     s_buf.count.eq(n_beats + K),
-                    s_buf.down.eq(1),
                 ]
                 m.d.sync += [
                     x_cnt.eq(0),
@@ -854,8 +842,8 @@ class ToeplitzHasher(wiring.Component):
 
             with m.State("PRIME"):
                 # start the x streamer a cycle later (in the first pass, x's last word is
-                # written to its memory two cycles after LOAD_X took it), and let both fill
-                # their FIFOs, so that neither runs dry in the pass
+                # written to its memory two cycles after LOAD_X took it); x is read K cycles
+                # after the seed, so PRIME_CYCLES primes both
                 m.d.comb += [
                     x_buf.start.eq(phase_cnt == 0),
                     x_buf.start_addr.eq(0),
@@ -896,15 +884,14 @@ class ToeplitzHasher(wiring.Component):
             with m.State("SETTLE"):
                 # the last beat reaches the top block's accumulators settle - 1 cycles later
                 m.d.sync += phase_cnt.eq(phase_cnt + 1)
-                with m.If(phase_cnt == settle - 1):
+                with m.If(phase_cnt == self.settle - 1):
                     m.d.sync += phase_cnt.eq(0)
                     m.next = "DUMP"
 
             with m.State("DUMP"):
-                m.d.comb += [
-                    emit.eq(~y_zero),
-                    dump.eq(~emit | y_room),
-                ]
+                emit = ~y_zero
+                dump = ~emit | dp.room
+                m.d.comb += [dp.emit.eq(emit), dp.dump.eq(dump)]
                 with m.If(dump):
                     m.d.sync += phase_cnt.eq(phase_cnt + 1)
                     with m.If(emit):
@@ -925,8 +912,136 @@ class ToeplitzHasher(wiring.Component):
 
             with m.State("STATUS"):
                 # after the last y beat has left the FIFO
-                m.d.comb += self.status.valid.eq(~y_fifo.r_rdy & (y_pending == 0))
+                m.d.comb += self.status.valid.eq(dp.drained)
                 with m.If(self.status.valid & self.status.ready):
                     m.next = "IDLE"
 
+        return m
+
+
+class ToeplitzHasher(wiring.Component):
+    """Streaming GF(2) Toeplitz hash ``y = T x`` with runtime ``n`` and ``m``.
+
+    Parameters
+    ----------
+    lanes : int
+        Input (and output) bits per clock: a power of two from 1 to 256.
+    tile : int
+        Number of accumulators, i.e. output rows computed per pass over ``x``; a multiple of
+        ``lanes``. A job makes ``ceil(m / tile)`` passes.
+    max_n : int
+        Largest ``n``; sizes the ``x`` buffer (``ceil(max_n / lanes)`` words of ``lanes`` bits).
+    max_m : int
+        Largest ``m``; with ``max_n`` sizes the seed buffer
+        (``ceil((max_n + max_m - 1) / lanes) + 1`` words of ``lanes`` bits).
+    slice_memory : bool or None
+        Build each buffer as one ``slice_width``-bit-wide memory per ``slice_width`` lanes
+        (deep, narrow block RAMs with small output multiplexers, for the best Fmax) rather
+        than one ``lanes``-bit memory, which the tools build from wide, shallow block RAMs
+        cascaded through LUT multiplexers. ``None`` (default) slices when the ``x`` buffer is
+        deeper than :attr:`SLICE_DEPTH` words (one 512 × 36 block RAM of an ECP5).
+    bank_depth : int
+        With ``slice_memory``, words per memory bank (a power of two). Each bank has its own
+        output register. ``slice_width * bank_depth = 16384`` makes each bank one ECP5 DP16KD.
+    slice_width : int
+        With ``slice_memory``, lanes per memory (a power of two dividing ``lanes``): 1
+        (16384 × 1 block RAMs), 2, 4 … trade block RAMs for fewer, shallower banks.
+    karatsuba_base : int
+        The ``tile × lanes`` product is computed as ``tile / lanes`` square Toeplitz blocks,
+        each split by :func:`toeplitz_block` until it is at most ``karatsuba_base`` lanes
+        wide: ``lanes = 2**d · karatsuba_base`` costs ``(3/4)**d`` of the ``tile · lanes``
+        AND terms of the direct product, plus a few XORs per level.
+
+    Ports
+    -----
+    cfg : In(stream.Signature(hash_config_layout(max_n, max_m)))
+        Starts a job: ``n`` input bits, ``m`` output bits. Accepted only when idle.
+    seed : In(stream.Signature(bits_layout(lanes)))
+        The seed ``s``, ``n + m - 1`` bits, ``lanes`` per beat, ``last`` on the final beat.
+        Consumed right after ``cfg``.
+    x : In(stream.Signature(bits_layout(lanes)))
+        The input ``x``, ``n`` bits, ``lanes`` per beat, ``last`` on the final beat. Consumed
+        after the whole seed, at up to one beat per clock, and stored before the first pass.
+    y : Out(stream.Signature(bits_layout(lanes)))
+        The output ``y``, ``m`` bits, ``lanes`` per beat (bits past ``m`` are 0), ``last`` on
+        the final beat. Emitted in ``tile``-row bursts at the end of each pass.
+    status : Out(stream.Signature(hash_status_layout()))
+        One beat per job, after its last ``y`` beat: :class:`ToeplitzStatus`. The core waits
+        for it to be taken before accepting the next ``cfg``.
+
+    It is three components: two :class:`_LaneBuffer` (``x`` and the seed), the
+    :class:`_TileDatapath` and the :class:`_HashController` that sequences them.
+    """
+
+    def __init__(self, *, lanes: int = 8, tile: int = 64, max_n: int = 4096, max_m: int = 1024,
+                 slice_memory: bool | None = None, bank_depth: int = 16384,
+                 slice_width: int = 1, karatsuba_base: int = 8):
+        for name, value in (("lanes", lanes), ("tile", tile), ("max_n", max_n),
+                            ("max_m", max_m)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TypeError(f"{name} must be a positive integer, not {value!r}")
+        if lanes & (lanes - 1) or lanes > 256:
+            raise ValueError(f"lanes must be a power of two from 1 to 256, not {lanes}")
+        if tile % lanes:
+            raise ValueError(f"tile must be a multiple of lanes ({lanes}), not {tile}")
+        if not isinstance(bank_depth, int) or isinstance(bank_depth, bool) or bank_depth < 1:
+            raise TypeError(f"bank_depth must be a positive integer, not {bank_depth!r}")
+        if bank_depth & (bank_depth - 1):
+            raise ValueError(f"bank_depth must be a power of two, not {bank_depth}")
+        if not isinstance(slice_width, int) or isinstance(slice_width, bool) or slice_width < 1:
+            raise TypeError(f"slice_width must be a positive integer, not {slice_width!r}")
+        if slice_width & (slice_width - 1) or lanes % slice_width:
+            raise ValueError(f"slice_width must be a power of two dividing lanes ({lanes}), "
+                             f"not {slice_width}")
+        if not isinstance(karatsuba_base, int) or isinstance(karatsuba_base, bool) \
+                or karatsuba_base < 1:
+            raise TypeError(f"karatsuba_base must be a positive integer, not {karatsuba_base!r}")
+        if slice_memory is None:
+            slice_memory = lanes > 1 and -(-max_n // lanes) > self.SLICE_DEPTH
+        elif not isinstance(slice_memory, bool):
+            raise TypeError(f"slice_memory must be a bool or None, not {slice_memory!r}")
+        self.lanes = lanes
+        self.tile = tile
+        self.max_n = max_n
+        self.max_m = max_m
+        self.slice_memory = slice_memory
+        self.bank_depth = bank_depth
+        self.slice_width = slice_width
+        self.karatsuba_base = karatsuba_base
+        super().__init__({
+            "cfg": In(stream.Signature(hash_config_layout(max_n, max_m))),
+            "seed": In(stream.Signature(bits_layout(lanes))),
+            "x": In(stream.Signature(bits_layout(lanes))),
+            "y": Out(stream.Signature(bits_layout(lanes))),
+            "status": Out(stream.Signature(hash_status_layout())),
+        })
+
+    #: Buffer depth (words) above which ``slice_memory=None`` slices the buffers.
+    SLICE_DEPTH = 512
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self.lanes
+        x_depth = -(-self.max_n // L)
+        s_depth = -(-(self.max_n + self.max_m - 1) // L) + 1
+        m.submodules.datapath = datapath = _TileDatapath(L, self.tile, self.karatsuba_base)
+        memory = {"sliced": self.slice_memory, "bank_depth": self.bank_depth,
+                  "slice_width": self.slice_width}
+        # x is read upwards once per pass; the seed downwards, a window fill more than x
+        m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, descending=False,
+                                                 **memory)
+        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + datapath.blocks + 1,
+                                                 descending=True, **memory)
+        m.submodules.controller = controller = _HashController(
+            lanes=L, max_n=self.max_n, max_m=self.max_m, datapath=datapath,
+            x_buf=x_buf, s_buf=s_buf)
+        for name in ("cfg", "seed", "x"):
+            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(controller, name))
+        wiring.connect(m, controller.status, wiring.flipped(self.status))
+        wiring.connect(m, controller.x_buf, x_buf.ctl)
+        wiring.connect(m, controller.s_buf, s_buf.ctl)
+        wiring.connect(m, controller.datapath, datapath.ctl)
+        wiring.connect(m, x_buf.o, datapath.x)
+        wiring.connect(m, s_buf.o, datapath.seed)
+        wiring.connect(m, datapath.y, wiring.flipped(self.y))
         return m

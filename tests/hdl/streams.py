@@ -16,14 +16,14 @@ def start_clock(dut) -> None:
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
 
 
-async def reset(dut, sources: tuple[str, ...], sinks: tuple[str, ...]) -> None:
-    """Hold ``rst`` for two clocks with every stream idle (called at a rising edge)."""
+async def reset(dut, sources: tuple[str, ...], sinks: tuple[str, ...], clocks: int = 2) -> None:
+    """Hold ``rst`` for ``clocks`` clocks with every stream idle (called at a rising edge)."""
     dut.rst.value = 1
     for name in sources:
         getattr(dut, f"{name}__valid").value = 0
     for name in sinks:
         getattr(dut, f"{name}__ready").value = 0
-    await ClockCycles(dut.clk, 2)
+    await ClockCycles(dut.clk, clocks)
     dut.rst.value = 0
     await RisingEdge(dut.clk)
 

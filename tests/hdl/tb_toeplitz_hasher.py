@@ -27,6 +27,11 @@ TILE = PARAMS.get("tile", 64)
 MAX_N = PARAMS.get("max_n", 4096)
 MAX_M = PARAMS.get("max_m", 1024)
 KARATSUBA_BASE = PARAMS.get("karatsuba_base", 8)
+#: Largest n and m of the jobs the tests make: the core's maxima unless the parameter set
+#: limits them (a job at a large core's maxima takes hundreds of thousands of clocks).
+#: Either way one job has n = max_n, so the whole x buffer is used.
+JOB_N = PARAMS.get("job_max_n", MAX_N)
+JOB_M = PARAMS.get("job_max_m", MAX_M)
 N_WIDTH = MAX_N.bit_length()
 M_WIDTH = MAX_M.bit_length()
 OK = ToeplitzStatus.OK.value
@@ -87,10 +92,10 @@ class Jobs:
         self.status.append(status)
 
 
-async def reset(dut) -> None:
+async def reset(dut, clocks: int = 2) -> None:
     """Start the clock and reset the core with every stream idle."""
     start_clock(dut)
-    await streams.reset(dut, ("cfg", "seed", "x"), ("y", "status"))
+    await streams.reset(dut, ("cfg", "seed", "x"), ("y", "status"), clocks)
 
 
 async def check(dut, name: str, expected: list[int], rng: random.Random, p_ready: float,
@@ -134,16 +139,16 @@ async def run_jobs(dut, jobs: Jobs, rng: random.Random, *, p_valid: float = 0.7,
         assert not dut.status__valid.value, "spurious status beat after the last job"
         await RisingEdge(dut.clk)
     await ReadOnly()
-    assert not dut.busy.value, "core still busy after the last job"
+    assert dut.cfg__ready.value, "core not idle after the last job"
     await RisingEdge(dut.clk)
 
 
 def edge_shapes() -> list[tuple[int, int]]:
     """(n, m) edge cases: 1s, maxima, tile and lane boundaries on both sides."""
-    shapes = {(1, 1), (1, MAX_M), (MAX_N, 1), (MAX_N, MAX_M), (2, 2)}
-    for n in (LANES - 1, LANES, LANES + 1, 2 * LANES + 3, MAX_N - 1):
-        for m in (TILE - 1, TILE, TILE + 1, 2 * TILE + 3, MAX_M - 1):
-            if 1 <= n <= MAX_N and 1 <= m <= MAX_M:
+    shapes = {(1, 1), (1, JOB_M), (MAX_N, 1), (JOB_N, 1), (JOB_N, JOB_M), (2, 2)}
+    for n in (LANES - 1, LANES, LANES + 1, 2 * LANES + 3, JOB_N - 1):
+        for m in (TILE - 1, TILE, TILE + 1, 2 * TILE + 3, JOB_M - 1):
+            if 1 <= n <= JOB_N and 1 <= m <= JOB_M:
                 shapes.add((n, m))
     return sorted(shapes)
 
@@ -158,7 +163,7 @@ async def test_edge_cases(dut):
     for n, m in shapes:
         jobs.add(n, m, rng)
     # structured vectors: all-ones, a single 1 at either end (selects one seed window)
-    n, m = MAX_N, min(MAX_M, 2 * TILE + 1)
+    n, m = JOB_N, min(JOB_M, 2 * TILE + 1)
     ones_s = np.ones(n + m - 1, np.uint8)
     jobs.add(n, m, rng, x=np.ones(n, np.uint8), s=ones_s)
     for pos in (0, n - 1):
@@ -177,7 +182,7 @@ async def test_random_jobs(dut):
     for p_valid, p_ready in ((1.0, 1.0), (0.9, 0.3), (0.3, 0.9)):
         jobs = Jobs()
         for _ in range(10):
-            jobs.add(rng.randint(1, MAX_N), rng.randint(1, MAX_M), rng)
+            jobs.add(rng.randint(1, JOB_N), rng.randint(1, JOB_M), rng)
         await run_jobs(dut, jobs, rng, p_valid=p_valid, p_ready=p_ready)
 
 
@@ -187,7 +192,7 @@ async def test_errors(dut):
     rng = random.Random(cocotb.RANDOM_SEED + 2)
     await reset(dut)
     jobs = Jobs()
-    n, m = min(MAX_N, 3 * LANES + 1), min(MAX_M, TILE + 2)
+    n, m = min(JOB_N, 3 * LANES + 1), min(JOB_M, TILE + 2)
     s_beats = -(-(n + m - 1) // LANES)
     x_beats = -(-n // LANES)
     too_big_n = (1 << N_WIDTH) - 1
@@ -235,7 +240,8 @@ async def test_cycle_count(dut):
     """With no stalls a job takes exactly :func:`job_cycles` cycles (throughput formula)."""
     rng = random.Random(cocotb.RANDOM_SEED + 3)
     await reset(dut)
-    for n, m in ((MAX_N, MAX_M), (1, 1), (MAX_N, TILE + 1), (max(MAX_N // 3, 1), TILE)):
+    for n, m in ((JOB_N, JOB_M), (1, 1), (JOB_N, min(TILE + 1, JOB_M)),
+                 (max(JOB_N // 3, 1), min(TILE, JOB_M))):
         jobs = Jobs()
         jobs.add(n, m, rng)
         cycles: list[int] = []
@@ -249,16 +255,20 @@ async def test_cycle_count(dut):
 
 @cocotb.test(timeout_time=200, timeout_unit="ms")
 async def test_reset_mid_job(dut):
-    """A reset in the middle of a pass or of a dump leaves nothing behind: the datapath
-    registers have no reset, so the core must flush the accumulators itself."""
+    """A one-clock reset in the middle of a pass or of a dump leaves nothing behind: the
+    datapath registers have no reset, so the core must flush the accumulators itself (in
+    the reset clock an x beat may still enter the products)."""
     rng = random.Random(cocotb.RANDOM_SEED + 4)
     await reset(dut)
-    n, m = MAX_N, MAX_M
+    n, m = JOB_N, JOB_M
     x_beats = -(-n // LANES)
     # x is stored whole before the first pass, which runs x_beats cycles after its start,
-    # the prime and the window fill: stop halfway through it, and after the first y beat
-    mid_pass = 1 + PRIME_CYCLES + TILE // LANES + 1 + x_beats // 2
-    for stream_name, beats, extra in (("x", x_beats, mid_pass), ("y", 1, 0)):
+    # the prime and the window fill: stop halfway through it and at random clocks of it,
+    # and after the first y beat
+    run_start = 1 + PRIME_CYCLES + TILE // LANES + 1
+    points = [("x", x_beats, run_start + x_beats // 2), ("y", 1, 0)]
+    points += [("x", x_beats, run_start + rng.randrange(x_beats)) for _ in range(4)]
+    for stream_name, beats, extra in points:
         aborted = Jobs()
         aborted.add(n, m, rng)
         tasks = [cocotb.start_soon(drive(dut, name, getattr(aborted, name), rng, 1.0))
@@ -275,8 +285,8 @@ async def test_reset_mid_job(dut):
         for task in tasks:
             task.cancel()
         dut._log.info("reset %d cycles after %d %s beat(s) of a job", extra, taken, stream_name)
-        await reset(dut)
+        await reset(dut, clocks=1)
         jobs = Jobs()
         for _ in range(3):
-            jobs.add(rng.randint(1, MAX_N), rng.randint(1, MAX_M), rng)
+            jobs.add(rng.randint(1, JOB_N), rng.randint(1, JOB_M), rng)
         await run_jobs(dut, jobs, rng, p_valid=0.8, p_ready=0.8)
