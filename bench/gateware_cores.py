@@ -42,7 +42,7 @@ CORES = [
                      "karatsuba_base": 8, "slice_memory": True, "slice_width": 4,
                      "bank_depth": 4096},
              note="4 + ceil((n+m-1)/lanes) + ceil(n/lanes) + ceil(m/tile)·(ceil(n/lanes)"
-                  " + 3·tile/lanes + 20) + final_beats (job_cycles)",
+                  " + 3·tile/lanes + 12) + final_beats (job_cycles)",
              # XOR trees and the seed re-alignment shifter map to fewer LUT4s without the
              # PFUMX/L6MUX wide-LUT cells: 38 105 LUT4 against 42 759 LUT4 + 7 529 wide-LUT
              # multiplexers for the same 128 × 1024 netlist (before the dump wave)

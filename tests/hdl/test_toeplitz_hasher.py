@@ -12,6 +12,8 @@ from mozi.hdl.toeplitz_hasher import (
 )
 from mozi.sim.cocotb_runner import run_cocotb
 
+from bench.gateware_cores import CORES
+
 pytestmark = pytest.mark.cocotb
 
 # lanes 1/4/8/32; tile/lanes of 6, 1 (the one-chunk edge) and 3 (not powers of two);
@@ -33,6 +35,14 @@ PARAMS = [
 @pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"lanes{p['lanes']}-tile{p['tile']}")
 def test_toeplitz_hasher_rtl(params):
     run_cocotb(ToeplitzHasher(**params), "tests.hdl.tb_toeplitz_hasher", params=params)
+
+
+def test_synthesised_configuration_rtl():
+    # the 128 × 1024 core that bench.synth places on the ECP5 ((10^6, 10^5) jobs), with jobs
+    # of up to 4,000 × 2,200 bits (three passes) and one that fills its 7,813-word x buffer
+    spec = next(core for core in CORES if core.name == "ToeplitzHasher")
+    params = {**spec.params, "job_max_n": 4000, "job_max_m": 2200}
+    run_cocotb(spec.factory(), "tests.hdl.tb_toeplitz_hasher", params=params, ports_only=True)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 6, 8, 64, 256])
@@ -58,7 +68,7 @@ def test_memory_slicing_default():
 def test_defaults_and_ports():
     core = ToeplitzHasher()
     assert (core.lanes, core.tile, core.max_n, core.max_m) == (8, 64, 4096, 1024)
-    assert set(core.signature.members) == {"cfg", "seed", "x", "y", "status", "busy"}
+    assert set(core.signature.members) == {"cfg", "seed", "x", "y", "status"}
     # the configuration to synthesise for the (n, m) = (10^6, 10^5) figure builds its ports
     big = ToeplitzHasher(lanes=32, tile=512, max_n=10**6, max_m=10**5)
     assert len(big.cfg.payload.n) == 20
@@ -68,20 +78,20 @@ def test_defaults_and_ports():
 
 def test_job_cycles_formula():
     # cfg 1 + seed beats + seed flush 1 + x beats (stored whole), then per pass: start 1,
-    # prime PRIME_CYCLES (15), fill tile/lanes + 1, x beats, settle, dump tile/lanes; then
+    # prime PRIME_CYCLES (7), fill tile/lanes + 1, x beats, settle, dump tile/lanes; then
     # the final pass's y beats come down the dump wave, + 2 until status is taken. settle is
     # 2, or tile/lanes + 2 when the blocks are split (the last one runs tile/lanes - 1
     # cycles behind the first, and the leaf products are registered), + 1 with two levels
     # of splitting or more (the recombination is registered halfway).
-    assert PRIME_CYCLES == 15
-    assert job_cycles(1, 1, lanes=1, tile=1) == 1 + 1 + 1 + 1 + (1 + 15 + 2 + 1 + 2 + 1) + 1 + 2
+    assert PRIME_CYCLES == 7
+    assert job_cycles(1, 1, lanes=1, tile=1) == 1 + 1 + 1 + 1 + (1 + 7 + 2 + 1 + 2 + 1) + 1 + 2
     assert job_cycles(10**6, 10**5, lanes=32, tile=512) == \
-        4 + 34375 + 31250 + 196 * (31250 + 32 + 15 + 2 + 19) + 5   # final pass: 5 row blocks
+        4 + 34375 + 31250 + 196 * (31250 + 32 + 7 + 2 + 19) + 5   # final pass: 5 row blocks
     assert job_cycles(10**6, 10**5, lanes=32, tile=512, karatsuba_base=32) == \
-        4 + 34375 + 31250 + 196 * (31250 + 32 + 15 + 2 + 2) + 5
-    assert job_cycles(64, 48, lanes=8, tile=24) == 4 + 14 + 8 + 2 * (8 + 6 + 15 + 2 + 2) + 3
+        4 + 34375 + 31250 + 196 * (31250 + 32 + 7 + 2 + 2) + 5
+    assert job_cycles(64, 48, lanes=8, tile=24) == 4 + 14 + 8 + 2 * (8 + 6 + 7 + 2 + 2) + 3
     assert job_cycles(64, 40, lanes=8, tile=24, karatsuba_base=4) == \
-        4 + 13 + 8 + 2 * (8 + 6 + 15 + 2 + 5) + 2
+        4 + 13 + 8 + 2 * (8 + 6 + 7 + 2 + 5) + 2
     assert ToeplitzStatus.OK.value == 0
 
 
