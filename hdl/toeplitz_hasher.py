@@ -464,7 +464,11 @@ class _TileDatapath(wiring.Component):
         self.karatsuba_base = karatsuba_base
         #: Row blocks of the tile, ``lanes`` rows each.
         self.blocks = tile // lanes
-        levels = _split_levels(lanes, karatsuba_base)
+        #: Seed chunks a pass reads before its first ``x`` beat (the controller's ``FILL``), so
+        #: that every block's products see seed bits of this pass.
+        self.window_chunks = self.blocks + 1
+        #: Times the Karatsuba split halves a ``lanes``-wide block.
+        self.levels = levels = _split_levels(lanes, karatsuba_base)
         #: Clocks from an ``x`` beat's entry until its product is in the top block's
         #: accumulators: the end of a pass waits this long before the dump.
         self.settle = _settle_cycles(self.blocks, levels)
@@ -488,7 +492,7 @@ class _TileDatapath(wiring.Component):
         m = Module()
         L, T, B = self.lanes, self.tile, self.blocks
         ctl = self.ctl
-        levels = _split_levels(L, self.karatsuba_base)
+        levels = self.levels
 
         window = Signal(T + 2 * L, reset_less=True)
         x_reg = Signal(L, reset_less=True)            # x beat that entered the cycle before
@@ -646,6 +650,7 @@ class _HashController(wiring.Component):
         self.max_n = max_n
         self.max_m = max_m
         self.blocks = datapath.blocks
+        self.window_chunks = datapath.window_chunks
         self.settle = datapath.settle
         self.clear_dumps = datapath.clear_dumps
         self.x_depth = x_buf.depth
@@ -664,7 +669,7 @@ class _HashController(wiring.Component):
         m = Module()
         L, B = self.lanes, self.blocks
         lg = ceil_log2(L)
-        K = B + 1                                     # seed chunks that fill the window
+        K = self.window_chunks
         x_depth, s_depth = self.x_depth, self.s_depth
         x_buf, s_buf, dp = self.x_buf, self.s_buf, self.datapath
 
@@ -1030,7 +1035,7 @@ class ToeplitzHasher(wiring.Component):
         # x is read upwards once per pass; the seed downwards, a window fill more than x
         m.submodules.x_buf = x_buf = _LaneBuffer(L, x_depth, x_depth, descending=False,
                                                  **memory)
-        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + datapath.blocks + 1,
+        m.submodules.s_buf = s_buf = _LaneBuffer(L, s_depth, x_depth + datapath.window_chunks,
                                                  descending=True, **memory)
         m.submodules.controller = controller = _HashController(
             lanes=L, max_n=self.max_n, max_m=self.max_m, datapath=datapath,
