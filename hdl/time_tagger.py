@@ -37,16 +37,22 @@ clock is running (so no wide comparison sits in the loop). A change of
 :attr:`TimeTagger.dead_time` applies to edges accepted from two clocks after it.
 """
 
-from amaranth import Array, Cat, Const, Elaboratable, Module, Mux, Signal, signed
+from amaranth import Array, Cat, Const, DomainRenamer, Elaboratable, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import check_int, collision_free_read, saturating_counter
+from mozi.hdl.common import check_int, collision_free_read
 from mozi.hdl.layouts import LOST_WIDTH, tag_event_layout
 
-__all__ = ["TimeTagger"]
+__all__ = ["DROP_GRAY_BITS", "MAX_CLOCK_RATIO", "AsyncEventFIFO", "TimeTagger"]
 
 _PHASES = (1, 2, 4, 8)
+#: Bits of the Gray-coded drop count that crosses to ``o_domain``: a drop per clock of the
+#: tagger at most, read every clock of ``o_domain``, so the tagger's clock may be up to
+#: :data:`MAX_CLOCK_RATIO` times faster before the count could wrap between two reads.
+DROP_GRAY_BITS = 4
+MAX_CLOCK_RATIO = (1 << DROP_GRAY_BITS) - 1
 
 
 class TimeTagger(wiring.Component):
@@ -69,6 +75,15 @@ class TimeTagger(wiring.Component):
         Depth of the output FIFO in events (at least 2). 256 fills one iCE40 EBR in depth.
     lost_count_width : int
         Width of the :attr:`lost_count` total.
+    domain : str
+        The clock domain that samples :attr:`pins` and runs the pipeline.
+    o_domain : str
+        The clock domain of :attr:`o`, :attr:`dead_time`, :attr:`lost_count` and :attr:`drop`
+        (default: ``domain``). When it differs, the output FIFO is an :class:`AsyncEventFIFO`
+        (``fifo_depth`` rounded up to a power of two, plus its output register), ``dead_time`` goes
+        through an :class:`~amaranth.lib.cdc.FFSynchronizer`, and drops cross as a Gray-coded
+        count: ``domain``'s clock may be up to :data:`MAX_CLOCK_RATIO` times ``o_domain``'s,
+        and both domains must be reset together as :class:`AsyncEventFIFO` requires.
 
     Attributes
     ----------
@@ -85,13 +100,19 @@ class TimeTagger(wiring.Component):
     lost_count : Out(lost_count_width)
         Total number of events dropped since reset (saturating; counted one clock after the
         drop).
-    drop : Out(1)
-        High for one clock per dropped event, as ``lost_count`` counts it.
+    drop : Out(drop_width)
+        Events dropped, as ``lost_count`` counts them: high for one clock per drop in one
+        domain (``drop_width`` 1); across domains, the number counted in this clock of
+        ``o_domain`` (``drop_width`` = :data:`DROP_GRAY_BITS`).
     """
 
     def __init__(self, *, channels: int = 4, phases: int = 1, timestamp_width: int = 48,
                  dead_time_width: int = 16, fifo_depth: int = 256,
-                 lost_count_width: int = 32):
+                 lost_count_width: int = 32, domain: str = "sync", o_domain: str | None = None):
+        self.domain = domain
+        self.o_domain = domain if o_domain is None else o_domain
+        self.crossing = self.o_domain != self.domain
+        self.drop_width = DROP_GRAY_BITS if self.crossing else 1
         self.channels = check_int("channels", channels, 1)
         if isinstance(phases, bool) or not isinstance(phases, int):
             raise TypeError(f"phases must be an integer, not {phases!r}")
@@ -110,13 +131,20 @@ class TimeTagger(wiring.Component):
             "dead_time": In(dead_time_width),
             "o": Out(stream.Signature(self.event_layout)),
             "lost_count": Out(lost_count_width),
-            "drop": Out(1),
+            "drop": Out(self.drop_width),
         })
 
     def elaborate(self, platform):
-        m = Module()
+        top = Module()
+        m = Module()                    # the pipeline, in "sync" until renamed to `domain`
         C, P, pb = self.channels, self.phases, self.phase_bits
         DW = self.dead_time_width
+        dead_time = Signal(DW)          # the port, in the pipeline's domain
+        if self.crossing:
+            top.submodules.dead_time_sync = FFSynchronizer(self.dead_time, dead_time,
+                                                           o_domain=self.domain)
+        else:
+            top.d.comb += dead_time.eq(self.dead_time)
 
         # Stage 1: sample register.
         smp = Signal(C * P)
@@ -135,9 +163,9 @@ class TimeTagger(wiring.Component):
         zero_opt = Signal(P, reset_less=True)
         for f in range(P):
             m.d.sync += [      # S < 0 iff dead_time < P - f; S = dead_time + f (mod P)
-                ph_opt[f].eq(Mux(self.dead_time < P - f, 0, (self.dead_time[:pb] + f)[:pb])),
-                r_opt[f].eq((self.dead_time + (f - 3 * P)) >> pb),
-                zero_opt[f].eq(self.dead_time < 2 * P - f),
+                ph_opt[f].eq(Mux(dead_time < P - f, 0, (dead_time[:pb] + f)[:pb])),
+                r_opt[f].eq((dead_time + (f - 3 * P)) >> pb),
+                zero_opt[f].eq(dead_time < 2 * P - f),
             ]
 
         prev_last = Signal(C)  # last sample of each channel in the previous clock
@@ -208,11 +236,16 @@ class TimeTagger(wiring.Component):
             m.d.sync += event.timestamp.eq(coarse)
 
         # Stage 6: output FIFO with counted drops.
-        fifo = m.submodules.fifo = _EventFIFO(width=self.event_layout.size,
-                                              depth=self.fifo_depth)
+        if self.crossing:
+            fifo = AsyncEventFIFO(width=self.event_layout.size, depth=self.fifo_depth,
+                                  w_domain=self.domain, r_domain=self.o_domain)
+        else:
+            fifo = DomainRenamer(self.domain)(_EventFIFO(width=self.event_layout.size,
+                                                         depth=self.fifo_depth))
+        top.submodules.fifo = fifo
         # drops since the last write; the top bit, once set, saturates it (no wide compare)
         pending = Signal(LOST_WIDTH + 1)
-        drop = self.drop
+        drop = Signal()
         m.d.sync += drop.eq(0)
         entry = Signal(self.event_layout)
         m.d.comb += [
@@ -229,15 +262,39 @@ class TimeTagger(wiring.Component):
                 with m.If(~pending[LOST_WIDTH]):
                     m.d.sync += pending.eq(pending + 1)
                 m.d.sync += drop.eq(1)
-        # the total counts drops one clock later, from a register (short paths)
-        saturating_counter(m, self.lost_count, drop)
+        top.submodules.pipeline = DomainRenamer(self.domain)(m)
 
-        m.d.comb += [
+        o = top.d[self.o_domain]
+        if self.crossing:
+            # a Gray count of the drops (never reset: a reset must not look like drops), read
+            # in o_domain, where the difference between two reads is this clock's count
+            G = DROP_GRAY_BITS
+            binary = Signal(G, reset_less=True)
+            gray = Signal(G, reset_less=True)
+            with m.If(drop):
+                m.d.sync += binary.eq(binary + 1)
+            m.d.sync += gray.eq(binary ^ (binary >> 1))
+            gray_o = Signal(G)
+            top.submodules.drop_sync = FFSynchronizer(gray, gray_o, o_domain=self.o_domain)
+            seen = Signal(G, reset_less=True)
+            seen_next = Signal(G)
+            for k in reversed(range(G)):           # Gray → binary: XOR of the higher bits
+                top.d.comb += seen_next[k].eq(gray_o[k:].xor())
+            o += [seen.eq(seen_next), self.drop.eq(seen_next - seen)]
+        else:
+            top.d.comb += self.drop.eq(drop)
+        # the total counts drops one clock later, from a register (short paths)
+        count = Signal(self.lost_count_width + 1)
+        with top.If(~count[-1]):
+            o += count.eq(count + self.drop)
+        top.d.comb += self.lost_count.eq(count[:-1] | count[-1].replicate(self.lost_count_width))
+
+        top.d.comb += [
             self.o.payload.eq(fifo.r_data),
             self.o.valid.eq(fifo.r_rdy),
             fifo.r_en.eq(self.o.ready),
         ]
-        return m
+        return top
 
 
 def _split_counter(m: Module, width: int, init: int):
@@ -333,3 +390,98 @@ class _EventFIFO(Elaboratable):
             m.d.sync += [total.eq(total - 1), self.w_rdy.eq(1)]
         return m
 
+
+
+def _gray(value):
+    return value ^ (value >> 1)
+
+
+def _binary(m: Module, domain: str, gray, out) -> None:
+    """``out`` ← the binary value of ``gray``, two clocks later: bit k is the XOR of the bits
+    k and up, in two registered steps of up to four inputs each (left to synthesis, the XORs
+    become a chain as many LUTs deep as the code is wide)."""
+    assert len(gray) <= 16
+    quads = Signal.like(gray, name=out.name + "_quads")   # XOR of bits k .. k+3
+    m.d[domain] += [quads.eq(gray ^ (gray >> 1) ^ (gray >> 2) ^ (gray >> 3)),
+                    out.eq(quads ^ (quads >> 4) ^ (quads >> 8) ^ (quads >> 12))]
+
+
+class AsyncEventFIFO(Elaboratable):
+    """:class:`_EventFIFO` across two clock domains: written in ``w_domain``, read in
+    ``r_domain``, its flags in flip-flops.
+
+    A memory of ``depth`` words (rounded up to a power of two) and the block RAM's read
+    register as the output register: ``depth + 1`` words in all. The pointers cross as Gray
+    codes through two-flip-flop synchronisers and are decoded into registers; each side's
+    flag is a flip-flop computed from its own pointer and the other's as last seen, so it is
+    conservative (a word freed or written is seen a few clocks late) and never wrong. No path
+    runs from ``w_en``/``r_en`` through a comparison to a counter: the write side's ``w_rdy``
+    is one subtraction and one comparison from registers, ahead by a clock.
+
+    Reset: each side is reset by its own domain's reset, and the two must overlap so that
+    neither side leaves reset while the other still shows a pointer from before it: hold the
+    read side's reset for at least 8 of its clocks and let the write side's (a synchronised
+    copy of the same request) begin within them and last until after they end. The role top
+    does so (:class:`mozi.firmware.receiver.Receiver`).
+    """
+
+    def __init__(self, *, width: int, depth: int, w_domain: str, r_domain: str):
+        self.width = width
+        self.mem_depth = 1 << max(1, (depth - 1).bit_length())
+        self.depth = self.mem_depth + 1
+        self.w_domain, self.r_domain = w_domain, r_domain
+        self.w_data = Signal(width)
+        self.w_en = Signal()
+        self.w_rdy = Signal(init=1)
+        self.r_data = Signal(width)
+        self.r_en = Signal()
+        self.r_rdy = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        w, r = m.d[self.w_domain], m.d[self.r_domain]
+        D = self.mem_depth
+        bits = D.bit_length()          # one more than the address: full and empty differ
+        m.submodules.storage = storage = Memory(shape=self.width, depth=D, init=[])
+        w_port = storage.write_port(domain=self.w_domain)
+        r_port = storage.read_port(domain=self.r_domain, transparent_for=())
+
+        # write side: produce, its Gray code, and consume as last seen
+        produce = Signal(bits)
+        produce_gray = Signal(bits)
+        consume_gray = Signal(bits)    # (the read side's)
+        consume_seen_gray = Signal(bits)
+        consume_seen = Signal(bits)
+        do_write = Signal()
+        used = Signal(bits)            # words in memory as the write side knows it
+        m.submodules.consume_sync = FFSynchronizer(consume_gray, consume_seen_gray,
+                                                   o_domain=self.w_domain)
+        m.d.comb += [
+            do_write.eq(self.w_en & self.w_rdy),
+            w_port.addr.eq(produce[:-1]), w_port.data.eq(self.w_data), w_port.en.eq(do_write),
+            used.eq(produce - consume_seen),
+        ]
+        _binary(m, self.w_domain, consume_seen_gray, consume_seen)
+        w += [produce.eq(produce + do_write), produce_gray.eq(_gray(produce)),
+              # room after this clock: used + do_write < D (a conservative used)
+              self.w_rdy.eq(Mux(do_write, used < D - 1, used < D))]
+
+        # read side: consume, its Gray code, and produce as last seen
+        consume = Signal(bits)
+        produce_seen_gray = Signal(bits)
+        produce_seen = Signal(bits)
+        do_read = Signal()             # memory → output register
+        m.submodules.produce_sync = FFSynchronizer(produce_gray, produce_seen_gray,
+                                                   o_domain=self.r_domain)
+        m.d.comb += [
+            do_read.eq((produce_seen != consume) & (~self.r_rdy | self.r_en)),
+            r_port.addr.eq(consume[:-1]), r_port.en.eq(do_read),
+            self.r_data.eq(r_port.data),
+        ]
+        _binary(m, self.r_domain, produce_seen_gray, produce_seen)
+        r += [consume.eq(consume + do_read), consume_gray.eq(_gray(consume))]
+        with m.If(do_read):
+            r += self.r_rdy.eq(1)
+        with m.Elif(self.r_en):
+            r += self.r_rdy.eq(0)
+        return m

@@ -26,13 +26,26 @@ PARAMS = [
     {"channels": 4, "phases": 8, "timestamp_width": 48, "fifo_depth": 8},
     {"channels": 4, "phases": 2, "timestamp_width": 10, "fifo_depth": 4,
      "lost_count_width": 8},
+    # the output on a clock of its own (an AsyncEventFIFO, deeper than the round trip of its
+    # pointers through the synchronisers): half the tagger's rate, as on the iCEBreaker, and
+    # faster than the tagger
+    {"channels": 4, "phases": 2, "timestamp_width": 48, "fifo_depth": 16, "read_period": 20},
+    {"channels": 4, "phases": 1, "timestamp_width": 48, "fifo_depth": 16, "read_period": 7},
 ]
 
 
+def _tagger(params):
+    kwargs = {k: v for k, v in params.items() if k != "read_period"}
+    if "read_period" in params:
+        kwargs["o_domain"] = "read"
+    return TimeTagger(**kwargs)
+
+
 @pytest.mark.cocotb
-@pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"p{p['phases']}-w{p['timestamp_width']}")
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: f"p{p['phases']}-w{p['timestamp_width']}"
+                         + (f"-read{p['read_period']}ns" if "read_period" in p else ""))
 def test_time_tagger_rtl(params):
-    run_cocotb(TimeTagger(**params), "tests.hdl.tb_time_tagger", params=params)
+    run_cocotb(_tagger(params), "tests.hdl.tb_time_tagger", params=params)
 
 
 def test_defaults_elaborate():
