@@ -519,14 +519,16 @@ class Link(wiring.Component):
             if reg.name not in values and reg.name not in self.counters:
                 values[reg.name] = getattr(self, register_port_name(reg.name))
         addr = Signal(16)
-        value = Signal(_VALUE_BITS)          # assembled MSB-first from the wire
+        # a WRITE_REG's value, assembled MSB-first from the wire (so LSB-aligned once whole);
+        # a READ_REG's, loaded MSB-aligned and sent from its top byte (one shift register)
+        value = Signal(_VALUE_BITS)
         known = Signal()
         writable = Signal()
         nbytes = Signal(range(proto.MAX_REGISTER_BYTES + 1))
         high_clear = Signal()                # no bit set above the register's width
         # (a value is nbytes bytes shifted into zeros, so only its top byte can break that)
         value_ok = Signal()                  # … and the value obeys the register's rules
-        read_value = Signal(_VALUE_BITS)
+        read_value = Signal(_VALUE_BITS)     # MSB-aligned: the first byte to send on top
         is_counter = Signal()                # … its value comes from the counter bank
         with m.Switch(addr):
             for reg in self.registers:
@@ -538,7 +540,15 @@ class Link(wiring.Component):
                         m.d.comb += [is_counter.eq(1),
                                      bank.rd_index.eq(counter_names.index(reg.name))]
                     else:
-                        m.d.comb += read_value.eq(values[reg.name].as_unsigned())
+                        m.d.comb += read_value.eq(values[reg.name].as_unsigned()
+                                                  << _VALUE_BITS - 8 * reg.nbytes)
+        # what REG_CHECK and REG_VALUE decide on, registered: the address is whole a clock
+        # before REG_CHECK (REG_ADDR sees count == 2 first), so the decode reaches no state
+        known_r, writable_r, is_counter_r = Signal(), Signal(), Signal()
+        nbytes_r = Signal.like(nbytes)
+        length_ok = Signal()                 # a WRITE_REG's length: address and value
+        m.d.sync += [known_r.eq(known), writable_r.eq(writable), is_counter_r.eq(is_counter),
+                     nbytes_r.eq(nbytes), length_ok.eq(hdr.length == 2 + nbytes)]
         m.d.comb += [self.w_addr.eq(addr), self.w_value.eq(value)]
         do_write = self.w_en
         with m.If(do_write):
@@ -561,8 +571,6 @@ class Link(wiring.Component):
 
         # ---- dispatcher ------------------------------------------------------------------
         count = Signal(range(P + 1))
-        latched = Signal(_VALUE_BITS)          # the value a READ_REG answers
-        byte_index = Signal(range(proto.MAX_REGISTER_BYTES))
         err = Signal(8)
         resp_op = Signal(8)
         role_op = Signal()
@@ -652,21 +660,21 @@ class Link(wiring.Component):
                 is_read = hdr.opcode == Opcode.READ_REG.value
                 with m.If(hdr.length < 2):
                     respond_error(ErrorCode.BAD_REQUEST.value)
-                with m.Elif(~known):
+                with m.Elif(~known_r):
                     respond_error(ErrorCode.BAD_ADDRESS.value)
                 with m.Elif(is_read):
                     with m.If(hdr.length != 2):
                         respond_error(ErrorCode.BAD_REQUEST.value)
                     with m.Else():
-                        m.d.sync += [latched.eq(read_value), count.eq(0),
+                        m.d.sync += [value.eq(read_value), count.eq(0),
                                      resp_op.eq(Opcode.REG_VALUE.value)]
-                        with m.If(is_counter):
+                        with m.If(is_counter_r):
                             m.next = "REG_COUNT"
                         with m.Else():
                             m.next = "REG_VALUE"
-                with m.Elif(hdr.length != 2 + nbytes):
+                with m.Elif(~length_ok):
                     respond_error(ErrorCode.BAD_REQUEST.value)
-                with m.Elif(~writable):
+                with m.Elif(~writable_r):
                     respond_error(ErrorCode.READ_ONLY.value)
                 with m.Else():
                     m.d.sync += count.eq(0)
@@ -674,7 +682,8 @@ class Link(wiring.Component):
             with m.State("REG_COUNT"):              # the counter's total at its next visit
                 m.d.comb += bank.rd_req.eq(1)
                 with m.If(bank.rd_valid):
-                    m.d.sync += latched.eq(bank.rd_value)
+                    counter_bytes = proto.register(counter_names[0]).nbytes
+                    m.d.sync += value.eq(bank.rd_value << _VALUE_BITS - 8 * counter_bytes)
                     m.next = "REG_VALUE"
             with m.State("REG_VALUE"):
                 # the address, then the value's nbytes bytes, MSB first
@@ -685,10 +694,10 @@ class Link(wiring.Component):
                     with m.Case(1):
                         m.d.comb += tx_byte.eq(addr[:8])
                     with m.Default():
-                        m.d.comb += [byte_index.eq(nbytes + 1 - count),
-                                     tx_byte.eq(latched.word_select(byte_index, 8))]
+                        m.d.comb += tx_byte.eq(value[-8:])
+                        m.d.sync += value.eq(value << 8)
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == 1 + nbytes):
+                with m.If(count == 1 + nbytes_r):
                     m.next = "RESPOND"
             with m.State("REG_DATA"):
                 m.d.comb += rd.o.ready.eq(1)
