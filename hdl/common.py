@@ -1,9 +1,11 @@
-"""Small helpers shared by the cores: parameter checks, a saturating counter, and a
-registered read of a block RAM that synthesis need not guard against collisions."""
+"""Small helpers shared by the cores: parameter checks, a saturating counter, a registered
+read of a block RAM that synthesis need not guard against collisions, and a skid buffer."""
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["check_int", "collision_free_read", "saturating_counter"]
+__all__ = ["SkidBuffer", "check_int", "collision_free_read", "saturating_counter"]
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -52,3 +54,41 @@ def collision_free_read(m: Module, memory, en=None):
         with m.If(en):
             m.d.sync += data.eq(port.data)
     return port, data
+
+
+class SkidBuffer(wiring.Component):
+    """A two-entry stream register that cuts both the payload and the ``ready`` path.
+
+    ``i.ready`` is a flip-flop (the spare entry is free) and ``o.valid``/``o.payload`` come
+    from flip-flops, so neither side's handshake logic reaches the other's: a consumer whose
+    ``ready`` is the end of a long decision no longer lengthens the producer's paths. Full
+    rate: a word can enter and leave in every clock; one clock of latency.
+
+    Parameters
+    ----------
+    shape : shape-castable
+        The payload.
+
+    Ports
+    -----
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        spare = Signal.like(self.i.payload)       # the word that arrived while o was stalled
+        spare_valid = Signal()
+        m.d.comb += self.i.ready.eq(~spare_valid)
+        take = self.i.valid & self.i.ready
+        with m.If(~self.o.valid | self.o.ready):
+            # o moves on: to the spare word if there is one, else to the incoming one
+            m.d.sync += [self.o.valid.eq(spare_valid | self.i.valid),
+                         self.o.payload.eq(Mux(spare_valid, spare, self.i.payload)),
+                         spare_valid.eq(0)]
+        with m.Elif(take):
+            m.d.sync += [spare.eq(self.i.payload), spare_valid.eq(1)]
+        return m
