@@ -30,8 +30,8 @@ from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import MIN_DIVISOR
 from mozi.hdl.common import collision_free_read
 
-__all__ = ["BufferReader", "Deframer", "Framer", "Link", "UART_REGISTERS", "connect_host",
-           "counter_port_name", "end_command", "host_port", "register_port_name"]
+__all__ = ["BufferReader", "Deframer", "Framer", "Link", "UART_REGISTERS", "command_end",
+           "connect_host", "counter_port_name", "host_port", "register_port_name"]
 
 _SYNC0, _SYNC1 = proto.SYNC
 #: Registers every link implements itself.
@@ -52,15 +52,23 @@ def host_port(uart: bool) -> dict:
     return {"i": In(stream.Signature(8)), "o": Out(stream.Signature(8))}
 
 
-def end_command(m: Module, done, opcode=None, error=None) -> None:
-    """Inside a role top's FSM: end the request on ``cmd_done`` (the response ``opcode``, or
-    an ``ERROR`` with code ``error``) and go back to ``IDLE``."""
-    m.d.comb += done.valid.eq(1)
-    if error is not None:
-        m.d.comb += [done.payload.error.eq(1), done.payload.opcode.eq(error.value)]
-    else:
-        m.d.comb += done.payload.opcode.eq(opcode.value)
-    m.next = "IDLE"
+def command_end(m: Module, link: Link):
+    """A role top's end of a request, driving ``link.cmd_done`` from registers: returns
+    ``finish(opcode=None, error=None)``, which (inside the top's FSM) ends the request — with
+    the response ``opcode``, or an ``ERROR`` with code ``error`` — and goes back to ``IDLE``.
+
+    The link sees the end a clock later, so the top's decision (often a comparison) reaches
+    none of the link's state; the link takes no new request before it has seen it."""
+    valid = Signal()
+    payload = Signal.like(link.cmd_done.payload)
+    m.d.sync += valid.eq(0)
+    m.d.comb += [link.cmd_done.valid.eq(valid), link.cmd_done.payload.eq(payload)]
+
+    def finish(opcode=None, error=None):
+        m.d.sync += [valid.eq(1), payload.error.eq(error is not None),
+                     payload.opcode.eq(error.value if error is not None else opcode.value)]
+        m.next = "IDLE"
+    return finish
 
 
 def connect_host(m: Module, top, link: Link, uart) -> None:

@@ -16,23 +16,35 @@ later event (at the very end of a block) appear only in ``lost_count``, so the h
 counters at the end of every block.
 """
 
-from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, signed
+from amaranth import (
+    Cat,
+    ClockDomain,
+    Const,
+    Module,
+    Mux,
+    ResetInserter,
+    ResetSignal,
+    Signal,
+    signed,
+)
 from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out, connect
 from mozi.firmware import protocol as proto
 from mozi.firmware.link import (
     UART_REGISTERS,
     Link,
+    command_end,
     connect_host,
     counter_port_name,
-    end_command,
     host_port,
     register_port_name,
 )
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.uart import UART
 from mozi.hdl.basis_decoder import BasisDecoder
+from mozi.hdl.common import SkidBuffer
 from mozi.hdl.layouts import LOST_WIDTH, detection_layout, tag_event_layout
 from mozi.hdl.slot_assigner import SlotAssigner
 from mozi.hdl.time_tagger import TimeTagger
@@ -53,11 +65,14 @@ class ReceiverCores(wiring.Component):
     timestamp_width, slot_width, frac_bits, period_width : int
         As for :class:`~mozi.hdl.time_tagger.TimeTagger` and
         :class:`~mozi.hdl.slot_assigner.SlotAssigner`.
+    sample_domain : str
+        The clock domain of the TimeTagger (its ``domain``); everything else is ``sync``, the
+        tagger's FIFO crosses between the two when they differ.
 
     Ports
     -----
     pins : In(4 * phases)
-        Detector samples, channel-major (H, V, D, A), phase 0 earliest.
+        Detector samples, channel-major (H, V, D, A), phase 0 earliest, in ``sample_domain``.
     dead_time : In(16)
         Per-channel dead time in ticks.
     period, offset, window_start, window_end : In
@@ -82,13 +97,14 @@ class ReceiverCores(wiring.Component):
     lost_count, rejected_count, dropped_count : Out(32)
         Events dropped by the tagger (output backed up), rejected by the window, and dropped
         by the decoder (empty mask).
-    lost_inc, rejected_inc, dropped_inc : Out(1)
-        High for one clock per event each of those counts (for the link's counter bank).
+    lost_inc : Out(tagger.drop_width), rejected_inc, dropped_inc : Out(1)
+        The events each of those counts counted in this clock (for the link's counter bank).
     """
 
     def __init__(self, *, phases: int = 2, timestamp_width: int = 48, slot_width: int = 48,
-                 frac_bits: int = 16, period_width: int = 32):
-        self.tagger = TimeTagger(channels=4, phases=phases, timestamp_width=timestamp_width)
+                 frac_bits: int = 16, period_width: int = 32, sample_domain: str = "sync"):
+        self.tagger = TimeTagger(channels=4, phases=phases, timestamp_width=timestamp_width,
+                                 domain=sample_domain, o_domain="sync")
         self.assigner = SlotAssigner(timestamp_width=timestamp_width, slot_width=slot_width,
                                      frac_bits=frac_bits, channels=4, period_width=period_width)
         self.decoder = BasisDecoder(slot_width=slot_width, channels=4)
@@ -109,7 +125,8 @@ class ReceiverCores(wiring.Component):
             "lost_count": Out(32),
             "rejected_count": Out(32),
             "dropped_count": Out(32),
-            "lost_inc": Out(1), "rejected_inc": Out(1), "dropped_inc": Out(1),
+            "lost_inc": Out(self.tagger.drop_width), "rejected_inc": Out(1),
+            "dropped_inc": Out(1),
         })
 
     def elaborate(self, platform):
@@ -164,15 +181,24 @@ class Receiver(wiring.Component):
         The host link is a UART on the ``rx``/``tx`` pins (a board), not byte streams.
     uart_divisor : int
         Reset value of ``UART_DIVISOR`` (clocks per bit).
+    sample_clock : bool
+        The TimeTagger samples the detector pins on a clock of its own, ``sample_clk`` (the
+        ``sample`` domain; on a board a PLL's output, as fast as the tagger closes timing),
+        and everything else runs on the ``sync`` clock; the tagger's FIFO is the crossing.
+        ``sample_clk`` must not be slower than ``sync``'s clock, nor more than
+        :data:`~mozi.hdl.time_tagger.MAX_CLOCK_RATIO` times faster. Without it, one clock.
 
     Ports
     -----
+    sample_clk : In(1)
+        The tagger's clock, with ``sample_clock``. The ``sample`` domain is reset with ``sync``
+        and by ``CTRL`` bit 0, through a synchroniser.
     i : In(stream.Signature(8)), o : Out(stream.Signature(8))
         The host link's bytes (the simulation port), without ``uart``.
     rx : In(1), tx : Out(1)
         The UART pins, with ``uart``.
     pins : In(4 * phases)
-        Detector samples.
+        Detector samples (in the ``sample`` domain with ``sample_clock``).
     idle : Out(1)
         The device waits for input (nothing being received, executed or sent).
 
@@ -191,40 +217,67 @@ class Receiver(wiring.Component):
                  "TT_DEAD_TIME", "TT_PHASES", "TT_SOURCE", "RX_EVENTS", "RX_REJECTED", "RX_LOST",
                  "RX_DETECTIONS", "RX_MULTI", "RX_RANDOM_LEVEL", "RX_RANDOM_CAPACITY",
                  "RX_DROPPED", "RX_TAGGER_LOST")
-    #: Of those, the counters the link keeps, by the width of their increment.
+    #: Clocks of sync the cores' reset lasts with ``sample_clock`` (also after configuration).
+    RESET_CLOCKS = 8
+    #: Of those, the counters the link keeps, by the width of their increment (with one
+    #: clock; see :attr:`counters`).
     COUNTERS = {"RX_EVENTS": 1, "RX_REJECTED": 1, "RX_LOST": LOST_WIDTH, "RX_DETECTIONS": 1,
                 "RX_MULTI": 1, "RX_DROPPED": 1, "RX_TAGGER_LOST": 1}
 
     def __init__(self, *, phases: int = 2, max_payload: int = proto.DEVICE_MAX_PAYLOAD,
-                 frac_bits: int = 16, uart: bool = False, uart_divisor: int = 16):
+                 frac_bits: int = 16, uart: bool = False, uart_divisor: int = 16,
+                 sample_clock: bool = True):
         self.uart = UART() if uart else None
         self.phases = phases
         self.max_payload = max_payload
         self.frac_bits = frac_bits
-        self.cores = ReceiverCores(phases=phases, frac_bits=frac_bits)
+        self.sample_clock = sample_clock
+        self.cores = ReceiverCores(phases=phases, frac_bits=frac_bits,
+                                   sample_domain="sample" if sample_clock else "sync")
+        #: the link's counters (the tagger's losses cross clocks as a count per clock)
+        self.counters = {**self.COUNTERS, "RX_TAGGER_LOST": len(self.cores.lost_inc)}
         one = 1 << frac_bits
         self.link = Link(role=1, registers=self.REGISTERS + (UART_REGISTERS if uart else ()),
                          opcodes=(Opcode.RANDOM_WORDS, Opcode.TAG_EVENTS,
                                   Opcode.LIVE_DETECTIONS),
-                         counters=self.COUNTERS,
+                         counters=self.counters,
                          init={"SA_PERIOD": one, "SA_WINDOW_END": one,
                                "UART_DIVISOR": uart_divisor},
                          max_payload=max_payload)
         self.random_fifo = SyncFIFOBuffered(width=2, depth=RANDOM_DEPTH)
-        super().__init__({**host_port(uart), "pins": In(4 * phases), "idle": Out(1)})
+        super().__init__({**host_port(uart), "pins": In(4 * phases), "idle": Out(1),
+                          **({"sample_clk": In(1)} if sample_clock else {})})
 
     def elaborate(self, platform):
         m = Module()
         link, cores, fifo = self.link, self.cores, self.random_fifo
-        rst = link.soft_reset
+        rst = Signal()                    # the cores' reset: CTRL bit 0
         m.submodules.link = link
         m.submodules.cores = ResetInserter(rst)(cores)
         m.submodules.random_fifo = ResetInserter(rst)(fifo)
+        if self.sample_clock:
+            # The tagger's domain is reset with sync and by CTRL bit 0, through a
+            # synchroniser; its FIFO to sync wants both sides reset together (see
+            # AsyncEventFIFO): the cores' reset is held for RESET_CLOCKS clocks, within which
+            # the sample domain's (on a clock no slower) begins, and which it outlasts.
+            m.domains.sample = sample = ClockDomain("sample", local=True)
+            hold = Signal(range(self.RESET_CLOCKS), init=self.RESET_CLOCKS - 1)
+            sync_rst = ResetSignal("sync", allow_reset_less=True)
+            with m.If(link.soft_reset):
+                m.d.sync += hold.eq(self.RESET_CLOCKS - 1)
+            with m.Elif(hold != 0):
+                m.d.sync += hold.eq(hold - 1)
+            m.d.comb += [sample.clk.eq(self.sample_clk),
+                         rst.eq(link.soft_reset | (hold != 0))]
+            m.submodules.sample_reset = FFSynchronizer(rst | sync_rst, sample.rst,
+                                                       o_domain="sample")
+        else:
+            m.d.comb += rst.eq(link.soft_reset)
         connect_host(m, self, link, self.uart)
         connect(m, fifo.r_stream, cores.rand)
         reg = {name: getattr(link, register_port_name(name)) for name in self.REGISTERS
-               if name not in self.COUNTERS}
-        inc = {name: getattr(link, counter_port_name(name)) for name in self.COUNTERS}
+               if name not in self.counters}
+        inc = {name: getattr(link, counter_port_name(name)) for name in self.counters}
         assigner = cores.assigner
         m.d.comb += [
             cores.pins.eq(self.pins),
@@ -275,16 +328,21 @@ class Receiver(wiring.Component):
         wire = Cat(det.lost[:8], det.lost[8:16], flags, det.slot)      # last byte first
         last = proto.DETECTION_BYTES - 1
         byte_at = Signal(range(proto.DETECTION_BYTES), init=last)   # the byte to send next
-        collecting = Signal()              # a request takes detections now
+        at_first = Signal(init=1)          # byte_at == last, and byte_at == 0, as registers
+        at_final = Signal()
+        # A request takes detections now: a register, set and cleared by the request's states
+        # a clock ahead (so that no count or comparison reaches the decoder's handshake).
+        collecting = Signal()
         sending = Signal()
         m.d.comb += [
-            sending.eq(cores.o.valid & (collecting | (byte_at != last))),
+            sending.eq(cores.o.valid & (collecting | ~at_first)),
             link.cmd_tx.valid.eq(sending),
             link.cmd_tx.payload.eq(wire.word_select(byte_at, 8)),
-            cores.o.ready.eq(sending & link.cmd_tx.ready & (byte_at == 0)),
+            cores.o.ready.eq(cores.o.valid & at_final & link.cmd_tx.ready),
         ]
         with m.If(link.cmd_tx.valid & link.cmd_tx.ready):
-            m.d.sync += byte_at.eq(Mux(byte_at == 0, last, byte_at - 1))
+            m.d.sync += [byte_at.eq(Mux(at_final, last, byte_at - 1)),
+                         at_first.eq(at_final), at_final.eq(byte_at == 1)]
         with m.If(cores.o.valid & cores.o.ready):
             m.d.comb += [inc["RX_DETECTIONS"].eq(1), inc["RX_MULTI"].eq(det.multi)]
         drained = Signal()
@@ -292,7 +350,13 @@ class Receiver(wiring.Component):
 
         # ---- requests ----------------------------------------------------------------------
         cmd = link.cmd.payload
-        rx = link.cmd_rx
+        # the request's bytes through a skid buffer: no state's decision to take a byte reaches
+        # the link's buffer reader; emptied as each request ends (what it holds is unread)
+        done = link.cmd_done
+        rx_buffer = SkidBuffer(8)
+        m.submodules.rx_buffer = ResetInserter(done.valid)(rx_buffer)
+        connect(m, link.cmd_rx, rx_buffer.i)
+        rx = rx_buffer.o
         length = Signal.like(cmd.length)
         head = Signal(16)                 # RANDOM_WORDS count, or TAG_EVENTS flags
         count = Signal(range(self.max_payload + 1))
@@ -302,11 +366,25 @@ class Receiver(wiring.Component):
         byte = Signal(8)
         words = Signal(16)                # random words still to push
         sub = Signal(2)                   # word within the byte
-        done = link.cmd_done
 
-        def finish(opcode=None, error=None):
-            end_command(m, done, opcode, error)
+        finish = command_end(m, link)
 
+        # The requests' checks, registered every clock from registers that are stable for a
+        # clock before the *_CHECK state that uses them (a check reaches cmd_done from a
+        # flip-flop, not through a comparison)
+        checks = {name: Signal(name=name) for name in
+                  ("ld_bad", "ld_large", "rw_bad", "rw_large", "te_bad", "te_underflow",
+                   "te_large")}
+        m.d.sync += [
+            checks["ld_bad"].eq((length != 6) | (ev[32:48] == 0)),
+            checks["ld_large"].eq(ev[32:48] > self.max_payload // proto.DETECTION_BYTES),
+            checks["rw_bad"].eq(length - 2 != (head + 3) >> 2),
+            checks["rw_large"].eq(fifo.level + head > RANDOM_DEPTH),
+            checks["te_bad"].eq((head[1:8] != 0) | (rest != 0)),
+            checks["te_underflow"].eq(events >= fifo.level),            # k + 1 words needed
+            # (k + 1) * DETECTION_BYTES > max_payload, without a multiplier
+            checks["te_large"].eq(events >= self.max_payload // proto.DETECTION_BYTES),
+        ]
         inj = cores.inject
         event = assigner.i.valid & assigner.i.ready
         m.d.comb += [inc["RX_EVENTS"].eq(event),
@@ -334,26 +412,30 @@ class Receiver(wiring.Component):
                     with m.If(rx.valid):
                         m.d.sync += [ev.eq(Cat(rx.payload, ev[:-8])), count.eq(count + 1)]
             with m.State("LD_CHECK"):
-                with m.If((length != 6) | (ev[32:48] == 0)):
+                with m.If(checks["ld_bad"]):
                     finish(error=ErrorCode.BAD_REQUEST)
                 with m.Elif(~reg["TT_SOURCE"]):
                     finish(error=ErrorCode.SOURCE)
-                with m.Elif(ev[32:48] > self.max_payload // proto.DETECTION_BYTES):
+                with m.Elif(checks["ld_large"]):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
-                    # the detections still wanted count down in `events`
-                    m.d.sync += [events.eq(ev[32:48]), clocks.eq(ev[:32])]
+                    # the detections still wanted count down in `events`, the clocks left
+                    # in `clocks`; collecting ends as the last of either goes
+                    m.d.sync += [events.eq(ev[32:48]), clocks.eq(ev[:32]),
+                                 collecting.eq(ev[:32] != 0)]
                     m.next = "LD_RUN"
             with m.State("LD_RUN"):
-                m.d.comb += collecting.eq(1)
                 m.d.sync += clocks.eq(clocks - 1)
+                with m.If(clocks == 1):
+                    m.d.sync += collecting.eq(0)
                 with m.If(cores.o.valid & cores.o.ready):
                     m.d.sync += events.eq(events - 1)
-                with m.If((clocks == 0) | (events == 0)):
-                    m.d.comb += collecting.eq(0)
+                    with m.If(events == 1):
+                        m.d.sync += collecting.eq(0)
+                with m.If(~collecting):
                     m.next = "LD_END"
             with m.State("LD_END"):                   # a detection begun is sent whole
-                with m.If(byte_at == last):
+                with m.If(at_first):
                     finish(Opcode.DETECTIONS)
             with m.State("TE_SOURCE"):
                 with m.If(reg["TT_SOURCE"]):
@@ -371,9 +453,9 @@ class Receiver(wiring.Component):
                     with m.If(rx.valid):
                         m.d.sync += [head.eq(Cat(rx.payload, head[:8])), count.eq(count + 1)]
             with m.State("RW_CHECK"):
-                with m.If(length - 2 != (head + 3) >> 2):
+                with m.If(checks["rw_bad"]):
                     finish(error=ErrorCode.BAD_REQUEST)
-                with m.Elif(fifo.level + head > RANDOM_DEPTH):
+                with m.Elif(checks["rw_large"]):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
                     m.d.sync += [words.eq(head), sub.eq(0)]
@@ -407,18 +489,16 @@ class Receiver(wiring.Component):
                 with m.Else():
                     m.next = "TE_CHECK"
             with m.State("TE_CHECK"):
-                with m.If((head[1:8] != 0) | (rest != 0)):
+                with m.If(checks["te_bad"]):
                     finish(error=ErrorCode.BAD_REQUEST)
-                with m.Elif(events >= fifo.level):             # k + 1 words needed
+                with m.Elif(checks["te_underflow"]):
                     finish(error=ErrorCode.RANDOM_UNDERFLOW)
-                # (k + 1) * DETECTION_BYTES > max_payload, without a multiplier
-                with m.Elif(events >= self.max_payload // proto.DETECTION_BYTES):
+                with m.Elif(checks["te_large"]):
                     finish(error=ErrorCode.TOO_LARGE)
                 with m.Else():
-                    m.d.sync += count.eq(0)
+                    m.d.sync += [count.eq(0), collecting.eq(1)]
                     m.next = "TE_READ"
             with m.State("TE_READ"):
-                m.d.comb += collecting.eq(1)
                 with m.If(events == 0):
                     m.next = "TE_END"
                 with m.Elif(count == proto.TAG_EVENT_BYTES):
@@ -428,7 +508,6 @@ class Receiver(wiring.Component):
                     with m.If(rx.valid):
                         m.d.sync += [ev.eq(Cat(rx.payload, ev[:-8])), count.eq(count + 1)]
             with m.State("TE_PUSH"):
-                m.d.comb += collecting.eq(1)
                 # wire: timestamp u48, mask u8, lost u16 (big-endian) → the tag event layout
                 m.d.comb += [inj.valid.eq(1),
                              inj.payload.timestamp.eq(ev[24:72]),
@@ -438,11 +517,11 @@ class Receiver(wiring.Component):
                     m.d.sync += [events.eq(events - 1), count.eq(0)]
                     m.next = "TE_READ"
             with m.State("TE_END"):
-                m.d.comb += [cores.flush.eq(head[0]), collecting.eq(1)]
+                m.d.comb += cores.flush.eq(head[0])
                 m.next = "TE_DRAIN"
             with m.State("TE_DRAIN"):
-                m.d.comb += collecting.eq(1)
                 with m.If(drained):
+                    m.d.sync += collecting.eq(0)
                     finish(Opcode.DETECTIONS)
         m.d.comb += self.idle.eq(link.idle)
         return m

@@ -69,6 +69,8 @@ class WidePort(wiring.Component):
         m.d.comb += sync.clk.eq(self.clk)
         W = self.width
         m.submodules.top = top = self.top
+        if hasattr(top, "sample_clk"):       # the receiver's tagger: the same clock here
+            m.d.comb += top.sample_clk.eq(self.clk)
         # input beat → bytes
         beat = Signal(8 * W)
         count = Signal(range(W + 1))

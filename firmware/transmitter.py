@@ -23,8 +23,8 @@ from mozi.firmware.link import (
     UART_REGISTERS,
     BufferReader,
     Link,
+    command_end,
     connect_host,
-    end_command,
     host_port,
     register_port_name,
 )
@@ -223,15 +223,13 @@ class Transmitter(wiring.Component):
 
         cmd = link.cmd.payload
         rx = link.cmd_rx
-        done = link.cmd_done
         length = Signal.like(cmd.length)
         pos = Signal.like(cmd.length)            # payload bytes read
         take = rx.valid & rx.ready
         with m.If(take):
             m.d.sync += pos.eq(pos + 1)
 
-        def finish(opcode=None, error=None):
-            end_command(m, done, opcode, error)
+        finish = command_end(m, link)
 
         def read_head(nbytes):
             # take a payload byte; the first nbytes shift into head (MSB first), the rest of

@@ -18,7 +18,7 @@ import struct
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.host.model_device import FIRMWARE, ModelTransport
@@ -29,6 +29,7 @@ from tests.hdl.streams import start_clock
 
 PHASES = 2
 CHANNELS = 4
+SAMPLE_NS = 5                  # the tagger's clock period (start_clock); the link's is 10 ns
 
 
 def _samples(rng: random.Random, cycles: int, start: int) -> np.ndarray:
@@ -55,7 +56,10 @@ async def test_live_detections_from_the_pins(dut):
     dut.i__valid.value = 0
     dut.rst.value = 1
     await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0                               # the next clock is tagger cycle 0
+    dut.rst.value = 0
+    # the tagger's clock (5 ns, twice the link's rate) leaves its reset through a synchroniser:
+    # the clock after that edge is tagger cycle 0
+    await FallingEdge(dut.sample_rst)
     cycle0 = cocotb.utils.get_sim_time("ns")
     host = Host(dut)
     reference = ModelTransport(**FIRMWARE["receiver"])
@@ -77,7 +81,7 @@ async def test_live_detections_from_the_pins(dut):
     answer = await host.ask(Opcode.TAG_EVENTS, b"\x01")
     assert answer.payload == bytes([ErrorCode.SOURCE.value])
     # clicks on the pins from a known cycle on, while LIVE_DETECTIONS collects
-    now = int((cocotb.utils.get_sim_time("ns") - cycle0) // 10)
+    now = int((cocotb.utils.get_sim_time("ns") - cycle0) // SAMPLE_NS)
     start = now + 50
     cycles = start + 30_000
     samples = _samples(rng, cycles, start)
@@ -85,11 +89,11 @@ async def test_live_detections_from_the_pins(dut):
     words_per_clock = (samples.reshape(cycles, -1).astype(np.uint64) * weights).sum(axis=1)
 
     async def drive():
-        while int((cocotb.utils.get_sim_time("ns") - cycle0) // 10) < start:
-            await RisingEdge(dut.clk)
+        while int((cocotb.utils.get_sim_time("ns") - cycle0) // SAMPLE_NS) < start:
+            await RisingEdge(dut.sample_clk)
         for c in range(start, cycles):
             dut.pins.value = int(words_per_clock[c])
-            await RisingEdge(dut.clk)
+            await RisingEdge(dut.sample_clk)
         dut.pins.value = 0
     cocotb.start_soon(drive())
     answer = await host.ask(Opcode.LIVE_DETECTIONS, struct.pack(">HI", 400, cycles - now + 500))

@@ -12,8 +12,11 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 
 def start_clock(dut) -> None:
-    """A 100 MHz clock on ``clk``."""
+    """A 100 MHz clock on ``clk``, and a 200 MHz one on ``sample_clk`` if the top has it
+    (the receiver's tagger, at twice the rate of the rest as on the iCEBreaker)."""
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    if hasattr(dut, "sample_clk"):
+        cocotb.start_soon(Clock(dut.sample_clk, 5, unit="ns").start())
 
 
 async def reset(dut, sources: tuple[str, ...], sinks: tuple[str, ...], clocks: int = 2) -> None:
