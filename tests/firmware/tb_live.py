@@ -112,3 +112,54 @@ async def test_live_detections_from_the_pins(dut):
     np.testing.assert_array_equal(got[2], bit[:n])
     np.testing.assert_array_equal(got[3], multi[:n])
     assert not got[4].any()                          # nothing lost
+
+
+@cocotb.test()
+async def test_registers_written_while_detections_wait(dut):
+    """Live mode with dense clicks and nobody collecting: the pipeline backs up (the slot
+    assigner waits with a detection, the tagger's FIFO fills and drops). Writes of the slot
+    assigner's registers, which wait while it computes, must still be answered — it never
+    computes while it waits on its output — and collecting afterwards still works."""
+    rng = random.Random(cocotb.RANDOM_SEED + 7)
+    start_clock(dut)
+    dut.pins.value = 0
+    dut.i__valid.value = 0
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    await FallingEdge(dut.sample_rst)
+    host = Host(dut)
+    one = 1 << 16
+    await host.write("SA_WINDOW_END", one)
+    await host.write("SA_PERIOD", 64 * one)
+    await host.write("SA_WINDOW_END", 64 * one)
+    words = [rng.randrange(4) for _ in range(2000)]
+    answer = await host.ask(Opcode.RANDOM_WORDS, struct.pack(">H", len(words)) +
+                            proto.pack_words2(words))
+    assert answer.op is Opcode.ACK
+    await host.write("TT_SOURCE", 1)
+    samples = _samples(rng, 40_000, 0)
+    weights = 1 << np.arange(CHANNELS * PHASES, dtype=np.uint64)
+    pins = (samples.reshape(samples.shape[0], -1).astype(np.uint64) * weights).sum(axis=1)
+
+    async def drive():
+        for w in pins:
+            dut.pins.value = int(w)
+            await RisingEdge(dut.sample_clk)
+        dut.pins.value = 0
+    clicks = cocotb.start_soon(drive())
+    await ClockCycles(dut.clk, 8_000)               # the FIFO (256 events) overflows by now
+    for period in (96, 80, 64):                     # while the clicks go on
+        await host.write("SA_WINDOW_END", one)
+        await host.write("SA_PERIOD", period * one)
+        await host.write("SA_WINDOW_END", period * one)
+    answer = await host.ask(Opcode.LIVE_DETECTIONS, struct.pack(">HI", 100, 50_000))
+    assert answer.op is Opcode.DETECTIONS, answer
+    got = proto.decode_detections(answer.payload)
+    assert got[0].size == 100
+    await clicks
+    answer = await host.ask(Opcode.READ_REG, struct.pack(">H",
+                                                         proto.register("RX_TAGGER_LOST").address))
+    lost = int.from_bytes(answer.payload[2:], "big")
+    dut._log.info("tagger drops while nobody collected: %d", lost)
+    assert lost > 0, "the pipeline never backed up"
