@@ -273,12 +273,12 @@ class TimeTagger(wiring.Component):
             gray = Signal(G, reset_less=True)
             with m.If(drop):
                 m.d.sync += binary.eq(binary + 1)
-            m.d.sync += gray.eq(binary ^ (binary >> 1))
+            m.d.sync += gray.eq(_gray(binary))
             gray_o = Signal(G)
             top.submodules.drop_sync = FFSynchronizer(gray, gray_o, o_domain=self.o_domain)
             seen = Signal(G, reset_less=True)
             seen_next = Signal(G)
-            for k in reversed(range(G)):           # Gray → binary: XOR of the higher bits
+            for k in range(G):                     # Gray → binary: XOR of the higher bits
                 top.d.comb += seen_next[k].eq(gray_o[k:].xor())
             o += [seen.eq(seen_next), self.drop.eq(seen_next - seen)]
         else:
@@ -391,8 +391,8 @@ class _EventFIFO(Elaboratable):
         return m
 
 
-
 def _gray(value):
+    """The reflected binary (Gray) code of ``value``: one bit changes per increment."""
     return value ^ (value >> 1)
 
 
