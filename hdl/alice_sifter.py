@@ -34,7 +34,7 @@ reports; on every other block the answers are bit-exact with it.
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import saturating_counter
+from mozi.hdl.common import StreamRegister, saturating_counter
 
 __all__ = [
     "AliceSifter",
@@ -212,7 +212,9 @@ class AliceSifter(wiring.Component):
         else:
             record = rec.payload.records[0]
 
-        can_emit = ~self.o.valid | self.o.ready
+        m.submodules.out = out = StreamRegister(self.o.payload.shape())
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        can_emit = out.i.ready
 
         # Decide which transfers happen this clock.
         take_rec = Signal()     # consume the head beat
@@ -257,9 +259,6 @@ class AliceSifter(wiring.Component):
         rec_fire = Signal()
         m.d.comb += rec_fire.eq(rec.valid & take_rec)
 
-        # Output register.
-        with m.If(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
         with m.If(rep.valid & reject):
             m.d.sync += self.error.eq(1)
             with m.If(~self.error):
@@ -281,14 +280,17 @@ class AliceSifter(wiring.Component):
                     held.eq(rec.payload.records),
                     held_valid.eq(answer),
                 ]
+        # the output register (answer implies can_emit: what is offered is taken)
+        m.d.comb += [
+            out.i.valid.eq(rep.valid & answer),
+            out.i.payload.slot.eq(s),
+            out.i.payload.match.eq(record.basis == rep.payload.basis),
+            out.i.payload.bit.eq(record.bit),
+            out.i.payload.intensity.eq(record.intensity),
+            out.i.payload.last.eq(rep.payload.last),
+        ]
         with m.If(rep.valid & answer):
             m.d.sync += [
-                self.o.valid.eq(1),
-                self.o.payload.slot.eq(s),
-                self.o.payload.match.eq(record.basis == rep.payload.basis),
-                self.o.payload.bit.eq(record.bit),
-                self.o.payload.intensity.eq(record.intensity),
-                self.o.payload.last.eq(rep.payload.last),
                 prev.eq(s),
                 have_prev.eq(1),
             ]

@@ -10,7 +10,7 @@ mask, so the gateware and the host stay in lockstep with the random source.
 from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from mozi.hdl.common import saturating_counter
+from mozi.hdl.common import StreamRegister, saturating_counter
 
 from .layouts import LOST_WIDTH, detection_layout, slot_event_layout
 
@@ -108,7 +108,9 @@ class BasisDecoder(wiring.Component):
         total = Signal(LOST_WIDTH + 1)
         gate = Signal(init=1)
 
-        can_emit = ~self.o.valid | self.o.ready
+        m.submodules.out = out = StreamRegister(self.o.payload.shape())
+        wiring.connect(m, out.o, wiring.flipped(self.o))
+        can_emit = out.i.ready
         go = Signal()
         m.d.comb += [
             go.eq(can_emit & gate),
@@ -127,19 +129,20 @@ class BasisDecoder(wiring.Component):
                                     total[:LOST_WIDTH]),
                                 self.i.payload.lost))
 
-        # o.valid as one expression of four signals (one LUT after `offered` and `valid`)
+        # offered whether or not the output register can take it (it loads it when it can):
+        # its o.valid stays one LUT after `offered` and `valid`
         offered = Signal()
-        m.d.comb += offered.eq(self.i.valid & self.rand.valid & gate)
-        m.d.sync += self.o.valid.eq(Mux(self.o.valid & ~self.o.ready, 1, offered & valid))
+        m.d.comb += [
+            offered.eq(self.i.valid & self.rand.valid & gate),
+            out.i.valid.eq(offered & valid),
+            out.i.payload.slot.eq(self.i.payload.slot),
+            out.i.payload.basis.eq(basis),
+            out.i.payload.bit.eq(bit),
+            out.i.payload.multi.eq(multi),
+            out.i.payload.lost.eq(lost),
+        ]
         with m.If(fire & valid):
-            m.d.sync += [
-                self.o.payload.slot.eq(self.i.payload.slot),
-                self.o.payload.basis.eq(basis),
-                self.o.payload.bit.eq(bit),
-                self.o.payload.multi.eq(multi),
-                self.o.payload.lost.eq(lost),
-                pending.eq(0),
-            ]
+            m.d.sync += pending.eq(0)
         with m.If(fire & ~valid):
             m.d.sync += [carry.eq(lost), pending.eq(1)]
         drop = self.drop            # counted one clock later, from a register (short paths)

@@ -1,11 +1,13 @@
 """Small helpers shared by the cores: parameter checks, a saturating counter, a registered
-read of a block RAM that synthesis need not guard against collisions, and a skid buffer."""
+read of a block RAM that synthesis need not guard against collisions, and the two stream
+registers — a core's output register and a skid buffer."""
 
 from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["SkidBuffer", "check_int", "collision_free_read", "saturating_counter"]
+__all__ = ["SkidBuffer", "StreamRegister", "check_int", "collision_free_read",
+           "saturating_counter"]
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -54,6 +56,39 @@ def collision_free_read(m: Module, memory, en=None):
         with m.If(en):
             m.d.sync += data.eq(port.data)
     return port, data
+
+
+class StreamRegister(wiring.Component):
+    """A one-entry stream register: the output register of a core.
+
+    ``o.valid`` and ``o.payload`` are flip-flops; ``i.ready`` is ``~o.valid | o.ready`` (one
+    LUT from the consumer's ``ready``), so a word moves through in every clock the consumer
+    takes one. A core computes its result on ``i`` and may make ``i.valid`` depend on
+    ``i.ready`` (it then offers only what it can hand over). Use :class:`SkidBuffer` where
+    the consumer's ``ready`` must not reach the producer at all.
+
+    Parameters
+    ----------
+    shape : shape-castable
+        The payload.
+
+    Ports
+    -----
+    i : In(stream.Signature(shape))
+    o : Out(stream.Signature(shape))
+    """
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        # o.valid in one expression of three signals: held while stalled, else what is offered
+        m.d.sync += self.o.valid.eq(Mux(self.o.valid & ~self.o.ready, 1, self.i.valid))
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += self.o.payload.eq(self.i.payload)
+        return m
 
 
 class SkidBuffer(wiring.Component):
