@@ -143,21 +143,27 @@ class Transmitter(wiring.Component):
         m.submodules.pattern_fifo = ResetInserter(link.soft_reset)(pg_fifo)
         connect(m, wiring.flipped(self.qrng), pg.rand)
         connect(m, pg.records, pg_fifo.w_stream)
+        # the slot timer counts down the clocks left in the slot to 0, reloading from a
+        # register (no subtraction, no comparison with a count on the way to the counter);
+        # a slot starts in the first clock of enable and then every PG_SLOT_CLOCKS clocks
         slot_clocks = reg["PG_SLOT_CLOCKS"]
-        timer = Signal.like(slot_clocks)          # clocks into the current slot
-        with m.If(~reg["PG_ENABLE"] | (timer >= slot_clocks - 1)):
-            m.d.sync += timer.eq(0)
-        with m.Else():
-            m.d.sync += timer.eq(timer + 1)
+        slot_last = Signal.like(slot_clocks)      # PG_SLOT_CLOCKS - 1 (it is >= 1)
+        left = Signal.like(slot_clocks)           # clocks of the slot after this one
+        slot_start = Signal()                     # this clock starts a slot
+        reload = Signal()
+        m.d.comb += reload.eq(~reg["PG_ENABLE"] | (left == 0))
+        m.d.sync += [slot_last.eq(slot_clocks - 1), slot_start.eq(reload),
+                     left.eq(Mux(reload, slot_last, left - 1))]
         pr_left = Signal(range(PATTERN_DEPTH + 1))    # PATTERN_RECORDS: records to send
         pr_high, pr_low = Signal(4), Signal(4)
+        pr_pad = Signal()                             # the low nibble is padding
         pg_slots = Signal(32)                     # saturating
         with m.If(link.soft_reset):
             m.d.sync += pg_slots.eq(0)
         with m.Elif(pg.slot & pg.enable & ~pg_slots.all()):
             m.d.sync += pg_slots.eq(pg_slots + 1)
         m.d.comb += [
-            pg.slot.eq(timer == 0), pg.enable.eq(reg["PG_ENABLE"]),
+            pg.slot.eq(slot_start), pg.enable.eq(reg["PG_ENABLE"]),
             pg.t_basis.eq(reg["PG_T_BASIS"]), pg.t_int0.eq(reg["PG_T_INT0"]),
             pg.t_int1.eq(reg["PG_T_INT1"]),
             self.lasers.eq(pg.lasers), self.intensity.eq(pg.intensity),
@@ -456,12 +462,16 @@ class Transmitter(wiring.Component):
                     pop_record(pr_high, "PR_LOW")
             with m.State("PR_LOW"):
                 with m.If(pr_left == 0):              # an odd count: zero padded
-                    m.d.sync += pr_low.eq(0)
+                    m.d.sync += pr_pad.eq(1)
                     m.next = "PR_SEND"
                 with m.Else():
+                    m.d.sync += pr_pad.eq(0)
                     pop_record(pr_low, "PR_SEND")
-            with m.State("PR_SEND"):                  # from registers (the FIFO's RAM is slow)
-                m.d.comb += [link.cmd_tx.valid.eq(1), link.cmd_tx.payload.eq(Cat(pr_low, pr_high))]
+            with m.State("PR_SEND"):
+                # from registers that take the FIFO's data as it is (its block RAM's
+                # clock-to-out leaves no time for logic before them): the padding here
+                m.d.comb += [link.cmd_tx.valid.eq(1),
+                             link.cmd_tx.payload.eq(Cat(Mux(pr_pad, 0, pr_low), pr_high))]
                 m.next = "PR_HIGH"
             with m.State("TR_CHECK"):
                 with m.If(length != 0):

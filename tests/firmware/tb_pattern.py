@@ -63,16 +63,20 @@ class Pins:
     def __init__(self, dut):
         self.dut = dut
         self.pulses: list[tuple[int, int]] = []
+        self.clocks: list[int] = []        # the clock of each pulse
         cocotb.start_soon(self._run())
 
     async def _run(self) -> None:
+        clock = 0
         while True:
             await RisingEdge(self.dut.clk)
             await ReadOnly()
+            clock += 1
             lasers = int(self.dut.lasers.value)
             if lasers:
                 assert lasers & (lasers - 1) == 0, f"two lasers at once: {lasers:04b}"
                 self.pulses.append((lasers, int(self.dut.intensity.value)))
+                self.clocks.append(clock)
 
 
 def expected(words) -> tuple[list[int], list[tuple[int, int]]]:
@@ -154,6 +158,8 @@ async def test_pattern_generator_behind_the_link(dut):
     want, want_pulses = expected(source.taken)
     assert records == want, "records of phase 1"
     assert pins.pulses == want_pulses, "laser pulses of phase 1"
+    gaps = set(np.diff(pins.clocks).tolist())
+    assert min(gaps) == 3 and all(g % 3 == 0 for g in gaps), f"slots not 3 clocks apart: {gaps}"
     assert await read(host, "PG_UNDERRUNS") == 0 and await read(host, "PG_RECORDS_LOST") == 0
     assert await read(host, "PG_SLOTS") == len(records)
     cocotb.log.info("phase 1: %d slots, %d pulses", len(records), len(pins.pulses))
