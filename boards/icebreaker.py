@@ -19,7 +19,9 @@ busy (not ``idle``).
 Clocks: the 12 MHz oscillator feeds one ``SB_PLL40_2F_PAD``, whose output A (48 MHz) is the
 TimeTagger's ``sample`` clock and output B (``GENCLK_HALF``, 24 MHz) everything else's. The
 detector pins are sampled by the ``SB_IO`` input registers on both edges of the 48 MHz clock
-(two phases a clock: 10.4 ns ticks). ``sync`` is held in reset until the PLL locks.
+(two phases a clock: 10.4 ns ticks). ``sync`` is held in reset until the PLL locks. The
+phase order (the rising edge's sample first) follows the ``SB_IO`` documentation; no pin-level
+simulation checks it yet.
 """
 
 from __future__ import annotations
