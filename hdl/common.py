@@ -58,7 +58,15 @@ def collision_free_read(m: Module, memory, en=None):
     return port, data
 
 
-class StreamRegister(wiring.Component):
+class _StreamStage(wiring.Component):
+    """A stream stage of one payload shape: ``i: In(stream.Signature(shape))`` and
+    ``o: Out(stream.Signature(shape))``."""
+
+    def __init__(self, shape):
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+
+class StreamRegister(_StreamStage):
     """A one-entry stream register: the output register of a core.
 
     ``o.valid`` and ``o.payload`` are flip-flops; ``i.ready`` is ``~o.valid | o.ready`` (one
@@ -70,16 +78,8 @@ class StreamRegister(wiring.Component):
     Parameters
     ----------
     shape : shape-castable
-        The payload.
-
-    Ports
-    -----
-    i : In(stream.Signature(shape))
-    o : Out(stream.Signature(shape))
+        The payload of ``i`` and ``o``.
     """
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
     def elaborate(self, platform):
         m = Module()
@@ -91,7 +91,7 @@ class StreamRegister(wiring.Component):
         return m
 
 
-class SkidBuffer(wiring.Component):
+class SkidBuffer(_StreamStage):
     """A two-entry stream register that cuts both the payload and the ``ready`` path.
 
     ``i.ready`` is a flip-flop (the spare entry is free) and ``o.valid``/``o.payload`` come
@@ -102,16 +102,8 @@ class SkidBuffer(wiring.Component):
     Parameters
     ----------
     shape : shape-castable
-        The payload.
-
-    Ports
-    -----
-    i : In(stream.Signature(shape))
-    o : Out(stream.Signature(shape))
+        The payload of ``i`` and ``o``.
     """
-
-    def __init__(self, shape):
-        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
     def elaborate(self, platform):
         m = Module()

@@ -48,9 +48,8 @@ def _samples(rng: random.Random, cycles: int, start: int) -> np.ndarray:
             s[c + 1:c + 3, ch, :] = 1              # … for a couple of clocks
 
 
-@cocotb.test()
-async def test_live_detections_from_the_pins(dut):
-    rng = random.Random()
+async def _start(dut) -> tuple[Host, float]:
+    """Clocks, a reset, the host; returns it and the time of tagger cycle 0."""
     start_clock(dut)
     dut.pins.value = 0
     dut.i__valid.value = 0
@@ -60,14 +59,25 @@ async def test_live_detections_from_the_pins(dut):
     # the tagger's clock (5 ns, twice the link's rate) leaves its reset through a synchroniser:
     # the clock after that edge is tagger cycle 0
     await FallingEdge(dut.sample_rst)
-    cycle0 = cocotb.utils.get_sim_time("ns")
-    host = Host(dut)
-    reference = ModelTransport(**FIRMWARE["receiver"])
-    period = 64                                     # ticks
+    return Host(dut), cocotb.utils.get_sim_time("ns")
+
+
+async def _slots(host: Host, period: int) -> None:
+    """Slots of ``period`` ticks, the window the whole slot (written in a valid order)."""
     one = 1 << 16
     await host.write("SA_WINDOW_END", one)
     await host.write("SA_PERIOD", period * one)
     await host.write("SA_WINDOW_END", period * one)
+
+
+@cocotb.test()
+async def test_live_detections_from_the_pins(dut):
+    rng = random.Random()
+    host, cycle0 = await _start(dut)
+    reference = ModelTransport(**FIRMWARE["receiver"])
+    period = 64                                     # ticks
+    one = 1 << 16
+    await _slots(host, period)
     words = [rng.randrange(4) for _ in range(400)]
     answer = await host.ask(Opcode.RANDOM_WORDS, struct.pack(">H", len(words)) +
                             proto.pack_words2(words))
@@ -121,18 +131,8 @@ async def test_registers_written_while_detections_wait(dut):
     assigner's registers, which wait while it computes, must still be answered — it never
     computes while it waits on its output — and collecting afterwards still works."""
     rng = random.Random(cocotb.RANDOM_SEED + 7)
-    start_clock(dut)
-    dut.pins.value = 0
-    dut.i__valid.value = 0
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await FallingEdge(dut.sample_rst)
-    host = Host(dut)
-    one = 1 << 16
-    await host.write("SA_WINDOW_END", one)
-    await host.write("SA_PERIOD", 64 * one)
-    await host.write("SA_WINDOW_END", 64 * one)
+    host, _ = await _start(dut)
+    await _slots(host, 64)
     words = [rng.randrange(4) for _ in range(2000)]
     answer = await host.ask(Opcode.RANDOM_WORDS, struct.pack(">H", len(words)) +
                             proto.pack_words2(words))
@@ -150,9 +150,7 @@ async def test_registers_written_while_detections_wait(dut):
     clicks = cocotb.start_soon(drive())
     await ClockCycles(dut.clk, 8_000)               # the FIFO (256 events) overflows by now
     for period in (96, 80, 64):                     # while the clicks go on
-        await host.write("SA_WINDOW_END", one)
-        await host.write("SA_PERIOD", period * one)
-        await host.write("SA_WINDOW_END", period * one)
+        await _slots(host, period)
     answer = await host.ask(Opcode.LIVE_DETECTIONS, struct.pack(">HI", 100, 50_000))
     assert answer.op is Opcode.DETECTIONS, answer
     got = proto.decode_detections(answer.payload)
