@@ -45,6 +45,7 @@ def run_cocotb(
     component,
     test_module: str,
     *,
+    sources: Mapping[str, str] | None = None,
     params: Mapping[str, object] | None = None,
     toplevel: str | None = None,
     testcase: str | list[str] | None = None,
@@ -60,16 +61,26 @@ def run_cocotb(
     ``ports_only`` makes only the top-level ports visible to cocotb (instead of every signal,
     cocotb's default): Verilator may then optimise across the design, which runs a large
     top several times faster. Testbenches that look inside the design cannot use it.
+
+    ``component`` may also be Verilog text (a design built outside Amaranth's ``convert``,
+    such as a board top with its vendor cells); ``sources`` adds Verilog files, by name and
+    text, that the design needs (models of those cells). Both are part of the cache key.
     """
     from amaranth.back import verilog
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
 
     verilator_path()
-    toplevel = toplevel or type(component).__name__.lower()
-    text = verilog.convert(component, name=toplevel, emit_src=False)
+    if isinstance(component, str):
+        assert toplevel, "a Verilog design needs its toplevel named"
+        text = component
+    else:
+        toplevel = toplevel or type(component).__name__.lower()
+        text = verilog.convert(component, name=toplevel, emit_src=False)
+    extra = dict(sources or {})
     waves = _waves()
     flags = f"waves={waves} {MAKE_VARS} {' '.join(BUILD_ARGS)} ports_only={ports_only}"
+    flags += "".join(f"\0{name}\0{body}" for name, body in sorted(extra.items()))
 
     runner = get_runner("verilator")
     if ports_only:
@@ -78,9 +89,11 @@ def run_cocotb(
         if fresh:
             source = build_dir / f"{toplevel}.v"
             source.write_text(text)
+            for name, body in extra.items():
+                (build_dir / name).write_text(body)
             with make_flags():
                 runner.build(
-                    sources=[source],
+                    sources=[source, *(build_dir / name for name in sorted(extra))],
                     hdl_toplevel=toplevel,
                     build_dir=build_dir,
                     build_args=list(BUILD_ARGS),
