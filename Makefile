@@ -42,11 +42,13 @@ bench: $(STAMP)
 synth-report: $(STAMP)
 	$(PY) -m bench.synth
 
-# a board's bitstream: make bitstream BOARD=icebreaker ROLE=receiver
+# a board's bitstream: make bitstream BOARD=icebreaker|ulx3s ROLE=receiver|transmitter
+# (CLOCK_REFERENCE=external: the ULX3S receiver's PLL from a 10 MHz reference on GP4)
 BOARD ?= icebreaker
 ROLE ?= receiver
+CLOCK_REFERENCE ?= oscillator
 bitstream: $(STAMP)
-	$(PY) -m mozi.boards.build $(BOARD) $(ROLE)
+	$(PY) -m mozi.boards.build $(BOARD) $(ROLE) --clock-reference $(CLOCK_REFERENCE)
 
 clean:
 	rm -rf build demo-output
