@@ -76,7 +76,6 @@ async def test_live_detections_from_the_pins(dut):
     host, cycle0 = await _start(dut)
     reference = ModelTransport(**FIRMWARE["receiver"])
     period = 64                                     # ticks
-    one = 1 << 16
     await _slots(host, period)
     words = [rng.randrange(4) for _ in range(400)]
     answer = await host.ask(Opcode.RANDOM_WORDS, struct.pack(">H", len(words)) +
@@ -109,18 +108,31 @@ async def test_live_detections_from_the_pins(dut):
     answer = await host.ask(Opcode.LIVE_DETECTIONS, struct.pack(">HI", 400, cycles - now + 500))
     assert answer.op is Opcode.DETECTIONS, answer
     got = proto.decode_detections(answer.payload)
-    ts, masks = model.tag_edges(samples, phases=PHASES, width=48)
+    want = expected_live(samples, period, words)
+    dut._log.info("%d live detections, model %d (+1 held)", got[0].size, want[0].size)
+    assert want[0].size > 50
+    check_live(got, want)
+
+
+def expected_live(samples: np.ndarray, period: int, words: list[int]) -> tuple[np.ndarray, ...]:
+    """The composed golden models for pin samples (cycle, channel, phase) from tagger cycle
+    0: slots of ``period`` ticks from tick 0, the window the whole slot, ``words`` the random
+    words sent. Returns (slot, basis, bit, multi) of every detection but the last, which the
+    merge stage holds until the next one."""
+    one = 1 << 16
+    ts, masks = model.tag_edges(samples, phases=samples.shape[2], width=48)
     slots, ok = model.assign_slots(ts, period=period * one, offset=0, window_start=0,
                                    window_end=period * one, frac_bits=16)
     m_slots, m_masks = model.merge_slot_events(slots, masks, ok)
     _valid, basis, bit, multi = model.decode_basis(m_masks, np.array(words[:m_slots.size]))
-    n = m_slots.size - 1                            # the last one is held
-    dut._log.info("%d live detections, model %d (+1 held)", got[0].size, n)
-    assert n > 50
-    np.testing.assert_array_equal(got[0], m_slots[:n])
-    np.testing.assert_array_equal(got[1], basis[:n])
-    np.testing.assert_array_equal(got[2], bit[:n])
-    np.testing.assert_array_equal(got[3], multi[:n])
+    n = m_slots.size - 1
+    return m_slots[:n], basis[:n], bit[:n], multi[:n]
+
+
+def check_live(got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> None:
+    """A LIVE_DETECTIONS answer (decoded) equals the model's detections, none lost."""
+    for name, g, w in zip(("slot", "basis", "bit", "multi"), got[:4], want, strict=True):
+        np.testing.assert_array_equal(g, w, err_msg=name)
     assert not got[4].any()                          # nothing lost
 
 

@@ -23,35 +23,49 @@ from tests.hdl.streams import start_clock
 
 
 class Line:
-    """The host end of the UART, at ``divisor`` clocks per bit."""
+    """The host end of the UART, at ``divisor`` clocks per bit: the top's ``rx``, ``tx`` and
+    ``clk``, or the given handles (a board top's pins and its internal clock)."""
 
-    def __init__(self, dut, divisor: int):
+    def __init__(self, dut, divisor: int, *, rx=None, tx=None, clk=None):
         self.dut = dut
+        self.rx = rx if rx is not None else dut.rx
+        self.tx = tx if tx is not None else dut.tx
+        self.clk = clk if clk is not None else dut.clk
         self.divisor = divisor
         self.received = bytearray()
         cocotb.start_soon(self._listen())
 
     async def send(self, data: bytes, *, bad_stop: bool = False) -> None:
-        dut = self.dut
         for byte in data:
             bits = [0] + [(byte >> k) & 1 for k in range(8)] + [0 if bad_stop else 1]
             for bit in bits:
-                dut.rx.value = bit
-                await ClockCycles(dut.clk, self.divisor)
-        dut.rx.value = 1
-        await ClockCycles(dut.clk, self.divisor)
+                self.rx.value = bit
+                await ClockCycles(self.clk, self.divisor)
+        self.rx.value = 1
+        await ClockCycles(self.clk, self.divisor)
 
     async def _listen(self) -> None:
-        dut = self.dut
         while True:
-            await FallingEdge(dut.tx)
-            await ClockCycles(dut.clk, self.divisor + self.divisor // 2)
+            await FallingEdge(self.tx)
+            await ClockCycles(self.clk, self.divisor + self.divisor // 2)
             byte = 0
             for k in range(8):
-                byte |= int(dut.tx.value) << k
-                await ClockCycles(dut.clk, self.divisor)
-            assert int(dut.tx.value) == 1, f"no stop bit after {byte:02x}"
+                byte |= int(self.tx.value) << k
+                await ClockCycles(self.clk, self.divisor)
+            assert int(self.tx.value) == 1, f"no stop bit after {byte:02x}"
             self.received.append(byte)
+
+    async def answer(self, frame: bytes, timeout_clocks: int = 2_000_000) -> proto.Frame:
+        """Send a frame and return the first whole frame that comes back."""
+        self.received.clear()
+        await self.send(frame)
+        for _ in range(timeout_clocks // 64):
+            frames = [f for f in proto.Deframer().feed(bytes(self.received))
+                      if isinstance(f, proto.Frame)]
+            if frames:
+                return frames[0]
+            await ClockCycles(self.clk, 64)
+        raise AssertionError(f"no answer to {frame.hex()}")
 
     async def ask(self, frame: bytes, max_bytes: int = 64) -> list[proto.Frame]:
         """Send a frame and wait until the device has been quiet for a while."""
@@ -60,7 +74,7 @@ class Line:
         quiet = 0
         last = 0
         while quiet < 40:
-            await ClockCycles(self.dut.clk, self.divisor * 10)
+            await ClockCycles(self.clk, self.divisor * 10)
             quiet = quiet + 1 if len(self.received) == last else 0
             last = len(self.received)
         return [f for f in proto.Deframer().feed(bytes(self.received))
