@@ -1,31 +1,40 @@
 """The receiver and the transmitter on the ULX3S (ECP5-85F): PLL, DDR inputs, UART on the FTDI.
 
-Pin map (the GPIO header J1, 3.3 V LVCMOS; ``GPn`` is the header's label and the FPGA ball
-follows it):
+Pin map (the GPIO headers, 3.3 V LVCMOS; ``GPn`` is the header's label, then the FPGA ball):
 
 =========  ======  ==========================  ==============================
 header     ball    receiver                    transmitter
 =========  ======  ==========================  ==============================
-GP0        B11     detector H                  laser trigger H
-GP1        A10     detector V                  laser trigger V
-GP2        A9      detector D                  laser trigger D
-GP3        B9      detector A                  laser trigger A
+GP0        B11     —                           laser trigger H
+GP1        A10     —                           laser trigger V
+GP2        A9      —                           laser trigger D
+GP3        B9      —                           laser trigger A
 GP4        A7      clock reference (optional)  intensity select bit 0
 GP5        C8      —                           intensity select bit 1
 GP6        C6      —                           QRNG bit clock (in)
 GP7        A6      —                           QRNG data (in)
+GP14       U18     detector H                  —
+GP15       N17     detector V                  —
+GP16       N16     detector D                  —
+GP17       L16     detector A                  —
 =========  ======  ==========================  ==============================
+
+The detectors are on GP14-GP17 because the ECP5 has its 4:1 input gearing (``IDDRX2F``) only
+in the I/O on its left and right edges, and GP0-GP3 are on the top edge (nextpnr refuses them:
+"only supported for left and right IO").
 
 The link is the FTDI (``uart`` 0: balls M1 rx, L4 tx) at 3 Mbaud after configuration, the
 host's default rate. LED 0 shows that the device is busy (not ``idle``), LED 1 that the PLL
 has locked, and the transmitter's LED 2 that a QRNG word was dropped since reset. The
-detector samples follow Amaranth's ``DDRBuffer`` contract (phase 0 the rising edge's), as on the
-iCEBreaker; no pin-level simulation checks it here (Yosys has no model of ``IDDRX1F``).
+tagger takes ``IDDRX2F``'s ``Q0`` as the earliest of its four samples (``ODDRX2F`` sends
+``D0`` first, and ECP5 DDR PHYs pair ``Q0…Q3`` with ``D0…D3``). No pin-level simulation checks
+that here: Yosys has no model of the ECP5's I/O gearing.
 
 Clocks, from the 25 MHz oscillator through one ``EHXPLLL``:
 
-* receiver: ``CLKOP`` 150 MHz samples the detectors (``IDDRX1F``, both edges: 3.33 ns ticks)
-  and runs the TimeTagger; ``CLKOS`` 75 MHz runs the rest (UART divisor 25). With the
+* receiver: ``CLKOP`` 300 MHz is the edge clock (``ECLKSYNCB``) of the detectors' ``IDDRX2F``
+  gearboxes, which sample on both of its edges: four samples per 150 MHz clock (``CLKDIVF``,
+  the TimeTagger's clock), 1.67 ns ticks. ``CLKOS`` 75 MHz runs the rest (UART divisor 25). With the
   optional clock reference (``ClockReference.EXTERNAL``) the PLL takes a 10 MHz reference on
   GP4 instead of the oscillator, so the tags count the station's reference time.
 * transmitter: ``CLKOS`` 96 MHz runs the whole top (UART divisor 32); ``CLKOP``, 80 MHz, only
@@ -38,7 +47,7 @@ from __future__ import annotations
 
 import enum
 
-from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth import Elaboratable, Instance, Module, Signal
 from amaranth.build import Attrs, Clock, Pins, Resource
 from amaranth.lib import io, wiring
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
@@ -51,7 +60,7 @@ __all__ = ["ClockReference", "EcpPll", "ULX3SReceiver", "ULX3STransmitter", "ulx
 
 _LVCMOS = Attrs(IO_TYPE="LVCMOS33")
 RESOURCES = [
-    Resource("detector", 0, Pins("0+ 1+ 2+ 3+", dir="i", conn=("gpio", 0)), _LVCMOS),
+    Resource("detector", 0, Pins("14+ 15+ 16+ 17+", dir="i", conn=("gpio", 0)), _LVCMOS),
     Resource("clock_reference", 0, Pins("4+", dir="i", conn=("gpio", 0)), Clock(10e6), _LVCMOS),
     Resource("laser", 0, Pins("0+ 1+ 2+ 3+", dir="o", conn=("gpio", 0)),
              Attrs(IO_TYPE="LVCMOS33", DRIVE="8", SLEWRATE="FAST")),
@@ -119,20 +128,50 @@ class EcpPll(Elaboratable):
         return m
 
 
-class ULX3SReceiver(Elaboratable):
-    """The receiver's board top: PLL, reset, DDR detector inputs and the role top."""
+class DdrX2Input(Elaboratable):
+    """ECP5 4:1 input gearing for each pin of ``port``: ``IDDRX2F`` samples the pin on both
+    edges of ``eclk`` (from ``ECLKSYNCB``) and presents four samples per ``sclk`` = ``eclk`` / 2
+    (``CLKDIVF``). ``i[k]`` holds each pin's sample ``k`` (0 the earliest)."""
 
-    SAMPLE_HZ = 150_000_000
+    PHASES = 4
+
+    def __init__(self, port, eclk_in: Signal):
+        self.port = port
+        self.eclk_in = eclk_in
+        self.sclk = Signal()
+        self.i = [Signal(len(port), name=f"i{k}") for k in range(self.PHASES)]
+
+    def elaborate(self, platform):
+        m = Module()
+        eclk = Signal()
+        m.submodules.eclksync = Instance("ECLKSYNCB", i_ECLKI=self.eclk_in, i_STOP=0,
+                                         o_ECLKO=eclk)
+        m.submodules.clkdiv = Instance("CLKDIVF", p_DIV="2.0", i_CLKI=eclk, i_RST=0,
+                                       i_ALIGNWD=0, o_CDIVX=self.sclk)
+        m.submodules.buf = buf = io.Buffer("i", self.port)
+        for bit in range(len(self.port)):
+            m.submodules[f"iddr{bit}"] = Instance(
+                "IDDRX2F", i_D=buf.i[bit], i_SCLK=self.sclk, i_ECLK=eclk, i_RST=0,
+                **{f"o_Q{k}": self.i[k][bit] for k in range(self.PHASES)})
+        return m
+
+
+class ULX3SReceiver(Elaboratable):
+    """The receiver's board top: PLL, reset, 4:1 detector inputs and the role top."""
+
+    EDGE_HZ = 300_000_000
+    SAMPLE_HZ = EDGE_HZ // 2
     SYNC_HZ = 75_000_000
 
     def __init__(self, reference: ClockReference = ClockReference.OSCILLATOR):
         self.reference = reference
-        if reference is ClockReference.OSCILLATOR:     # 25 MHz · 6 = 150; VCO 600 / 8 = 75
-            self.pll = EcpPll(25e6, ref=1, fb=6, op=4, os=8)
-        else:                                          # 10 MHz · 15 = 150; VCO 600 / 8 = 75
-            self.pll = EcpPll(10e6, ref=1, fb=15, op=4, os=8)
-        assert (self.pll.f_op, self.pll.f_os) == (self.SAMPLE_HZ, self.SYNC_HZ)
-        self.receiver = Receiver(phases=2, uart=True, uart_divisor=self.SYNC_HZ // BAUD)
+        if reference is ClockReference.OSCILLATOR:     # 25 MHz · 12 = 300; VCO 600 / 8 = 75
+            self.pll = EcpPll(25e6, ref=1, fb=12, op=2, os=8)
+        else:                                          # 10 MHz · 30 = 300; VCO 600 / 8 = 75
+            self.pll = EcpPll(10e6, ref=1, fb=30, op=2, os=8)
+        assert (self.pll.f_op, self.pll.f_os) == (self.EDGE_HZ, self.SYNC_HZ)
+        self.receiver = Receiver(phases=DdrX2Input.PHASES, uart=True,
+                                 uart_divisor=self.SYNC_HZ // BAUD)
 
     def elaborate(self, platform):
         m = Module()
@@ -143,18 +182,14 @@ class ULX3SReceiver(Elaboratable):
             port = platform.request("clock_reference", 0, dir="-")
             m.submodules.clk_in = clk_in = io.Buffer("i", port)
         m.d.comb += pll.clki.eq(clk_in.i)
-        sync_from_pll(m, pll.clkos, pll.lock)     # (nextpnr derives both outputs' constraints)
-        m.domains.pins = ClockDomain("pins", reset_less=True)
-        m.d.comb += ClockSignal("pins").eq(pll.clkop)
-
+        sync_from_pll(m, pll.clkos, pll.lock)     # (nextpnr derives the clocks' constraints)
         rx = m.submodules.receiver = self.receiver
-        m.d.comb += rx.sample_clk.eq(pll.clkop)
-        # IDDRX1F: i[0] at the rising edge, i[1] at the falling edge before the next rising
-        # one (both presented at that rising edge); the tagger wants phase 0 earliest
         port = platform.request("detector", 0, dir="-")
-        m.submodules.detectors = ddr = io.DDRBuffer("i", port, i_domain="pins")
+        m.submodules.detectors = ddr = DdrX2Input(port, pll.clkop)
+        m.d.comb += rx.sample_clk.eq(ddr.sclk)
+        # the tagger's pins are channel-major, phase 0 the earliest
         for ch in range(4):
-            m.d.comb += [rx.pins[2 * ch].eq(ddr.i[0][ch]), rx.pins[2 * ch + 1].eq(ddr.i[1][ch])]
+            m.d.comb += [rx.pins[4 * ch + k].eq(ddr.i[k][ch]) for k in range(DdrX2Input.PHASES)]
         uart(m, platform, rx)
         leds(m, platform, {("led", 0): ~rx.idle, ("led", 1): pll.lock})
         return m
