@@ -1,8 +1,8 @@
 """Co-simulation: the role tops under Verilator beside the model backend.
 
-* the receiver top: 20,000 tag events through :class:`~mozi.host.device.ReceiverDriver` on
+* the receiver top: 20,000 tag events through :class:`~mozi.host.devices.device.ReceiverDriver` on
   ``rtl`` and on ``model`` — clock cycles simulated per second, tag events per second;
-* the transmitter top: 3,000 reports through :class:`~mozi.host.device.TransmitterDriver`;
+* the transmitter top: 3,000 reports through :class:`~mozi.host.devices.device.TransmitterDriver`;
 * a session on 30 s of the Micius 2017 pass (120–150 s, the CI test's segment) and on the
   whole pass, with both devices as RTL and on the model — wall time, key bits per second, and
   that the keys are equal (target for the whole pass on rtl: under 10 minutes on 2 cores).
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from mozi.host.device import ReceiverDriver, TransmitterDriver, open_device
-from mozi.host.keystore import KeyStore, init_link
-from mozi.host.session import SessionConfig, run_session
+from mozi.host.devices.device import ReceiverDriver, TransmitterDriver, open_device
+from mozi.host.keys.keystore import KeyStore, init_link
+from mozi.host.postprocessing.session import SessionConfig, run_session
 from mozi.sim import link, model, passes
 from mozi.sim.tagfile import TagData
 

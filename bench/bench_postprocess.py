@@ -19,9 +19,9 @@ import os
 import time
 
 import numpy as np
-from mozi.host.cascade import reconcile
-from mozi.host.privacy import privacy_amplify
-from mozi.host.verification import verify
+from mozi.host.postprocessing.cascade import reconcile
+from mozi.host.postprocessing.privacy import privacy_amplify
+from mozi.host.postprocessing.verification import verify
 
 TITLE = "Post-processing: Cascade, verification, privacy amplification"
 

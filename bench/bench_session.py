@@ -1,9 +1,9 @@
 """Whole-pass session: time to post-process the Micius 2017 pass against the pass duration.
 
 Simulates the full pass (``mozi.sim.link.simulate_pass``, seed 2017, no eavesdropper), then
-runs :func:`mozi.host.session.run_session` on the ``model`` device with fresh key stores and
-reports the wall-clock time of each step, the total against the pass duration (real-time
-factor ``< 1`` means the host keeps up with the satellite), and the session's figures.
+runs :func:`mozi.host.postprocessing.session.run_session` on the ``model`` device with fresh key
+stores and reports the wall-clock time of each step, the total against the pass duration
+(real-time factor ``< 1`` means the host keeps up with the satellite), and the session's figures.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mozi.host.keystore import KeyStore, init_link
-from mozi.host.session import SessionConfig, run_session
+from mozi.host.keys.keystore import KeyStore, init_link
+from mozi.host.postprocessing.session import SessionConfig, run_session
 from mozi.sim import link, passes
 from mozi.sim.tagfile import TagData
 

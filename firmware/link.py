@@ -10,7 +10,7 @@ bytes on :attr:`Link.cmd_tx`, the outcome on :attr:`Link.cmd_done`), and frames 
 on :attr:`Link.o`. The rules — hunting for the sync bytes, dropping a frame with a bad CRC or
 an oversize length with a ``BAD_FRAME`` answer, answering a repeated request (same ``seq``
 and CRC) from the last response, refusing a stale ``seq`` — are those of
-:class:`mozi.firmware.protocol.Deframer` and :class:`mozi.host.model_device.ModelTransport`,
+:class:`mozi.firmware.protocol.Deframer` and :class:`mozi.host.devices.model.ModelTransport`,
 byte for byte.
 
 Error answers carry their code alone and are framed from a register, so a ``BAD_FRAME`` never

@@ -1,8 +1,8 @@
 """Host ↔ firmware link protocol (version 2): opcodes, register map and framing — defined once.
 
-Both the gateware tops (``mozi.firmware``) and the host's device drivers (``mozi.host.device``)
-import this module, so an opcode, a register address, a register width or the CRC can never
-disagree between the two sides.
+Both the gateware tops (``mozi.firmware``) and the host's device drivers
+(``mozi.host.devices.device``) import this module, so an opcode, a register address, a register
+width or the CRC can never disagree between the two sides.
 
 Framing
 -------

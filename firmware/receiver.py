@@ -4,7 +4,7 @@
 with ``connect()``; the slot assigner takes its events from the tagger or, for a replay, from
 the ``inject`` stream. :class:`Receiver` is the role top: the cores, the random-word FIFO of
 the basis decoder and the :class:`~mozi.firmware.link.Link`, serving ``RANDOM_WORDS`` and
-``TAG_EVENTS`` exactly as :class:`mozi.host.model_device.ModelTransport` does.
+``TAG_EVENTS`` exactly as :class:`mozi.host.devices.model.ModelTransport` does.
 
 Throughput: the tagger takes one event per clock into its FIFO; the slot assigner then needs
 about 54 clocks per event at typical detection rates (``SlotAssigner.event_cycles``: 84 clocks

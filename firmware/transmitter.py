@@ -5,7 +5,7 @@ satellite's record of what it sent in each slot) into the record memory, segment
 ``SIFT_REPORTS`` then streams Bob's reports through :class:`~mozi.hdl.alice_sifter.AliceSifter`
 — one sifter block per loaded segment that holds reports, its records streamed from the
 memory — and answers ``match | bit << 1 | intensity << 2`` per report, exactly as
-:class:`mozi.host.model_device.ModelTransport` does (its rules are in
+:class:`mozi.host.devices.model.ModelTransport` does (its rules are in
 :mod:`mozi.firmware.protocol`).
 
 Errors have no effect: a ``LOAD_RECORDS`` is written beyond the committed records and only

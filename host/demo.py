@@ -3,14 +3,15 @@
 Micius (Alice on both links) makes one pass over Zvenigorod near Moscow and one over Nanshan
 near Urumqi. Each pass is simulated (:func:`mozi.sim.passes.geometric_pass`,
 :func:`mozi.sim.link.simulate_pass`) and post-processed into a finite-key-secure key
-(:func:`mozi.host.session.run_session`), stored in the satellite's and the station's key
-stores; each link's classical channel is authenticated with a pre-shared key made for the
-scenario (:func:`mozi.host.keystore.init_link`, as ``mozi link init`` does). The satellite
-then acts as a trusted relay (:func:`mozi.host.relay.relay_keys`): it sends ``K_SM ⊕ K_SU``
+(:func:`mozi.host.postprocessing.session.run_session`), stored in the satellite's and the
+station's key stores; each link's classical channel is authenticated with a pre-shared key
+made for the scenario (:func:`mozi.host.keys.keystore.init_link`, as ``mozi link init`` does).
+The satellite
+then acts as a trusted relay (:func:`mozi.host.keys.relay.relay_keys`): it sends ``K_SM ⊕ K_SU``
 over both authenticated links and Urumqi derives Moscow's key. With that shared key the
 stations exchange the two sample images (:mod:`mozi.host.sample_images`,
-:mod:`mozi.host.imagecrypt`): Moscow sends the logo to Urumqi, Urumqi sends the map to Moscow,
-each with the relayed blocks only it may send with; the demo checks both arrive bit-exact. A
+:mod:`mozi.host.crypto.imagecrypt`): Moscow sends the logo to Urumqi, Urumqi sends the map to
+Moscow, each with the relayed blocks only it may send with; the demo checks both arrive bit-exact. A
 report (plot, Markdown, HTML) and the JSON document of the run are written to the output
 folder.
 
@@ -26,7 +27,7 @@ Output folder after a run::
 
     demo.json                  the document `mozi demo --json` prints
     report.md, report.html     summary; report.png: sifted rate, QBER and key along each pass
-    satellite.db, moscow.db, urumqi.db   key stores (mozi.host.keystore)
+    satellite.db, moscow.db, urumqi.db   key stores (mozi.host.keys.keystore)
     sat-moscow.alice.json, sat-urumqi.alice.json   Alice's record of each simulated pass
     images/mozi-logo.png …     originals; images/*.mozi ciphertexts; images/decrypted-*
 """
@@ -47,10 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mozi.host import imagecrypt, relay, sample_images
-from mozi.host.keystore import KeyStore, init_link
+from mozi.host import sample_images
+from mozi.host.crypto import imagecrypt
+from mozi.host.keys import relay
+from mozi.host.keys.keystore import KeyStore, init_link
+from mozi.host.postprocessing.session import SessionConfig, run_session
 from mozi.host.report import atomic_write, write_report
-from mozi.host.session import SessionConfig, run_session
 from mozi.sim import link as simlink
 from mozi.sim.errors import MoziError
 from mozi.sim.model import CHANNELS
@@ -93,7 +96,7 @@ class DemoLink:
     Attributes
     ----------
     link : str
-        Link name in the key stores (as :mod:`mozi.host.relay` expects it).
+        Link name in the key stores (as :mod:`mozi.host.keys.relay` expects it).
     station : str
         Ground station, a key of :data:`mozi.sim.passes.STATIONS`.
     party : str

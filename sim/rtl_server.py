@@ -1,6 +1,6 @@
 """Serve a role top's co-simulation on a Unix socket: ``python -m mozi.sim.rtl_server``.
 
-:class:`mozi.host.rtl_device.RtlTransport` starts this in a child process. The role top,
+:class:`mozi.host.devices.rtl.RtlTransport` starts this in a child process. The role top,
 wrapped in its :class:`~mozi.firmware.sim_port.WidePort`, is converted to Verilog and verilated
 together with the C++ harness ``sim/rtl_bridge.cpp`` into one executable (built once per design
 and harness, cached by their hash under ``build/rtl/``); this process then becomes that

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 from mozi.firmware import protocol as proto
-from mozi.host import relay, session, sifting
-from mozi.host.auth import AuthenticatedChannel, AuthKeyPool, MemoryTransport, one_time_tag
-from mozi.host.commands.session import load_alice, load_tags
-from mozi.host.imagecrypt import decrypt_file, encrypt_file
-from mozi.host.keystore import KeyStore
-from mozi.host.model_device import ModelTransport
+from mozi.host.cli.commands.session import load_alice, load_tags
+from mozi.host.crypto.auth import AuthenticatedChannel, AuthKeyPool, MemoryTransport, one_time_tag
+from mozi.host.crypto.imagecrypt import decrypt_file, encrypt_file
+from mozi.host.devices.model import ModelTransport
+from mozi.host.keys import relay
+from mozi.host.keys.keystore import KeyStore
+from mozi.host.postprocessing import session, sifting
 from mozi.sim import tagfile
 from mozi.sim.errors import MoziError
 from mozi.sim.source import AliceSource
@@ -468,7 +469,7 @@ class _ChannelState:
                                    self._original_pad(seq), 64)
 
     def _original_pad(self, seq: int) -> int:
-        from mozi.host.auth import bits_to_int
+        from mozi.host.crypto.auth import bits_to_int
         return bits_to_int(self._saved[0][0][seq * 64:(seq + 1) * 64])
 
 
@@ -556,7 +557,7 @@ def _argument_files(folder: Path) -> dict[str, str]:
     if not (folder / "a.db").exists():
         a = KeyStore(folder / "a.db", party="satellite")
         b = KeyStore(folder / "b.db", party="moscow")
-        from mozi.host.keystore import init_link
+        from mozi.host.keys.keystore import init_link
         init_link("l", a, b)
         share_key(a, b, "l", np.ones(5000, np.uint8))
         a.close()

@@ -13,7 +13,7 @@ import random
 
 from mozi.firmware import protocol as proto
 from mozi.firmware.link import counter_port_name, register_port_name
-from mozi.host.device import Transport
+from mozi.host.devices.device import Transport
 
 FAULTS = ("flip", "truncate", "duplicate", "delay", "garbage", "flip_response",
           "cut_response")
@@ -130,7 +130,7 @@ class Shared(Recording):
 def exchange(t: Recording, data: bytes) -> list[proto.Frame]:
     """Write raw bytes through ``t``; collect the frames answered until the device is quiet
     (3 empty reads of the in-process model, 30 read timeouts of a simulation)."""
-    from mozi.host.model_device import ModelTransport
+    from mozi.host.devices.model import ModelTransport
     t.write(data)
     got = bytearray()
     quiet = 0

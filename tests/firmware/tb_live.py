@@ -21,7 +21,7 @@ import numpy as np
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
-from mozi.host.model_device import FIRMWARE, ModelTransport
+from mozi.host.devices.model import FIRMWARE, ModelTransport
 from mozi.sim import model
 
 from tests.firmware.cocotb_host import Host

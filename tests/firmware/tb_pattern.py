@@ -24,7 +24,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import Opcode
 from mozi.firmware.transmitter import PATTERN_DEPTH
-from mozi.host.model_device import FIRMWARE, ModelTransport
+from mozi.host.devices.model import FIRMWARE, ModelTransport
 from mozi.sim.model import alice_choices, alice_record, laser_triggers
 from mozi.sim.source import SourceConfig
 

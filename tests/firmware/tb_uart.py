@@ -17,7 +17,7 @@ import cocotb
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import Opcode
-from mozi.host.model_device import ModelTransport
+from mozi.host.devices.model import ModelTransport
 
 from tests.hdl.streams import start_clock
 

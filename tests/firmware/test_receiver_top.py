@@ -1,6 +1,6 @@
 """The receiver role top under Verilator, driven by the real host driver (``rtl`` backend).
 
-Glasgow-style host-in-the-loop tests: :class:`mozi.host.device.ReceiverDriver` talks to the
+Glasgow-style host-in-the-loop tests: :class:`mozi.host.devices.device.ReceiverDriver` talks to the
 receiver firmware (link, register bank, cores) in co-simulation, and every byte it receives
 must equal what the ``model`` backend answers to the same bytes — correct requests, malformed
 ones, and a link that corrupts, truncates, duplicates, delays and garbles frames. One
@@ -18,8 +18,8 @@ import pytest
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.receiver import Receiver
-from mozi.host.device import DeviceError, ReceiverDriver, open_device
-from mozi.host.model_device import FIRMWARE, ModelTransport
+from mozi.host.devices.device import DeviceError, ReceiverDriver, open_device
+from mozi.host.devices.model import FIRMWARE, ModelTransport
 
 from tests.firmware.links import FAULTS, FaultyLink, Shared, check_register_ports, exchange
 

@@ -16,8 +16,8 @@ import pytest
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
 from mozi.firmware.transmitter import Transmitter
-from mozi.host.device import DeviceError, HasherDriver, TransmitterDriver, open_device
-from mozi.host.model_device import FIRMWARE, ModelTransport
+from mozi.host.devices.device import DeviceError, HasherDriver, TransmitterDriver, open_device
+from mozi.host.devices.model import FIRMWARE, ModelTransport
 from mozi.sim import model
 from mozi.sim.cocotb_runner import run_cocotb
 from mozi.sim.source import SourceConfig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from mozi.host.keystore import KeyStore, init_link, key_layout, new_key_ids
+from mozi.host.keys.keystore import KeyStore, init_link, key_layout, new_key_ids
 
 
 def random_bits(n: int, seed: int) -> np.ndarray:

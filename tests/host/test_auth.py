@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from mozi.host.auth import (
+from mozi.host.crypto.auth import (
     HASH_KEY_BITS,
     AuthenticatedChannel,
     AuthKeyPool,
@@ -392,7 +392,7 @@ class _FileTransport:
 
 
 def _send_forever(store_path, out_path, ready):
-    from mozi.host.keystore import KeyStore
+    from mozi.host.keys.keystore import KeyStore
 
     channel = AuthenticatedChannel(KeyStore(store_path).auth_key("l"), _FileTransport(out_path))
     channel.open()

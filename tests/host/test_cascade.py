@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from mozi.host.cascade import AliceParityOracle, block_sizes, reconcile
+from mozi.host.postprocessing.cascade import AliceParityOracle, block_sizes, reconcile
 
 SEED = 424242
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mozi.host import cli
 from mozi.host.cli import main
-from mozi.host.keystore import KeyStore
+from mozi.host.keys.keystore import KeyStore
 from mozi.host.sample_images import sample_path
 
 from tests.host.keys import share_key

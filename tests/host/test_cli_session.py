@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 from mozi.host.cli import main
-from mozi.host.keystore import KeyStore
+from mozi.host.keys.keystore import KeyStore
 from mozi.sim.eve import InterceptResend
 from mozi.sim.link import simulate_pass, write_alice
 from mozi.sim.passes import micius2017

@@ -13,10 +13,10 @@ import sys
 
 import pytest
 from mozi.host.cli import main
-from mozi.host.commands.demo import _summary
+from mozi.host.cli.commands.demo import _summary
+from mozi.host.crypto.imagecrypt import otp_key_bits
 from mozi.host.demo import RELAY_LINK, STORE_FILES, DemoConfig, run_demo
-from mozi.host.imagecrypt import otp_key_bits
-from mozi.host.keystore import KeyStore
+from mozi.host.keys.keystore import KeyStore
 from mozi.host.sample_images import SAMPLES
 
 # one worker runs the whole module under `pytest -n 2 --dist loadgroup`, so the module-scoped

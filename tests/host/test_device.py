@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Opcode
-from mozi.host.device import (
+from mozi.host.devices.device import (
     DeviceError,
     DeviceUnavailable,
     HasherDriver,
@@ -16,7 +16,7 @@ from mozi.host.device import (
     TransmitterDriver,
     open_device,
 )
-from mozi.host.model_device import ModelTransport
+from mozi.host.devices.model import ModelTransport
 from mozi.sim import model
 from mozi.sim.errors import MoziError
 

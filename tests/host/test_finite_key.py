@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from mozi.host.finite_key import (
+from mozi.host.postprocessing.finite_key import (
     DecoyStatistics,
     FiniteKeyParams,
     binary_entropy,

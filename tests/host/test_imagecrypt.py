@@ -4,8 +4,7 @@ import struct
 
 import numpy as np
 import pytest
-from mozi.host.errors import AuthenticationError, FileFormatError, KeyStoreError
-from mozi.host.imagecrypt import (
+from mozi.host.crypto.imagecrypt import (
     MAGIC,
     FileAccessError,
     decrypt_file,
@@ -13,7 +12,8 @@ from mozi.host.imagecrypt import (
     otp_key_bits,
     read_header,
 )
-from mozi.host.keystore import KeyStore
+from mozi.host.errors import AuthenticationError, FileFormatError, KeyStoreError
+from mozi.host.keys.keystore import KeyStore
 from mozi.host.sample_images import SAMPLES, logo_image, map_image, sample_path
 from PIL import Image
 

@@ -11,9 +11,9 @@ import uuid
 
 import numpy as np
 import pytest
-from mozi.host.auth import AuthenticatedChannel, MemoryTransport
+from mozi.host.crypto.auth import AuthenticatedChannel, MemoryTransport
 from mozi.host.errors import KeyStoreError
-from mozi.host.keystore import (
+from mozi.host.keys.keystore import (
     DEFAULT_BLOCK_BITS,
     KeyStore,
     block_sizes,

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from mozi.host.privacy import (
+from mozi.host.postprocessing.privacy import (
     MAX_FFT,
     privacy_amplify,
     random_seed_bits,

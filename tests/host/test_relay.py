@@ -5,10 +5,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from mozi.host.auth import AuthenticatedChannel, MemoryTransport
+from mozi.host.crypto.auth import AuthenticatedChannel, MemoryTransport
 from mozi.host.errors import AuthenticationError, FileFormatError, KeyStoreError, ProtocolAbort
-from mozi.host.keystore import init_link
-from mozi.host.relay import (
+from mozi.host.keys.keystore import init_link
+from mozi.host.keys.relay import (
     RelayAnnouncement,
     derive_relayed_key,
     relay_announcement,

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 from mozi.host.errors import KeyStoreError
-from mozi.host.keystore import KeyStore
-from mozi.host.session import (
+from mozi.host.keys.keystore import KeyStore
+from mozi.host.postprocessing.session import (
     SessionConfig,
     SessionResult,
     decode_align_sample,
@@ -220,7 +220,7 @@ def test_alignment_center_for_tags_from_another_epoch(tmp_path):
 
 
 def test_profile_divides_partial_bins_by_the_time_they_cover():
-    from mozi.host.session import _profile
+    from mozi.host.postprocessing.session import _profile
     rate = 1000.0                               # slots per second
     slots = np.arange(5_000, 25_000, 2)         # 500 detections/s from t = 5 s to t = 25 s
     flags = np.zeros(slots.size, bool)
@@ -274,7 +274,7 @@ def test_squashing_words_cannot_be_predicted_from_published_data(slice30, tmp_pa
     from public data. Now they are ChaCha20 under a key from the OS CSPRNG that is never
     published: no published integer, by the old derivation or as a plain numpy seed,
     reproduces them."""
-    from mozi.host import device
+    from mozi.host.devices import device
 
     used = []
     take = device.RandomWordSource.take

@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 from mozi.host.cli import main
-from mozi.host.keystore import KeyStore
-from mozi.host.serial_device import PtyServer
+from mozi.host.devices.serial import PtyServer
+from mozi.host.keys.keystore import KeyStore
 from mozi.sim.link import simulate_pass, write_alice
 from mozi.sim.passes import micius2017
 from mozi.sim.tagfile import write_tags

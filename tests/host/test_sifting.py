@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from mozi.host.auth import AuthKeyPool, make_channel_pair
-from mozi.host.device import TransmitterDriver, open_device
+from mozi.host.crypto.auth import AuthKeyPool, make_channel_pair
+from mozi.host.devices.device import TransmitterDriver, open_device
 from mozi.host.errors import AuthenticationError, ProtocolAbort
-from mozi.host.sifting import (
+from mozi.host.postprocessing.sifting import (
     SiftingError,
     alice_answer_report,
     bob_receive_flags,

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from mozi.host.device import ReceiverDriver, open_device
-from mozi.host.model_device import ModelTransport
-from mozi.host.timing import (
+from mozi.host.devices.device import ReceiverDriver, open_device
+from mozi.host.devices.model import ModelTransport
+from mozi.host.postprocessing.timing import (
     TimingError,
     alignment_sample,
     estimate_timing,

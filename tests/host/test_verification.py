@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from mozi.host.cascade import reconcile
-from mozi.host.verification import (
+from mozi.host.postprocessing.cascade import reconcile
+from mozi.host.postprocessing.verification import (
     verification_tag,
     verification_tag_bits,
     verify,

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from mozi.host.imagecrypt import decrypt_file
-from mozi.host.keystore import KeyStore
+from mozi.host.crypto.imagecrypt import decrypt_file
+from mozi.host.keys.keystore import KeyStore
 
 HELP = "authenticate and decrypt a file made by mozi encrypt (output only if authentic)"
 

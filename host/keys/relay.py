@@ -16,7 +16,7 @@ Direction and authentication
   stations, their links to the satellite, the relay link, every input block, the new key IDs
   and the layout of the relayed key (which station may send with which block). The satellite
   sends the same announcement to each station as a ``relay`` message of that link's
-  :class:`~mozi.host.auth.AuthenticatedChannel` (:func:`send_announcement`): a flipped bit, a
+  :class:`~mozi.host.crypto.auth.AuthenticatedChannel` (:func:`send_announcement`): a flipped bit, a
   forged or replayed announcement is rejected by the channel.
 * :func:`station_accept` checks the announcement completely — it names this station and the
   link it arrived on, its input blocks exist, are unused, belong to that link and to the
@@ -36,9 +36,9 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from mozi.host.auth import AuthenticatedChannel, MemoryTransport
+from mozi.host.crypto.auth import AuthenticatedChannel, MemoryTransport
 from mozi.host.errors import FileFormatError, KeyStoreError, ProtocolAbort
-from mozi.host.keystore import KeyStore, check_name, key_layout, new_key_ids
+from mozi.host.keys.keystore import KeyStore, check_name, key_layout, new_key_ids
 from mozi.sim.model import as_bits
 
 __all__ = [
@@ -261,7 +261,7 @@ def satellite_announce(satellite: KeyStore, *, link_sm: str = "sat-moscow",
         link.
     first_share : float
         Fraction of the relayed key the first station may send with (the rest is the
-        second's), see :func:`~mozi.host.keystore.key_layout`.
+        second's), see :func:`~mozi.host.keys.keystore.key_layout`.
     block_bits : int, optional
         Block size of the relayed key.
 

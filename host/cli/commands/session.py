@@ -169,7 +169,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def _open_store(path: Path, role: str, link: str):
-    from mozi.host.keystore import KeyStore
+    from mozi.host.keys.keystore import KeyStore
 
     if not path.is_file():
         raise MoziError(f"no key store at {path}; make the link's two stores with "
@@ -181,9 +181,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``mozi session``; see the module docstring for the exit status."""
     # imported here, not at module level: the CLI imports every command to build its parser,
     # and the session engine (scipy, the device models) is not needed for `mozi --help`
-    from mozi.host.device import check_device
-    from mozi.host.randomness import warn_insecure
-    from mozi.host.session import SessionConfig, run_session
+    from mozi.host.crypto.randomness import warn_insecure
+    from mozi.host.devices.device import check_device
+    from mozi.host.postprocessing.session import SessionConfig, run_session
 
     for name in ("eps_sec", "eps_cor", "qber_threshold", "alice_share"):
         value = getattr(args, name)

@@ -5,7 +5,7 @@ Two modes, as in the Micius China–Russia experiment:
 ``otp``
     The file is XORed with key bits (a one-time pad, information-theoretically secret) and
     authenticated with a one-time Wegman–Carter MAC: a 128-bit polynomial hash over
-    GF(2^128) (:class:`mozi.host.auth.PolyHash`) of header and ciphertext, XORed with 128
+    GF(2^128) (:class:`mozi.host.crypto.auth.PolyHash`) of header and ciphertext, XORed with 128
     fresh key bits. Key consumed: ``8·size + 256`` bits (hash key, tag pad, then the pad for
     the data), taken from the oldest available blocks of the link *that the sender may send
     with*; the unused tail of the last block is wasted. Refused
@@ -18,7 +18,7 @@ Two modes, as in the Micius China–Russia experiment:
 ``auto``
     ``otp`` when the sender has enough key on the link for it, otherwise ``aes-gcm``.
 
-Direction. Every key block has one sender (:mod:`mozi.host.keystore`): :func:`encrypt_file`
+Direction. Every key block has one sender (:mod:`mozi.host.keys.keystore`): :func:`encrypt_file`
 uses only the blocks of the store's own party and writes that party's name into the header;
 :func:`decrypt_file` accepts only blocks of the named sender, which must be the peer. So two
 stations encrypting at the same time take different blocks, and a file sent back to its
@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from mozi.host.auth import HASH_KEY_BITS, PolyHash, bits_to_int, one_time_tag
+from mozi.host.crypto.auth import HASH_KEY_BITS, PolyHash, bits_to_int, one_time_tag
 from mozi.host.errors import AuthenticationError, FileFormatError, KeyStoreError
 from mozi.sim.errors import MoziError
 

@@ -1,6 +1,6 @@
 """The ``mozi`` command line.
 
-Each subcommand lives in ``mozi.host.commands.<name>`` and provides ``HELP`` (one line),
+Each subcommand lives in ``mozi.host.cli.commands.<name>`` and provides ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. Errors derived from ``MoziError`` — and
 ``OSError`` from a file the user named that the system refuses — become one line on stderr and
 exit status 1, bad arguments one line and exit status 2; ``--json`` output goes to stdout,
@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"mozi.host.commands.{name}")
+            module = importlib.import_module(f"mozi.host.cli.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"mozi.host.commands.{name}":
+            if exc.name != f"mozi.host.cli.commands.{name}":
                 raise
             continue
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)

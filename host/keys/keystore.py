@@ -35,7 +35,7 @@ Keys at rest
 Authentication keys
 -------------------
 The same file holds each link's lasting authentication key (:class:`StoredAuthKeyPool`, see
-:mod:`mozi.host.auth`): every pad is used in a transaction that commits before the frame it
+:mod:`mozi.host.crypto.auth`): every pad is used in a transaction that commits before the frame it
 tags is sent or accepted, and a session's replenishment commits with its key.
 
 Bits are ``numpy.uint8`` arrays of 0/1 in the API and packed MSB-first (``numpy.packbits``)
@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mozi.host.auth import (
+from mozi.host.crypto.auth import (
     DEFAULT_AUTH_KEY_BITS,
     DEFAULT_TAG_BITS,
     HASH_KEY_BITS,
@@ -917,7 +917,7 @@ class KeyStore:
 
     def init_auth_key(self, link: str, *, peer: str, role: int, key_bits,
                       tag_bits: int) -> None:
-        """Install a link's pre-shared authentication key (:mod:`mozi.host.auth`).
+        """Install a link's pre-shared authentication key (:mod:`mozi.host.crypto.auth`).
 
         Parameters
         ----------
@@ -926,7 +926,7 @@ class KeyStore:
             The direction this party sends in (the peer gets the other one, and the same
             ``key_bits``).
         key_bits : uint8 bit array
-            The pre-shared key (:func:`mozi.host.auth.split_auth_key` cuts it).
+            The pre-shared key (:func:`mozi.host.crypto.auth.split_auth_key` cuts it).
         tag_bits : int
 
         Raises
@@ -1056,7 +1056,7 @@ def init_link(link: str, first: KeyStore, second: KeyStore, *,
     key_bits : int
         Size of the pre-shared key: the 128-bit hash key plus the pads of both directions.
     tag_bits : int
-        Tag length of the link, at least :data:`~mozi.host.auth.MIN_TAG_BITS`.
+        Tag length of the link, at least :data:`~mozi.host.crypto.auth.MIN_TAG_BITS`.
 
     Returns
     -------
@@ -1091,7 +1091,7 @@ def init_link(link: str, first: KeyStore, second: KeyStore, *,
 
 
 class StoredAuthKeyPool(AuthKeyPool):
-    """A link's authentication key kept in a :class:`KeyStore` (see :mod:`mozi.host.auth`).
+    """A link's authentication key kept in a :class:`KeyStore` (see :mod:`mozi.host.crypto.auth`).
 
     Every change — a pad used or burned, a replenishment, a rejected frame — is written in
     one transaction that commits before the change takes effect, and is refused if another

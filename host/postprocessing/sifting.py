@@ -1,13 +1,13 @@
 """Sifting over the authenticated classical channel, with decoy-state bookkeeping.
 
-Messages, in order (each one an :class:`~mozi.host.auth.AuthenticatedChannel` message, so its
+Messages, in order (each one an :class:`~mozi.host.crypto.auth.AuthenticatedChannel` message, so its
 authentication cost is counted in ``consumed_bits``):
 
 1. ``sift-report`` Bob → Alice: Bob's ``(slot, basis)`` for every detection (Alice's slot
    numbering), compactly: :func:`encode_report` (slot differences as LEB128 varints, bases as
    packed bits — about 2.6 bytes per detection instead of 7, which matters because every byte
    is hashed for authentication).
-2. Alice runs her sifter (the device's ``SIFT_REPORTS``, :class:`~mozi.host.device.
+2. Alice runs her sifter (the device's ``SIFT_REPORTS``, :class:`~mozi.host.devices.device.
    TransmitterDriver`) and answers ``sift-flags`` Alice → Bob: one match bit per report
    (packed MSB first).
 3. ``sift-intensity`` Alice → Bob: her intensity code of every *matched* slot (2-bit words,
@@ -15,7 +15,7 @@ authentication cost is counted in ``consumed_bits``):
 4. ``x-bits`` Bob → Alice: Bob's bits of every matched X-basis detection (the test basis: all
    of them are disclosed for the phase-error estimate, none enters the key).
 5. ``x-errors`` Alice → Bob: the X-basis error count per intensity (3 × u32), so both sides
-   hold the same :class:`~mozi.host.finite_key.DecoyStatistics`.
+   hold the same :class:`~mozi.host.postprocessing.finite_key.DecoyStatistics`.
 
 The Z-basis matched detections form the sifted key: Alice's bits come from her sifter, Bob's
 from his basis decoder. Both sides end with the same slot list and per-intensity counts.
@@ -29,10 +29,10 @@ from collections.abc import Callable
 
 import numpy as np
 from mozi.firmware import protocol as proto
-from mozi.host.auth import AuthenticatedChannel
-from mozi.host.device import TransmitterDriver
+from mozi.host.crypto.auth import AuthenticatedChannel
+from mozi.host.devices.device import TransmitterDriver
 from mozi.host.errors import ProtocolAbort
-from mozi.host.finite_key import DecoyStatistics
+from mozi.host.postprocessing.finite_key import DecoyStatistics
 from mozi.sim.model import BASIS_X, BASIS_Z
 
 __all__ = [

@@ -35,7 +35,7 @@ bits ``[k·t, (k+1)·t)`` of stream ``d``, and the frame with sequence number ``
 interleaving of messages, and sequence numbers run on across sessions for the link's whole
 life. A pad leaves the pool (and is erased) when it is used: by the sender *before* the frame
 leaves (so a crash can never lead to one pad tagging two frames), by the receiver when it
-accepts the frame. A pool kept in a key store (:class:`mozi.host.keystore.StoredAuthKeyPool`)
+accepts the frame. A pool kept in a key store (:class:`mozi.host.keys.keystore.StoredAuthKeyPool`)
 persists every such step in one transaction before it takes effect.
 
 Channel
@@ -292,7 +292,7 @@ class AuthKeyPool:
 
     Both ends hold identical pools (same hash key, same pad streams, same replenishments in
     the same order) with different ``role``. This class keeps its state in memory;
-    :class:`mozi.host.keystore.StoredAuthKeyPool` persists every change in a key store.
+    :class:`mozi.host.keys.keystore.StoredAuthKeyPool` persists every change in a key store.
 
     Parameters
     ----------

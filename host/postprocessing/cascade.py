@@ -22,8 +22,8 @@ the number of parities Alice sent, which is what the finite-key analysis must su
   about, and the QBER estimate (all independent of Alice's key given the error pattern), and
   Bob's own parities, which are never sent.
 
-The verification tag (:mod:`mozi.host.verification`) is disclosed on top of this and counted
-there.
+The verification tag (:mod:`mozi.host.postprocessing.verification`) is disclosed on top of this
+and counted there.
 
 Algorithm
 ---------

@@ -3,7 +3,7 @@
 ``--mode otp`` is a one-time pad with a one-time MAC (refused when the link has too little
 key), ``--mode aes-gcm`` AES-256-GCM under one 256-bit QKD key, ``--mode auto`` (default) the
 one-time pad when the key suffices. The key blocks used are consumed; the output is written
-atomically. See :mod:`mozi.host.imagecrypt` for the format.
+atomically. See :mod:`mozi.host.crypto.imagecrypt` for the format.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from mozi.host.imagecrypt import encrypt_file
-from mozi.host.keystore import KeyStore
+from mozi.host.crypto.imagecrypt import encrypt_file
+from mozi.host.keys.keystore import KeyStore
 
 HELP = "encrypt a file with QKD key: one-time pad + one-time MAC, or AES-256-GCM"
 

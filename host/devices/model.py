@@ -15,7 +15,13 @@ import struct
 import numpy as np
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Frame, FrameError, Opcode
-from mozi.host.device import ROLE_HASHER, ROLE_RECEIVER, ROLE_TRANSMITTER, DeviceError, Transport
+from mozi.host.devices.device import (
+    ROLE_HASHER,
+    ROLE_RECEIVER,
+    ROLE_TRANSMITTER,
+    DeviceError,
+    Transport,
+)
 from mozi.sim import model
 
 __all__ = ["FIRMWARE", "ModelTransport"]

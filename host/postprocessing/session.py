@@ -2,31 +2,32 @@
 
 :func:`run_session` plays both parties in one process, but every piece of information that
 crosses from one to the other travels as a message of an authenticated classical channel
-(:mod:`mozi.host.auth`) or as link-protocol frames to that party's own device
-(:mod:`mozi.host.device`). Steps:
+(:mod:`mozi.host.crypto.auth`) or as link-protocol frames to that party's own device
+(:mod:`mozi.host.devices.device`). Steps:
 
 1. **Timing recovery** (Bob): slot period, offset and jitter from the tags
-   (:func:`mozi.host.timing.estimate_timing`).
+   (:func:`mozi.host.postprocessing.timing.estimate_timing`).
 2. **Slot assignment and basis decoding** on Bob's device, block by block, registers
-   reprogrammed per block (:func:`mozi.host.timing.slot_blocks`,
-   :class:`~mozi.host.device.ReceiverDriver`).
+   reprogrammed per block (:func:`mozi.host.postprocessing.timing.slot_blocks`,
+   :class:`~mozi.host.devices.device.ReceiverDriver`).
 3. **Slot alignment**: Bob discloses ``(slot, basis, bit)`` of a short run of detections,
-   Alice answers the slot shift (:func:`mozi.host.timing.find_slot_shift`); the disclosed
-   detections are dropped.
-4. **Sifting** (:func:`mozi.host.sifting.run_sifting`): report, match flags on Alice's
-   device, intensity announcement, X-basis disclosure → decoy statistics. Abort if the X-basis
-   QBER exceeds the threshold.
+   Alice answers the slot shift (:func:`mozi.host.postprocessing.timing.find_slot_shift`); the
+   disclosed detections are dropped.
+4. **Sifting** (:func:`mozi.host.postprocessing.sifting.run_sifting`): report, match flags on
+   Alice's device, intensity announcement, X-basis disclosure → decoy statistics. Abort if the
+   X-basis QBER exceeds the threshold.
 5. **Error correction**: Cascade on the Z key; queries and answers cross the public link and
    their whole transcripts are then authenticated (:class:`ChannelParityOracle`); ``λ_EC`` is
    the exact count of disclosed parities. Abort if the Z QBER (errors corrected) exceeds the
    threshold.
-6. **Verification**: Toeplitz tag of ``⌈log2(1/ε_cor)⌉`` bits (:mod:`mozi.host.verification`);
-   a mismatch discards the block.
-7. **Finite-key length** (Lim et al. 2014, :mod:`mozi.host.finite_key`); abort if ℓ ≤ 0.
+6. **Verification**: Toeplitz tag of ``⌈log2(1/ε_cor)⌉`` bits
+   (:mod:`mozi.host.postprocessing.verification`); a mismatch discards the block.
+7. **Finite-key length** (Lim et al. 2014, :mod:`mozi.host.postprocessing.finite_key`); abort
+   if ℓ ≤ 0.
 8. **Privacy amplification** (Toeplitz, FFT; Alice's seed sent to Bob) and **storage**: the
    first bits of the final key refill the link's authentication key by exactly what this
-   session took from it (:meth:`~mozi.host.auth.AuthKeyPool.refill_need`); the rest is cut
-   by :func:`~mozi.host.keystore.key_layout` into blocks Alice may send with (the first
+   session took from it (:meth:`~mozi.host.crypto.auth.AuthKeyPool.refill_need`); the rest is cut
+   by :func:`~mozi.host.keys.keystore.key_layout` into blocks Alice may send with (the first
    ``alice_share``) and blocks Bob may send with. Alice draws the key IDs and sends them with
    the refill sizes; both stores get identical keys under identical IDs and senders, each in
    one transaction with its refill.
@@ -37,7 +38,7 @@ The classical channel is the link's lasting authentication key in the two key st
 
 Randomness. Every random choice — Bob's squashing bits for multi-click events (the device's
 random words), the Cascade shuffles, the verification and privacy-amplification seeds, the key
-IDs — comes from a :class:`~mozi.host.randomness.SessionRandomness`: the OS CSPRNG, unless
+IDs — comes from a :class:`~mozi.host.crypto.randomness.SessionRandomness`: the OS CSPRNG, unless
 ``SessionConfig.insecure_seed`` asks for a reproducible run, which marks the result and every
 stored key ``insecure_reproducible``.
 
@@ -60,33 +61,33 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from mozi.host import timing as tm
-from mozi.host.auth import (
+from mozi.host.crypto.auth import (
     DEFAULT_MAX_FAILURES,
     AuthenticatedChannel,
     AuthKeyPoolExhausted,
     ChannelEmpty,
     MemoryTransport,
 )
-from mozi.host.cascade import AliceParityOracle, reconcile
-from mozi.host.device import (
+from mozi.host.crypto.randomness import SessionRandomness
+from mozi.host.devices.device import (
     Detections,
     ReceiverDriver,
     TransmitterDriver,
     open_device,
 )
 from mozi.host.errors import AuthenticationError, KeyStoreError, ProtocolAbort
-from mozi.host.finite_key import (
+from mozi.host.keys.keystore import KeyStore, check_value, key_layout
+from mozi.host.postprocessing import timing as tm
+from mozi.host.postprocessing.cascade import AliceParityOracle, reconcile
+from mozi.host.postprocessing.finite_key import (
     DecoyStatistics,
     FiniteKeyParams,
     binary_entropy,
     finite_key_length,
 )
-from mozi.host.keystore import KeyStore, check_value, key_layout
-from mozi.host.privacy import privacy_amplify
-from mozi.host.randomness import SessionRandomness
-from mozi.host.sifting import run_sifting
-from mozi.host.verification import verification_tag, verification_tag_bits
+from mozi.host.postprocessing.privacy import privacy_amplify
+from mozi.host.postprocessing.sifting import run_sifting
+from mozi.host.postprocessing.verification import verification_tag, verification_tag_bits
 from mozi.sim.errors import MoziError
 from mozi.sim.model import CHANNELS, alice_record
 from tqdm import tqdm
@@ -122,7 +123,7 @@ class SessionConfig:
     alice_share : float
         Fraction of the stored key that Alice may send with (the rest is Bob's), in [0, 1].
     device : str
-        Device backend for both parties (:func:`mozi.host.device.open_device`).
+        Device backend for both parties (:func:`mozi.host.devices.device.open_device`).
     alice_device, bob_device : str or None
         A backend for one party instead of ``device`` (e.g. Bob's receiver on a board).
     window_sigmas : float
@@ -227,18 +228,18 @@ class SessionResult:
     key_senders : list of str
         For each key ID, the party that may send with the block.
     key_check_values : list of str
-        For each key ID, :func:`~mozi.host.keystore.check_value` of the block (compare two
+        For each key ID, :func:`~mozi.host.keys.keystore.check_value` of the block (compare two
         stores or two backends without showing key bits).
     finite_key : dict or None
-        The :class:`~mozi.host.finite_key.FiniteKeyResult` as a dict.
+        The :class:`~mozi.host.postprocessing.finite_key.FiniteKeyResult` as a dict.
     profile : list of dict
         Per ``profile_bin_s`` of pass time: ``t_s``, ``sifted_kbps``, ``qber``.
     timings : dict
         Seconds spent per step, and ``total``.
     timing : dict or None
-        The recovered slot clock (:class:`~mozi.host.timing.TimingEstimate`).
+        The recovered slot clock (:class:`~mozi.host.postprocessing.timing.TimingEstimate`).
     alignment : dict or None
-        The slot alignment (:class:`~mozi.host.timing.AlignmentResult`).
+        The slot alignment (:class:`~mozi.host.postprocessing.timing.AlignmentResult`).
     device_counters : dict
         Receiver and transmitter counters read from the devices.
     insecure_reproducible : bool
@@ -494,7 +495,7 @@ def run_session(tags, alice, *, link: str, store_alice: KeyStore, store_bob: Key
     link : str
         The link: both stores hold its authentication key (``mozi link init``), each naming
         the other's party as its peer.
-    store_alice, store_bob : mozi.host.keystore.KeyStore
+    store_alice, store_bob : mozi.host.keys.keystore.KeyStore
         The two parties' key stores.
     config : SessionConfig
     progress : bool

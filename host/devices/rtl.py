@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mozi.host.device import DeviceError, DeviceUnavailable, Transport
+from mozi.host.devices.device import DeviceError, DeviceUnavailable, Transport
 
 __all__ = ["RtlTransport"]
 

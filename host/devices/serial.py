@@ -3,7 +3,7 @@
 :class:`SerialTransport` opens the port with pyserial (8N1, raw) and carries the link
 protocol's bytes; the drivers are the same as on the ``model`` and ``rtl`` backends.
 :func:`serve_pty` puts a role top's co-simulation behind a pseudo-terminal, so that this very
-backend is tested without a board (``python -m mozi.host.serial_device --role receiver``
+backend is tested without a board (``python -m mozi.host.devices.serial --role receiver``
 prints the terminal's path and serves it until interrupted).
 """
 
@@ -16,7 +16,7 @@ import sys
 import threading
 import tty
 
-from mozi.host.device import DeviceError, DeviceUnavailable, Transport
+from mozi.host.devices.device import DeviceError, DeviceUnavailable, Transport
 
 __all__ = ["DEFAULT_BAUD", "PtyServer", "SerialTransport"]
 
@@ -92,7 +92,7 @@ class PtyServer:
     """
 
     def __init__(self, role: str = "receiver"):
-        from mozi.host.rtl_device import RtlTransport
+        from mozi.host.devices.rtl import RtlTransport
         self._sim = RtlTransport(role=role, read_timeout=0.01)
         self._master, slave = os.openpty()
         tty.setraw(slave)
@@ -135,7 +135,7 @@ class PtyServer:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mozi.host.serial_device",
+    parser = argparse.ArgumentParser(prog="python -m mozi.host.devices.serial",
                                      description="serve a role top's co-simulation on a pty")
     parser.add_argument("--role", choices=("receiver", "transmitter"), default="receiver")
     args = parser.parse_args(argv)

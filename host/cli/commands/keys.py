@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from mozi.host.keystore import DEFAULT_STORE_ENV, KeyStore, default_store_path
+from mozi.host.keys.keystore import DEFAULT_STORE_ENV, KeyStore, default_store_path
 
 HELP = "show the key store: per-link status, or every key block with its metadata"
 

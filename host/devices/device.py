@@ -4,11 +4,11 @@ The host never calls the golden models directly: it talks to *a device* by excha
 frames of :mod:`mozi.firmware.protocol` through a :class:`Transport`. Three backends give the
 transport (DESIGN.md, Glasgow's applet/transport split):
 
-* ``model`` — :class:`mozi.host.model_device.ModelTransport`, an in-process emulation of the
+* ``model`` — :class:`mozi.host.devices.model.ModelTransport`, an in-process emulation of the
   firmware that parses the frames and executes them with :mod:`mozi.sim.model`;
-* ``rtl`` — :class:`mozi.host.rtl_device.RtlTransport`, the firmware's role top under
+* ``rtl`` — :class:`mozi.host.devices.rtl.RtlTransport`, the firmware's role top under
   Verilator, reached through the same bytes;
-* ``serial:PORT`` — :class:`mozi.host.serial_device.SerialTransport`, a board's UART.
+* ``serial:PORT`` — :class:`mozi.host.devices.serial.SerialTransport`, a board's UART.
 
 Every request goes out with a sequence byte and is sent again (same bytes) when its response
 does not arrive, arrives corrupted, or the device reports the request frame corrupted
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import ErrorCode, Frame, Opcode
-from mozi.host.randomness import ByteStream
+from mozi.host.crypto.randomness import ByteStream
 from mozi.sim.errors import MoziError
 
 __all__ = [
@@ -145,7 +145,7 @@ def check_device(spec: str, role: str | None = None) -> None:
         except RuntimeError as exc:
             raise DeviceUnavailable(f"device 'rtl': {exc}") from None
     elif kind == "serial":
-        from mozi.host.serial_device import SerialTransport
+        from mozi.host.devices.serial import SerialTransport
         SerialTransport(spec.removeprefix("serial:")).close()     # opens, or says why not
 
 
@@ -175,12 +175,12 @@ def open_device(spec: str, *, role: str | None = None, **options) -> Transport:
     """
     kind = _parse(spec, role)
     if kind == "model":
-        from mozi.host.model_device import FIRMWARE, ModelTransport
+        from mozi.host.devices.model import FIRMWARE, ModelTransport
         return ModelTransport(**{**(FIRMWARE[role] if role else {}), **options})
     if kind == "rtl":
-        from mozi.host.rtl_device import RtlTransport
+        from mozi.host.devices.rtl import RtlTransport
         return RtlTransport(role=role or "receiver", **options)
-    from mozi.host.serial_device import SerialTransport
+    from mozi.host.devices.serial import SerialTransport
     return SerialTransport(spec.removeprefix("serial:"), **options)
 
 
@@ -326,8 +326,9 @@ class RandomWordSource:
     """The stream of 2-bit random words fed to the basis decoder (Bob's squashing choices).
 
     For a multi-click event the decoder takes its basis and bit from one word, so the words
-    are secret: they come from a ChaCha20 keystream (:class:`mozi.host.randomness.ByteStream`)
-    under a 256-bit key, four words per byte (first word in bits 7..6). The sequence depends
+    are secret: they come from a ChaCha20 keystream
+    (:class:`mozi.host.crypto.randomness.ByteStream`) under a 256-bit key, four words per byte
+    (first word in bits 7..6). The sequence depends
     only on the key, never on how it is consumed — the ``model`` and ``rtl`` backends given the
     same key receive the same words.
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from mozi.host.privacy import random_seed_bits, toeplitz_hash_fft
+from mozi.host.postprocessing.privacy import random_seed_bits, toeplitz_hash_fft
 
 __all__ = ["VerificationResult", "verification_tag", "verification_tag_bits", "verify"]
 

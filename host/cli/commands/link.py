@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from mozi.host.auth import DEFAULT_AUTH_KEY_BITS, DEFAULT_TAG_BITS
-from mozi.host.keystore import DEFAULT_STORE_ENV, KeyStore, default_store_path, init_link
+from mozi.host.crypto.auth import DEFAULT_AUTH_KEY_BITS, DEFAULT_TAG_BITS
+from mozi.host.keys.keystore import DEFAULT_STORE_ENV, KeyStore, default_store_path, init_link
 from mozi.sim.errors import MoziError
 
 HELP = "create (init) or show (status) the lasting authentication key of a link"

@@ -65,8 +65,8 @@ def _summary(doc: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mozi demo``; see the module docstring for the exit status."""
+    from mozi.host.crypto.randomness import warn_insecure
     from mozi.host.demo import DemoConfig, json_text, run_demo
-    from mozi.host.randomness import warn_insecure
 
     if args.seed < 0:
         raise MoziError(f"--seed must be a non-negative integer, not {args.seed}")

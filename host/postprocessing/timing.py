@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 from mozi.firmware.protocol import REGISTERS
-from mozi.host.device import SlotBlock
+from mozi.host.devices.device import SlotBlock
 from mozi.sim.errors import MoziError
 
 __all__ = [

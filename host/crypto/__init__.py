@@ -1,0 +1,1 @@
+"""mozi.host.crypto: the authenticated channel, secret randomness, image encryption."""

@@ -1,0 +1,1 @@
+"""mozi.host.devices: the device interface and its backends (model, rtl, serial)."""

@@ -1,0 +1,1 @@
+"""mozi.host.keys: the key store and the trusted relay."""
