@@ -19,7 +19,7 @@ The transmitter does not fit the UP5K (``docs/boards.md`` has the figures); its 
 that the build says so with numbers.
 
 The link is the FTDI's second channel (``uart`` 0: FPGA pins 6 rx, 9 tx), at 3 Mbaud after
-configuration (the host's default, ``mozi.host.serial_device.DEFAULT_BAUD``). The green LED
+configuration (the host's default, ``mozi.host.devices.serial.DEFAULT_BAUD``). The green LED
 is not used (its pin carries the PLL's second output); the red one shows that the device is
 busy (not ``idle``).
 
