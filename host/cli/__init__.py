@@ -15,7 +15,7 @@ import sys
 
 from mozi.sim.errors import MoziError
 
-COMMANDS = ("simulate", "link", "session", "demo", "keys", "encrypt", "decrypt")
+COMMANDS = ("simulate", "link", "session", "demo", "keys", "encrypt", "decrypt", "kms")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +57,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mozi {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
