@@ -83,19 +83,12 @@ async def _run(dut, rng, n_words: int, p_ready: float, fastest: bool = False):
 
 
 @cocotb.test()
-async def test_every_word_to_a_ready_sink(dut):
-    rng = random.Random(cocotb.RANDOM_SEED)
+@cocotb.parametrize(fastest=[False, True])
+async def test_every_word_to_a_ready_sink(dut, fastest):
+    """Random bit-clock levels, and the fastest: 2 ``sync`` clocks (plus a fraction)."""
+    rng = random.Random(cocotb.RANDOM_SEED + fastest)
     await _start(dut)
-    words, got, drops, held = await _run(dut, rng, 40, p_ready=1.0)
-    assert got == words and not drops and not held
-
-
-@cocotb.test()
-async def test_fastest_bit_clock(dut):
-    """Levels of 2 ``sync`` clocks (plus a fraction): still every bit."""
-    rng = random.Random(cocotb.RANDOM_SEED + 1)
-    await _start(dut)
-    words, got, drops, held = await _run(dut, rng, 40, p_ready=1.0, fastest=True)
+    words, got, drops, held = await _run(dut, rng, 40, p_ready=1.0, fastest=fastest)
     assert got == words and not drops and not held
 
 
