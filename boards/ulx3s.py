@@ -27,8 +27,9 @@ The link is the FTDI (``uart`` 0: balls M1 rx, L4 tx) at 3 Mbaud after configura
 host's default rate. LED 0 shows that the device is busy (not ``idle``), LED 1 that the PLL
 has locked, and the transmitter's LED 2 that a QRNG word was dropped since reset. The
 tagger takes ``IDDRX2F``'s ``Q0`` as the earliest of its four samples (``ODDRX2F`` sends
-``D0`` first, and ECP5 DDR PHYs pair ``Q0…Q3`` with ``D0…D3``). No pin-level simulation checks
-that here: Yosys has no model of the ECP5's I/O gearing.
+``D0`` first, and ECP5 DDR PHYs pair ``Q0…Q3`` with ``D0…D3``). ``tests/boards/tb_pins.py``
+runs this top from its pins with models of the ECP5 cells written from that description (Yosys
+has none of the I/O gearing), so the order itself is the models' assumption.
 
 Clocks, from the 25 MHz oscillator through one ``EHXPLLL``:
 

@@ -1,9 +1,11 @@
-"""cocotb testbench: the iCEBreaker receiver verified from its pins.
+"""cocotb testbench: a board's receiver verified from its pins.
 
-The design is the board top as it goes into the bitstream — PLL, ``SB_IO`` DDR input cells,
-the UART on the FTDI's pins, the receiver — with Yosys's models of the iCE40 cells and a
-pass-through model of the PLL (``tests/boards/ice40_models.py``). Time is compressed: the
-sampling clock runs at 200 MHz instead of 48 (every ratio in the design is kept).
+The design is the board top as it goes into the bitstream — PLL, DDR input cells, the UART on
+the FTDI's pins, the receiver — with models of the vendor cells: for the iCEBreaker Yosys's
+models of ``SB_IO``/``SB_DFF`` and a pass-through PLL (``tests/boards/ice40_models.py``), for
+the ULX3S models of the ECP5's PLL, edge clock, divider and ``IDDRX2F`` written from Lattice's
+descriptions (``tests/boards/ecp5_models.v``). Time is compressed: the sampling clock runs at
+200 MHz (every ratio in the design is kept).
 
 Detections of the simulator (``mozi.sim.simulate_pass``, 20 ms of the Micius 2017 pass) are
 rendered as pulses on the four detector pins, on the tagger's half-clock grid: each slot of
@@ -12,11 +14,13 @@ whole slots, and the clicks' mean arrival time is put on a slot boundary, so tha
 moves clicks across it and the order of the two DDR phases decides their slots. Every pin
 changes half a tick before the clock edge that samples it.
 
-The host speaks over the UART pins (8N1, after switching the divisor from the board's 8 to 4)
+The host speaks over the UART pins (8N1, after switching the divisor from the board's to 4)
 and collects with ``LIVE_DETECTIONS``. The detections must equal the golden models' for the
-same samples (``tests.firmware.tb_live.expected_live``): the samples the tagger sees are the
-pins' levels at the rising edge (phase 0) and the falling edge after it (phase 1),
-:data:`mozi.boards.icebreaker.PIN_LATENCY` clocks earlier. The seed is printed by cocotb.
+same samples (``tests.firmware.tb_live.expected_live``). On the iCEBreaker the samples the
+tagger counts in cycle ``c`` are the pins' levels at the rising edge (phase 0) and the falling
+edge after it (phase 1) :data:`mozi.boards.icebreaker.PIN_LATENCY` clocks earlier; on the
+ULX3S the four edges of the edge clock ending ``ULX3S_LATENCY_TICKS`` ticks earlier (in the
+cell models). The seed is printed by cocotb.
 """
 
 from __future__ import annotations
@@ -32,18 +36,30 @@ from mozi.boards.icebreaker import PIN_LATENCY
 from mozi.firmware import protocol as proto
 from mozi.firmware.protocol import Opcode
 from mozi.sim import model
+from mozi.sim.cocotb_runner import test_params
 from mozi.sim.link import simulate_pass
 from mozi.sim.passes import micius2017
 
 from tests.firmware.tb_live import check_live, expected_live
 from tests.firmware.tb_uart import Line
 
-PHASES, CHANNELS = 2, 4
-SAMPLE_PS = 5_000            # the sampling clock (the PLL's output A), time-compressed
+#: ticks from the first sample of a tagger cycle to the start of that cycle, in the ULX3S's
+#: cell models (the ECP5's gearbox latency is not modelled after measurements)
+ULX3S_LATENCY_TICKS = 3
+#: per board: phases, the oscillator pad (driven at the sampling clock's rate times
+#: ``pad_ratio``), the UART divisor after configuration, latency in ticks
+BOARDS = {
+    "icebreaker": {"phases": 2, "pad": "clk12_0__io", "pad_ratio": 1, "divisor": 8,
+                   "latency_ticks": 2 * PIN_LATENCY},
+    "ulx3s": {"phases": 4, "pad": "clk25_0__io", "pad_ratio": 2, "divisor": 25,
+              "latency_ticks": ULX3S_LATENCY_TICKS},
+}
+BOARD = BOARDS[test_params().get("board", "icebreaker")]
+PHASES, CHANNELS = BOARD["phases"], 4
+SAMPLE_PS = 5_000            # the tagger's clock, time-compressed
 PERIOD = 64                  # ticks per simulated slot (its jitter spans a few ticks)
 GAP_SLOTS = 6                # the longest gap between detections, in slots
 PULSE_TICKS = 4              # a detector's output pulse
-BOARD_DIVISOR = 8            # UART_DIVISOR after configuration (3 Mbaud at 24 MHz)
 
 
 def render(tags_ps: np.ndarray, channels: np.ndarray, slot_ps: float, start_tick: int
@@ -65,13 +81,13 @@ def render(tags_ps: np.ndarray, channels: np.ndarray, slot_ps: float, start_tick
 
 async def drive_pins(dut, samples: np.ndarray, edge0_ps: int) -> None:
     """Each sample's level on the pins from half a tick before the edge that takes it:
-    sample (c, p) is taken at ``edge0_ps + (c - PIN_LATENCY) * T + p * T / 2``."""
+    sample (c, p) is taken at ``edge0_ps + (c * PHASES + p - latency_ticks) * T / PHASES``."""
     levels = (samples.transpose(0, 2, 1).reshape(-1, CHANNELS).astype(np.int64)
               * (1 << np.arange(CHANNELS))).sum(axis=1)
     changes = np.flatnonzero(np.diff(levels, prepend=0))
-    half = SAMPLE_PS // PHASES
+    tick = SAMPLE_PS // PHASES
     for k in changes:
-        at = edge0_ps + (k - PIN_LATENCY * PHASES) * half - half // 2
+        at = edge0_ps + (k - BOARD["latency_ticks"]) * tick - tick // 2
         now = cocotb.utils.get_sim_time("ps")
         assert at > now, "the pins' pattern starts too early"
         await Timer(at - now, unit="ps")
@@ -82,7 +98,7 @@ class UartHost:
     """Requests over the board's UART pins, one frame at a time."""
 
     def __init__(self, dut):
-        self.line = Line(dut, BOARD_DIVISOR, rx=dut.uart_0__rx__io, tx=dut.uart_0__tx__io,
+        self.line = Line(dut, BOARD["divisor"], rx=dut.uart_0__rx__io, tx=dut.uart_0__tx__io,
                          clk=dut.clk)
         self.seq = 0
 
@@ -107,7 +123,8 @@ async def test_simulated_detections_from_the_pins(dut):
 
     dut.detector_0__io.value = 0
     dut.uart_0__rx__io.value = 1
-    cocotb.start_soon(Clock(dut.clk12_0__io, SAMPLE_PS, unit="ps").start())
+    pad = getattr(dut, BOARD["pad"])
+    cocotb.start_soon(Clock(pad, SAMPLE_PS // BOARD["pad_ratio"], unit="ps").start())
     # the PLL locks, sync leaves reset, the receiver's cores and tagger leave theirs: the
     # sampling clock's edge at which the tagger's reset falls starts tagger cycle 0
     await FallingEdge(dut.receiver.sample_rst)
@@ -116,6 +133,7 @@ async def test_simulated_detections_from_the_pins(dut):
 
     host = UartHost(dut)
     await host.write("UART_DIVISOR", 4)
+    await ClockCycles(dut.clk, 20 * BOARD["divisor"])   # (the device switches after its answer)
     host.line.divisor = 4
     one = 1 << 16
     await host.write("SA_WINDOW_END", one)

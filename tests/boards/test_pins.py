@@ -1,9 +1,12 @@
-"""The iCEBreaker receiver verified from its pins (issue: boards, part 5).
+"""The receivers verified from their pins (issue: boards, part 5).
 
 The board top as it is built into the bitstream, converted to Verilog with its vendor cells,
-runs under Verilator with Yosys's iCE40 cell models; simulated detections drive its detector
-pins and the host reads them back over its UART pins (tests/boards/tb_pins.py).
+runs under Verilator with models of those cells (Yosys's for the iCE40; ours, from Lattice's
+descriptions, for the ECP5); simulated detections drive its detector pins and the host reads
+them back over its UART pins (tests/boards/tb_pins.py).
 """
+
+from pathlib import Path
 
 import pytest
 from mozi.boards.build import simulation_verilog
@@ -23,4 +26,13 @@ def test_pll_divisors_give_the_sampling_clock():
 @pytest.mark.cocotb
 def test_icebreaker_receiver_from_its_pins():
     run_cocotb(simulation_verilog("icebreaker", "receiver"), "tests.boards.tb_pins",
-               toplevel="top", sources=cell_models())
+               toplevel="top", sources=cell_models(), params={"board": "icebreaker"})
+
+
+@pytest.mark.cocotb
+def test_ulx3s_receiver_from_its_pins():
+    """With models of the ECP5 cells (the wiring, clocks, 4-phase tagging and UART of the
+    board top; the gearbox's own order and latency are the model's assumption)."""
+    models = {"ecp5_models.v": (Path(__file__).parent / "ecp5_models.v").read_text()}
+    run_cocotb(simulation_verilog("ulx3s", "receiver"), "tests.boards.tb_pins",
+               toplevel="top", sources=models, params={"board": "ulx3s"})
