@@ -83,17 +83,18 @@ class CounterBank(wiring.Component):
         # A visit reads counter idx's total (stage 1), holds it in a fabric register (stage
         # 2: block-RAM clock-to-out is 5.6 ns on the ECP5), then adds its pending amount and
         # writes the sum back (stage 3); pending restarts in stage 3.
-        idx = Signal(range(N))
-        idx2 = Signal(range(N))
-        idx3 = Signal(range(N))
-        hot = Signal(N, init=1)                  # idx, one-hot
+        # Out of reset the pipeline is already full — visits of counters 2, 1 and 0 in stages
+        # 1, 2 and 3, whose totals are all 0 (every total is stale then) — so counter k is
+        # visited, and can be read, within N clocks of any clock, the first one included.
+        idx = Signal(range(N), init=2)
+        idx2 = Signal(range(N), init=1)
+        idx3 = Signal(range(N), init=0)
+        hot = Signal(N, init=1 << 2)             # idx, one-hot
         hot3 = Signal(N)                         # idx3, one-hot
-        live2 = Signal()                         # stage 2 / 3 holds a visit (not after reset)
-        live3 = Signal()
-        held = Signal(W)
+        held = Signal(W)                         # (0 out of reset: idx2's total, stale)
         hot2 = Signal(N)                         # idx2, one-hot
         m.d.sync += [idx.eq(Mux(idx == N - 1, 0, idx + 1)), hot.eq(hot.rotate_left(1)),
-                     idx2.eq(idx), idx3.eq(idx2), live2.eq(1), live3.eq(live2)]
+                     idx2.eq(idx), idx3.eq(idx2)]
         m.d.comb += [rd.addr.eq(idx), hot2.eq(hot.rotate_right(1)),
                      hot3.eq(hot.rotate_right(2))]
 
@@ -117,10 +118,10 @@ class CounterBank(wiring.Component):
         m.d.comb += [
             total.eq(held + amt),
             value.eq(Mux(total[W], (1 << W) - 1, total[:W])),
-            wr.addr.eq(idx3), wr.data.eq(value), wr.en.eq(live3),
+            wr.addr.eq(idx3), wr.data.eq(value), wr.en.eq(1),
         ]
         # a clear wins over this clock's write (which is then of a total from before it)
-        m.d.sync += stale.eq((stale & ~Mux(live3, hot3, 0)) | Mux(self.clear, cleared, 0))
-        m.d.comb += [self.rd_valid.eq(self.rd_req & live3 & (idx3 == self.rd_index)),
+        m.d.sync += stale.eq((stale & ~hot3) | Mux(self.clear, cleared, 0))
+        m.d.comb += [self.rd_valid.eq(self.rd_req & (idx3 == self.rd_index)),
                      self.rd_value.eq(value)]
         return m
