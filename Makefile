@@ -43,7 +43,7 @@ synth-report: $(STAMP)
 	$(PY) -m bench.synth
 
 # a board's bitstream: make bitstream BOARD=icebreaker|ulx3s ROLE=receiver|transmitter
-# (CLOCK_REFERENCE=external: the ULX3S receiver's PLL from a 10 MHz reference on GP4)
+# (CLOCK_REFERENCE=external: a receiver's PLL from a 10 MHz station reference, docs/boards.md)
 BOARD ?= icebreaker
 ROLE ?= receiver
 CLOCK_REFERENCE ?= oscillator

@@ -13,7 +13,7 @@ TITLE = "board bitstreams (make bitstream)"
 
 BUILDS = (("icebreaker", "receiver", "oscillator"), ("icebreaker", "transmitter", "oscillator"),
           ("ulx3s", "receiver", "oscillator"), ("ulx3s", "transmitter", "oscillator"),
-          ("ulx3s", "receiver", "external"))
+          ("icebreaker", "receiver", "external"), ("ulx3s", "receiver", "external"))
 #: The device's logic cells and block RAMs, as nextpnr names them.
 LOGIC = ("ICESTORM_LC", "TRELLIS_COMB")
 RAM = ("ICESTORM_RAM", "DP16KD")

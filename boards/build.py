@@ -45,16 +45,18 @@ def tool_versions() -> list[str]:
 
 
 #: Where a receiver's PLL takes its input: the board's oscillator, or an external reference
-#: (``mozi.boards.ulx3s.ClockReference``).
+#: (``mozi.boards.common.ClockReference``).
 REFERENCES = ("oscillator", "external")
 
 
 def _boards():
     """(board, role) → (platform, top for a clock reference, the references it takes)."""
+    from mozi.boards.common import ClockReference
     from mozi.boards.icebreaker import ICEBreakerReceiver, ICEBreakerTransmitter, icebreaker
-    from mozi.boards.ulx3s import ClockReference, ULX3SReceiver, ULX3STransmitter, ulx3s
-    return {("icebreaker", "receiver"): (icebreaker, lambda r: ICEBreakerReceiver(),
-                                         ("oscillator",)),
+    from mozi.boards.ulx3s import ULX3SReceiver, ULX3STransmitter, ulx3s
+    return {("icebreaker", "receiver"): (icebreaker,
+                                         lambda r: ICEBreakerReceiver(ClockReference(r)),
+                                         REFERENCES),
             ("icebreaker", "transmitter"): (icebreaker, lambda r: ICEBreakerTransmitter(),
                                             ("oscillator",)),
             ("ulx3s", "receiver"): (ulx3s, lambda r: ULX3SReceiver(ClockReference(r)),

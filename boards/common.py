@@ -3,15 +3,23 @@
 
 from __future__ import annotations
 
+import enum
+
 from amaranth import ClockDomain, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["BAUD", "leds", "sync_from_pll", "transmitter_pins", "uart"]
+__all__ = ["BAUD", "ClockReference", "leds", "sync_from_pll", "transmitter_pins", "uart"]
 
 #: The link's rate after configuration (the host's ``serial:PORT`` default): every board
 #: clocks its UART from a multiple of 3 MHz.
 BAUD = 3_000_000
+
+
+class ClockReference(enum.Enum):
+    """Where a receiver's PLL takes its input."""
+    OSCILLATOR = "oscillator"     # the board's own
+    EXTERNAL = "external"         # a 10 MHz station reference on a header pin
 
 
 def sync_from_pll(m: Module, clk: Signal, lock: Signal) -> None:

@@ -9,14 +9,15 @@ PMOD pin    FPGA pin  receiver              transmitter
 1A 2        2         detector V            laser trigger V
 1A 3        47        detector D            laser trigger D
 1A 4        45        detector A            laser trigger A
-1B 1        43        —                     intensity select bit 0
+1B 1        43        10 MHz reference      intensity select bit 0
 1B 2        38        —                     intensity select bit 1
 1B 3        34        —                     QRNG bit clock (in)
 1B 4        31        —                     QRNG data (in)
 ==========  ========  ====================  ==========================
 
-The transmitter does not fit the UP5K (``docs/boards.md`` has the figures); its top is here so
-that the build says so with numbers.
+The 10 MHz reference is optional (``ClockReference.EXTERNAL``: the PLL takes it instead of the
+oscillator, :data:`PLL_EXTERNAL`). The transmitter does not fit the UP5K (``docs/boards.md``
+has the figures); its top is here so that the build says so with numbers.
 
 The link is the FTDI's second channel (``uart`` 0: FPGA pins 6 rx, 9 tx), at 3 Mbaud after
 configuration (the host's default, ``mozi.host.devices.serial.DEFAULT_BAUD``). The green LED
@@ -34,16 +35,16 @@ by ``tests/boards/tb_pins.py``, with Yosys's model of ``SB_IO``.
 from __future__ import annotations
 
 from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
-from amaranth.build import Attrs, Pins, Resource
+from amaranth.build import Attrs, Clock, Pins, Resource
 from amaranth.lib import io, wiring
 from amaranth_boards.icebreaker import ICEBreakerPlatform
-from mozi.boards.common import BAUD, leds, sync_from_pll, transmitter_pins, uart
+from mozi.boards.common import BAUD, ClockReference, leds, sync_from_pll, transmitter_pins, uart
 from mozi.boards.qrng import SerialRandomInput
 from mozi.firmware.receiver import Receiver
 from mozi.firmware.transmitter import Transmitter
 
-__all__ = ["PIN_LATENCY", "PLL", "RESOURCES", "SAMPLE_HZ", "SYNC_HZ", "ICEBreakerReceiver",
-           "ICEBreakerTransmitter", "icebreaker"]
+__all__ = ["EXTERNAL_SAMPLE_HZ", "PIN_LATENCY", "PLL", "PLL_EXTERNAL", "RESOURCES",
+           "SAMPLE_HZ", "SYNC_HZ", "ICEBreakerReceiver", "ICEBreakerTransmitter", "icebreaker"]
 
 _LVCMOS = Attrs(IO_STANDARD="SB_LVCMOS")
 RESOURCES = [
@@ -51,12 +52,19 @@ RESOURCES = [
     Resource("laser", 0, Pins("1 2 3 4", dir="o", conn=("pmod", 0)), _LVCMOS),
     Resource("intensity", 0, Pins("1 2", dir="o", conn=("pmod", 1)), _LVCMOS),
     Resource("qrng", 0, Pins("3 4", dir="i", conn=("pmod", 1)), _LVCMOS),
+    Resource("clock_reference", 0, Pins("1", dir="i", conn=("pmod", 1)), Clock(10e6),
+             _LVCMOS),
 ]
 #: The PLL for 12 MHz in (``icepll -i 12 -o 48``): F_VCO = 12 MHz · (DIVF + 1) = 768 MHz,
 #: out = F_VCO / 2**DIVQ = 48 MHz; output B at half that.
 PLL = {"DIVR": 0, "DIVF": 63, "DIVQ": 4, "FILTER_RANGE": 1}
 SAMPLE_HZ = 48_000_000
 SYNC_HZ = SAMPLE_HZ // 2
+#: The PLL for a 10 MHz reference (``icepll -i 10 -o 48``): the phase detector needs >= 10
+#: MHz, so DIVR = 0 and F_VCO = 10 MHz · 77 = 770 MHz, out 48.125 MHz (48.0 is not reachable).
+#: The UART keeps divisor 8: 3.008 Mbaud, 0.26 % fast, well inside a UART's tolerance.
+PLL_EXTERNAL = {"DIVR": 0, "DIVF": 76, "DIVQ": 4, "FILTER_RANGE": 1}
+EXTERNAL_SAMPLE_HZ = 48_125_000
 #: The pins' levels at the rising edge that starts sampling clock ``c - PIN_LATENCY`` (phase
 #: 0) and at the falling edge after it (phase 1) are the tagger's samples of cycle ``c``: the
 #: ``SB_IO`` input registers and the register that brings the falling edge's sample to the
@@ -73,23 +81,32 @@ def icebreaker() -> ICEBreakerPlatform:
 
 
 class ICEBreakerReceiver(Elaboratable):
-    """The board top: PLL, reset, DDR detector inputs and the receiver role top."""
+    """The board top: PLL, reset, DDR detector inputs and the receiver role top. With
+    ``ClockReference.EXTERNAL`` the PLL takes a 10 MHz reference on PMOD1B pin 1 instead of
+    the oscillator (:data:`PLL_EXTERNAL`)."""
 
-    def __init__(self):
+    def __init__(self, reference: ClockReference = ClockReference.OSCILLATOR):
+        self.reference = reference
         self.receiver = Receiver(phases=2, uart=True, uart_divisor=SYNC_HZ // BAUD)
 
     def elaborate(self, platform):
         m = Module()
-        # pin 35 is the UP5K's PLL pad: its PLL takes the oscillator there, not from fabric
-        clk12 = platform.request("clk12", 0, dir="-")
         sample_clk, sync_clk, locked = Signal(), Signal(), Signal()
-        m.submodules.pll = Instance(
-            "SB_PLL40_2F_PAD",
-            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT_PORTA="GENCLK",
-            p_PLLOUT_SELECT_PORTB="GENCLK_HALF",
-            **{f"p_{k}": v for k, v in PLL.items()},
-            i_PACKAGEPIN=clk12.io, i_RESETB=1, i_BYPASS=0,
-            o_PLLOUTGLOBALA=sample_clk, o_PLLOUTGLOBALB=sync_clk, o_LOCK=locked)
+        outputs = dict(p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT_PORTA="GENCLK",
+                       p_PLLOUT_SELECT_PORTB="GENCLK_HALF", i_RESETB=1, i_BYPASS=0,
+                       o_PLLOUTGLOBALA=sample_clk, o_PLLOUTGLOBALB=sync_clk, o_LOCK=locked)
+        if self.reference is ClockReference.OSCILLATOR:
+            # pin 35 is the UP5K's PLL pad: its PLL takes the oscillator there, not from fabric
+            clk12 = platform.request("clk12", 0, dir="-")
+            m.submodules.pll = Instance(
+                "SB_PLL40_2F_PAD", **{f"p_{k}": v for k, v in PLL.items()},
+                i_PACKAGEPIN=clk12.io, **outputs)
+        else:
+            port = platform.request("clock_reference", 0, dir="-")
+            m.submodules.clk_in = clk_in = io.Buffer("i", port)
+            m.submodules.pll = Instance(
+                "SB_PLL40_2F_CORE", **{f"p_{k}": v for k, v in PLL_EXTERNAL.items()},
+                i_REFERENCECLK=clk_in.i, **outputs)
         # (nextpnr derives the outputs' constraints from the oscillator's and the divisors)
         sync_from_pll(m, sync_clk, locked)
         # the input registers' domain: the receiver's own `sample` domain is local to it

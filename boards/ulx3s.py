@@ -46,18 +46,16 @@ Clocks, from the 25 MHz oscillator through one ``EHXPLLL``:
 
 from __future__ import annotations
 
-import enum
-
 from amaranth import Elaboratable, Instance, Module, Signal
 from amaranth.build import Attrs, Clock, Pins, Resource
 from amaranth.lib import io, wiring
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
-from mozi.boards.common import BAUD, leds, sync_from_pll, transmitter_pins, uart
+from mozi.boards.common import BAUD, ClockReference, leds, sync_from_pll, transmitter_pins, uart
 from mozi.boards.qrng import SerialRandomInput
 from mozi.firmware.receiver import Receiver
 from mozi.firmware.transmitter import Transmitter
 
-__all__ = ["ClockReference", "EcpPll", "ULX3SReceiver", "ULX3STransmitter", "ulx3s"]
+__all__ = ["EcpPll", "ULX3SReceiver", "ULX3STransmitter", "ulx3s"]
 
 _LVCMOS = Attrs(IO_TYPE="LVCMOS33")
 RESOURCES = [
@@ -69,12 +67,6 @@ RESOURCES = [
              Attrs(IO_TYPE="LVCMOS33", DRIVE="8", SLEWRATE="FAST")),
     Resource("qrng", 0, Pins("6+ 7+", dir="i", conn=("gpio", 0)), _LVCMOS),
 ]
-
-
-class ClockReference(enum.Enum):
-    """Where the receiver's PLL takes its input."""
-    OSCILLATOR = "oscillator"     # the board's 25 MHz
-    EXTERNAL = "external"         # a 10 MHz station reference on GP4
 
 
 def ulx3s() -> ULX3S_85F_Platform:
