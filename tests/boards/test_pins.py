@@ -10,17 +10,21 @@ from pathlib import Path
 
 import pytest
 from mozi.boards.build import simulation_verilog
-from mozi.boards.icebreaker import PLL, SAMPLE_HZ
+from mozi.boards.icebreaker import EXTERNAL_SAMPLE_HZ, PLL, PLL_EXTERNAL, SAMPLE_HZ
 from mozi.sim.cocotb_runner import run_cocotb
 
 from tests.boards.ice40_models import cell_models
 
 
-def test_pll_divisors_give_the_sampling_clock():
-    # the PLL model passes the pad's clock through: the real divisors must make 48 MHz
-    f_vco = 12e6 * (PLL["DIVF"] + 1) / (PLL["DIVR"] + 1)
+@pytest.mark.parametrize("f_in, pll, f_out", [(12e6, PLL, SAMPLE_HZ),
+                                               (10e6, PLL_EXTERNAL, EXTERNAL_SAMPLE_HZ)])
+def test_pll_divisors_give_the_sampling_clock(f_in, pll, f_out):
+    # the PLL model passes the pad's clock through: the real divisors must make the clock
+    # (the UP5K's PLL: phase detector 10-133 MHz, VCO 533-1066 MHz)
+    assert 10e6 <= f_in / (pll["DIVR"] + 1) <= 133e6
+    f_vco = f_in * (pll["DIVF"] + 1) / (pll["DIVR"] + 1)
     assert 533e6 <= f_vco <= 1066e6
-    assert f_vco / 2 ** PLL["DIVQ"] == SAMPLE_HZ
+    assert f_vco / 2 ** pll["DIVQ"] == f_out
 
 
 @pytest.mark.cocotb
