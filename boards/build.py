@@ -12,6 +12,7 @@ line with nextpnr's figures (and recorded, so ``make bench`` shows it).
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import json
@@ -169,9 +170,10 @@ def _failure(log: Path) -> dict:
     """What nextpnr's log says went wrong: the resources that overflow, or the clocks that
     miss their constraints (and the utilisation it printed, if it got that far)."""
     text = log.read_text(errors="replace") if log.exists() else ""
-    util = {name: int(used) for name, used, _ in _UTILISATION.findall(text) if int(used)}
-    avail = {name: int(total) for name, used, total in _UTILISATION.findall(text)
-             if int(used)}
+    rows = [(name, int(used), int(total)) for name, used, total in _UTILISATION.findall(text)
+            if int(used)]
+    util = {name: used for name, used, _ in rows}
+    avail = {name: total for name, _, total in rows}
     over = [f"{k} {util[k]:,} of {avail[k]:,} ({100 * util[k] // avail[k]} %)"
             for k in util if util[k] > avail[k]]
     misses = [f"{net} {mhz} MHz (constraint {target})" for net, mhz, target in _FAIL.findall(text)]
@@ -198,7 +200,6 @@ def _record(name: str, row: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
     parser = argparse.ArgumentParser(prog="python -m mozi.boards.build",
                                      description="Build a role top into a board's bitstream.")
     parser.add_argument("board")

@@ -8,12 +8,12 @@ import enum
 from amaranth import ClockDomain, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
+from mozi.firmware.protocol import LINK_BAUD
 
 __all__ = ["BAUD", "ClockReference", "leds", "sync_from_pll", "transmitter_pins", "uart"]
 
-#: The link's rate after configuration (the host's ``serial:PORT`` default): every board
-#: clocks its UART from a multiple of 3 MHz.
-BAUD = 3_000_000
+#: The link's rate after configuration (``mozi.firmware.protocol.LINK_BAUD``).
+BAUD = LINK_BAUD
 
 
 class ClockReference(enum.Enum):

@@ -20,7 +20,7 @@ oscillator, :data:`PLL_EXTERNAL`). The transmitter does not fit the UP5K (``docs
 has the figures); its top is here so that the build says so with numbers.
 
 The link is the FTDI's second channel (``uart`` 0: FPGA pins 6 rx, 9 tx), at 3 Mbaud after
-configuration (the host's default, ``mozi.host.devices.serial.DEFAULT_BAUD``). The green LED
+configuration (``mozi.firmware.protocol.LINK_BAUD``, the host's default). The green LED
 is not used (its pin carries the PLL's second output); the red one shows that the device is
 busy (not ``idle``).
 

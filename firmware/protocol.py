@@ -200,6 +200,10 @@ PROTOCOL_VERSION = 2
 DEVICE_ID = 0x4D4F5A49
 #: Bytes of a frame around its payload: sync, opcode, seq, length, CRC.
 FRAME_OVERHEAD = 8
+#: The link's UART rate after configuration: every board clocks its UART from a multiple of
+#: 3 MHz so that its reset ``UART_DIVISOR`` gives exactly this, and the host's ``serial:PORT``
+#: backend opens its port at it (the iCEBreaker's and the ULX3S's FTDI reach 3 Mbaud).
+LINK_BAUD = 3_000_000
 #: The byte a break is made of (see "Error semantics").
 BREAK_BYTE = b"\xff"
 

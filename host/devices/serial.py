@@ -16,12 +16,13 @@ import sys
 import threading
 import tty
 
+from mozi.firmware import protocol as proto
 from mozi.host.devices.device import DeviceError, DeviceUnavailable, Transport
 
 __all__ = ["DEFAULT_BAUD", "PtyServer", "SerialTransport"]
 
-#: The iCEBreaker's FTDI runs its UART at up to 3 Mbaud.
-DEFAULT_BAUD = 3_000_000
+#: The rate the boards' UARTs run at after configuration.
+DEFAULT_BAUD = proto.LINK_BAUD
 
 
 class SerialTransport(Transport):
