@@ -48,12 +48,21 @@ open`, an ``open`` frame. The first frame a receiver accepts in a session must b
 arrived — a crash, a dropped frame of an earlier session), and the pads skipped are *burned*:
 erased and counted as consumed. After it every frame must carry exactly the next number, so
 replayed, reordered or dropped frames are rejected; older numbers are always rejected.
+
+Two more kinds of frame: an authenticated ``abort`` message (:meth:`AuthenticatedChannel.abort`)
+tells the peer its end gave the session up, so the peer stops at once instead of waiting; and
+a *public* frame, ``b"MP" | payload`` without tag or pad (:meth:`AuthenticatedChannel.
+send_public`), carries the many small messages of an interactive step whose whole transcript
+both ends authenticate afterwards (Cascade). A public frame where an authenticated message is
+expected is rejected like a forgery.
 """
 
 from __future__ import annotations
 
 import hmac
 import struct
+import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -69,9 +78,12 @@ __all__ = [
     "OPEN_KIND",
     "AuthKeyPool",
     "AuthKeyPoolExhausted",
+    "ABORT_KIND",
     "AuthenticatedChannel",
     "ChannelEmpty",
+    "LocalTransport",
     "MemoryTransport",
+    "PeerAbort",
     "PolyHash",
     "auth_key_bits",
     "bits_to_int",
@@ -95,10 +107,13 @@ DEFAULT_AUTH_KEY_BITS = HASH_KEY_BITS + 2 * 1024 * DEFAULT_TAG_BITS
 DEFAULT_MAX_FAILURES = 3
 #: Message kind of the frame that opens a session's channel (reserved).
 OPEN_KIND = "open"
+#: Message kind by which one end tells the other it gave up the session (reserved).
+ABORT_KIND = "abort"
 
 _R = (1 << 128) | 0x87          # x^128 + x^7 + x^2 + x + 1
 _MASK = (1 << 128) - 1
 _MAGIC = b"MZ"
+_PUBLIC = b"MP"                  # an unauthenticated public frame (see send_public)
 _VERSION = 2
 _HEAD = struct.Struct(">2sBBQB")  # magic, version, direction, seq, len(kind)
 _PLEN = struct.Struct(">I")
@@ -111,6 +126,10 @@ class AuthKeyPoolExhausted(KeyStoreError):
 
 class ChannelEmpty(MoziError):
     """:meth:`AuthenticatedChannel.receive` found no message waiting."""
+
+
+class PeerAbort(ProtocolAbort):
+    """The peer sent an authenticated ``abort`` message: it gave up the session."""
 
 
 def gf128_mul(a: int, b: int) -> int:
@@ -346,18 +365,19 @@ class AuthKeyPool:
             return int(self._pads[0].size + self._pads[1].size)
         return int(self._pads[direction].size)
 
-    def refill_need(self, *, pending_out: int = 0) -> tuple[int, int]:
+    def refill_need(self, *, pending_out: int = 0, pending_in: int = 0) -> tuple[int, int]:
         """Bits per direction that bring the pool back to ``target_bits``.
 
         Parameters
         ----------
-        pending_out : int
-            Frames this end will still send before the refill takes effect (their pads count
-            as used already).
+        pending_out, pending_in : int
+            Frames this end will still send, and still receive, in the session whose key
+            refills the pool (their pads count as used already).
         """
         need = []
         for d in (0, 1):
-            left = self._pads[d].size - (pending_out * self.tag_bits if d == self.role else 0)
+            pending = pending_out if d == self.role else pending_in
+            left = self._pads[d].size - pending * self.tag_bits
             need.append(max(0, self.target_bits[d] - left))
         return need[0], need[1]
 
@@ -478,6 +498,85 @@ class MemoryTransport:
         return a, b
 
 
+class LocalTransport:
+    """In-process frame transport between two threads, each end blocking in :meth:`recv`.
+
+    :func:`~mozi.host.postprocessing.session.run_session` runs Alice's and Bob's halves of a
+    session in two threads joined by a pair of these, so the halves share nothing but frames,
+    as two nodes do over TCP. A :meth:`recv` that can never be answered — the peer is waiting
+    too with nothing on its way, or has finished — raises :class:`ChannelEmpty` at once
+    instead of hanging; ``timeout`` bounds any wait.
+
+    Parameters
+    ----------
+    tap : callable, optional
+        A man in the middle on this end's sends: ``tap(name, frame) -> frames``.
+    name : str
+        The name ``tap`` receives.
+    timeout : float
+        Longest wait for a frame, in seconds.
+    """
+
+    def __init__(self, *, tap=None, name: str = "", timeout: float = 600.0):
+        self.inbox: deque[bytes] = deque()
+        self.peer: LocalTransport | None = None
+        self._tap = tap
+        self.name = name
+        self.timeout = float(timeout)
+        self._cond = threading.Condition()
+        self._waiting = False
+        self._closed = False
+
+    def send(self, frame: bytes) -> None:
+        """Deliver ``frame`` (or what the tap makes of it) to the peer's inbox."""
+        if self.peer is None:
+            raise MoziError("transport is not connected")
+        frames = [bytes(frame)] if self._tap is None else self._tap(self.name, bytes(frame))
+        with self._cond:
+            self.peer.inbox.extend(bytes(f) for f in frames)
+            self._cond.notify_all()
+
+    def recv(self) -> bytes:
+        """The oldest waiting frame, waiting while the peer may still send one.
+
+        Raises
+        ------
+        ChannelEmpty
+            No frame can come: the peer is closed, or waits for this end with nothing sent.
+        """
+        peer = self.peer
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            self._waiting = True
+            self._cond.notify_all()
+            try:
+                while not self.inbox:
+                    stuck = peer._closed or (peer._waiting and not peer.inbox)
+                    left = deadline - time.monotonic()
+                    if stuck or left <= 0:
+                        raise ChannelEmpty("no message waiting on the classical channel")
+                    self._cond.wait(min(left, 1.0))
+                return self.inbox.popleft()
+            finally:
+                self._waiting = False
+
+    def close(self) -> None:
+        """This end sends nothing more: a peer waiting on it gets :class:`ChannelEmpty`."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @staticmethod
+    def pair(*, tap=None, names: tuple[str, str] = ("a->b", "b->a"), timeout: float = 600.0
+             ) -> tuple[LocalTransport, LocalTransport]:
+        """Two connected transports sharing one lock, each end's sends through ``tap``."""
+        a = LocalTransport(tap=tap, name=names[0], timeout=timeout)
+        b = LocalTransport(tap=tap, name=names[1], timeout=timeout)
+        b._cond = a._cond
+        a.peer, b.peer = b, a
+        return a, b
+
+
 class AuthenticatedChannel:
     """One end of an authenticated classical channel (see the module documentation).
 
@@ -506,6 +605,8 @@ class AuthenticatedChannel:
     payload_bits : dict of str to int
         Payload bits sent per message kind.
     sent_messages, received_messages : int
+    public_sent_bits, public_received_bits : int
+        Bits of public (unauthenticated) frames, see :meth:`send_public`.
     """
 
     def __init__(self, pool: AuthKeyPool, transport, *,
@@ -529,6 +630,8 @@ class AuthenticatedChannel:
         self.payload_bits: dict[str, int] = {}
         self.sent_messages = 0
         self.received_messages = 0
+        self.public_sent_bits = 0
+        self.public_received_bits = 0
 
     @property
     def closed(self) -> bool:
@@ -569,8 +672,8 @@ class AuthenticatedChannel:
         AuthKeyPoolExhausted
             No pad left for the tag (nothing is sent).
         """
-        if kind == OPEN_KIND:
-            raise ValueError(f"message kind {OPEN_KIND!r} is reserved")
+        if kind in (OPEN_KIND, ABORT_KIND):
+            raise ValueError(f"message kind {kind!r} is reserved")
         if not self._opened_out:
             self.open()
         return self._send(kind, payload)
@@ -598,6 +701,56 @@ class AuthenticatedChannel:
         self.payload_bits[kind] = self.payload_bits.get(kind, 0) + 8 * len(payload)
         return frame
 
+    def send_public(self, payload: bytes) -> None:
+        """Send an unauthenticated *public* frame (no pad used).
+
+        For the many small messages of an interactive step whose whole transcript both ends
+        authenticate afterwards (Cascade's parity queries and answers): a tampered public
+        frame is caught then, and costs no key now.
+        """
+        self._check_open()
+        frame = _PUBLIC + bytes(payload)
+        self.transport.send(frame)
+        self.public_sent_bits += 8 * len(frame)
+
+    def abort(self, reason: str) -> None:
+        """Tell the peer, authenticated, that this end gives the session up (best effort).
+
+        The peer's next :meth:`expect` raises :class:`PeerAbort` with ``reason``.
+        """
+        if self.closed:
+            return
+        try:
+            if not self._opened_out:
+                self.open()
+            self._send(ABORT_KIND, str(reason).encode("utf-8")[:1000])
+        except (MoziError, OSError):
+            pass
+
+    def _rejection(self, message: str) -> AuthenticationError:
+        """Count one rejected frame; the error to raise for it."""
+        self.failures += 1
+        self.pool.record_failure()
+        if self.closed:
+            return AuthenticationError(f"{message}; authenticated channel closed after "
+                                       f"{self.failures} rejected frames")
+        return AuthenticationError(message)
+
+    def _next(self) -> tuple[str | None, bytes]:
+        """The next frame: ``(None, payload)`` for a public one, else the verified message."""
+        while True:
+            self._check_open()
+            frame = self.transport.recv()
+            if frame[:2] == _PUBLIC:
+                self.public_received_bits += 8 * len(frame)
+                return None, frame[2:]
+            kind, payload = self.verify_frame(frame)
+            if kind == ABORT_KIND:
+                raise PeerAbort(f"the peer aborted the session: "
+                                f"{payload.decode('utf-8', 'replace')}")
+            if kind != OPEN_KIND:
+                return kind, payload
+
     def receive(self) -> tuple[str, bytes]:
         """Receive, verify and return the next message from the peer.
 
@@ -611,16 +764,29 @@ class AuthenticatedChannel:
         Raises
         ------
         AuthenticationError
-            Malformed, tampered, replayed, reordered or misdirected frame (the genuine next
-            frame is still accepted until the channel closes), or the channel is closed.
+            Malformed, tampered, replayed, reordered or misdirected frame, or a public frame
+            (the genuine next frame is still accepted until the channel closes), or the
+            channel is closed.
+        PeerAbort
+            The peer aborted the session.
         ChannelEmpty
             No frame waiting (from :class:`MemoryTransport`).
         """
+        kind, payload = self._next()
+        if kind is None:
+            raise self._rejection("an unauthenticated frame where an authenticated one was "
+                                  "expected")
+        return kind, payload
+
+    def receive_any(self) -> tuple[str | None, bytes]:
+        """The next public frame (``kind`` None) or accepted message, skipping rejected
+        frames while the channel stays open (see :meth:`expect`)."""
         while True:
-            self._check_open()
-            kind, payload = self.verify_frame(self.transport.recv())
-            if kind != OPEN_KIND:
-                return kind, payload
+            try:
+                return self._next()
+            except AuthenticationError:
+                if self.closed:
+                    raise
 
     def expect(self, kind: str) -> bytes:
         """The payload of the next accepted message, which must be of ``kind``.
@@ -633,6 +799,8 @@ class AuthenticatedChannel:
         ------
         AuthenticationError
             The channel closed.
+        PeerAbort
+            The peer aborted the session.
         ProtocolAbort
             The next accepted message is of another kind.
         ChannelEmpty
@@ -649,6 +817,21 @@ class AuthenticatedChannel:
                 raise ProtocolAbort(f"expected a {kind!r} message, got {got!r}")
             return payload
 
+    def expect_public(self) -> bytes:
+        """The payload of the next public frame (see :meth:`send_public`).
+
+        Raises
+        ------
+        PeerAbort
+            The peer aborted the session.
+        ProtocolAbort
+            An authenticated message came instead.
+        """
+        got, payload = self.receive_any()
+        if got is not None:
+            raise ProtocolAbort(f"expected a public frame, got a {got!r} message")
+        return payload
+
     def verify_frame(self, frame: bytes) -> tuple[str, bytes]:
         """Verify one frame received by other means (see :meth:`receive`).
 
@@ -658,12 +841,7 @@ class AuthenticatedChannel:
         try:
             return self._verify(bytes(frame))
         except AuthenticationError as exc:
-            self.failures += 1
-            self.pool.record_failure()
-            if self.closed:
-                raise AuthenticationError(f"{exc}; authenticated channel closed after "
-                                          f"{self.failures} rejected frames") from None
-            raise
+            raise self._rejection(str(exc)) from None
 
     def _verify(self, frame: bytes) -> tuple[str, bytes]:
         tag_len = self.tag_bits // 8

@@ -144,6 +144,45 @@ CREATE TABLE auth_keys (
 )
 """
 
+# Sessions and staged keys (added to schema version 2 stores when they are opened).
+_SESSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  TEXT    PRIMARY KEY,
+    link        TEXT    NOT NULL,
+    pass_id     TEXT,
+    state       TEXT    NOT NULL CHECK (state IN ('started', 'staged', 'committed',
+                                                  'aborted')),
+    reason      TEXT,
+    created     TEXT    NOT NULL,
+    updated     TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_link_pass ON sessions (link, pass_id);
+CREATE TABLE IF NOT EXISTS staged (
+    session_id  TEXT    PRIMARY KEY REFERENCES sessions (session_id),
+    peer        TEXT    NOT NULL,
+    refill0     BLOB    NOT NULL,
+    refill0_bits INTEGER NOT NULL,
+    refill1     BLOB    NOT NULL,
+    refill1_bits INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staged_keys (
+    session_id  TEXT    NOT NULL REFERENCES staged (session_id),
+    pos         INTEGER NOT NULL,
+    key_id      TEXT    NOT NULL UNIQUE,
+    link        TEXT    NOT NULL,
+    sender      TEXT    NOT NULL,
+    n_bits      INTEGER NOT NULL,
+    bits        BLOB    NOT NULL,
+    pass_id     TEXT,
+    eps_sec     REAL,
+    eps_cor     REAL,
+    created     TEXT    NOT NULL,
+    meta        TEXT    NOT NULL,
+    PRIMARY KEY (session_id, pos)
+)
+"""
+_SESSION_STATES = ("started", "staged", "committed", "aborted")
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -444,7 +483,10 @@ class KeyStore:
 
     def _open(self, party: str | None) -> None:
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            # one thread at a time, not necessarily the one that opened it (run_session runs
+            # each party's half in its own thread)
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                       check_same_thread=False)
         except sqlite3.Error as exc:
             raise KeyStoreError(f"cannot open key store {self.path}: {exc}") from None
         try:
@@ -488,6 +530,12 @@ class KeyStore:
             if party is None:
                 raise KeyStoreError("an empty store needs the name of its party")
             self._init_schema(party)
+        if self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                            "AND name = 'staged_keys'").fetchone() is None:
+            with self._write():
+                for statement in _SESSION_SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
 
     def _init_schema(self, party: str) -> None:
         with self._write():
@@ -1006,7 +1054,8 @@ class KeyStore:
                        refill: tuple[np.ndarray, np.ndarray], key_bits=None,
                        layout: Sequence[tuple[str, int]] = (),
                        key_ids: Sequence[str] | None = None,
-                       meta: dict | None = None) -> builtins.list[str]:
+                       meta: dict | None = None,
+                       session_id: str | None = None) -> builtins.list[str]:
         """Store a session's key and replenish the link's authentication key, atomically.
 
         Parameters
@@ -1019,6 +1068,8 @@ class KeyStore:
         key_bits, layout, key_ids, meta
             The key to store, as in :meth:`add_key`; ``key_bits`` None (or empty) when the
             whole key went into the refill.
+        session_id : str, optional
+            The session, recorded ``committed`` in the same transaction.
 
         Returns
         -------
@@ -1036,8 +1087,183 @@ class KeyStore:
             if new is not None:
                 self._insert(new)
             pool._refill_in_transaction(refill)
+            if session_id is not None:
+                self._set_session(_canonical_id(session_id), "committed", link=link)
         pool._apply_refill(refill)
         return [] if new is None else new.ids
+
+    # -- sessions --------------------------------------------------------------------------
+    #
+    # A session of two nodes ends in two steps so that a crash of either never leaves a key
+    # at one end only: the receiving end *stages* the key (stored, not usable), the sending
+    # end then *commits* it (usable), and the staged copy is committed when the sender says
+    # it committed — at the session's end, or at the start of the next session on the link
+    # if the message never arrived (:meth:`resolve_staged`).
+
+    def _set_session(self, session_id: str, state: str, *, link: str | None = None,
+                     reason: str | None = None) -> None:
+        """Inside a transaction: move a session to ``state`` (recording it if unknown)."""
+        now = _now()
+        cur = self._db.execute("UPDATE sessions SET state = ?, reason = ?, updated = ? "
+                               "WHERE session_id = ?", (state, reason, now, session_id))
+        if cur.rowcount == 0:
+            if link is None:
+                raise KeyStoreError(f"unknown session {session_id}")
+            self._db.execute("INSERT INTO sessions (session_id, link, pass_id, state, reason, "
+                             "created, updated) VALUES (?, ?, NULL, ?, ?, ?, ?)",
+                             (session_id, link, state, reason, now, now))
+
+    def begin_session(self, session_id: str, link: str, *, pass_id: str | None = None,
+                      once_per_pass: bool = False) -> None:
+        """Record that a session of ``link`` starts (state ``started``).
+
+        Parameters
+        ----------
+        session_id : str
+            The session's UUID (both ends use the same).
+        pass_id : str, optional
+            The satellite pass whose detections the session distils.
+        once_per_pass : bool
+            Refuse a pass that an earlier session of the link used, whatever its outcome: a
+            pass's detections are post-processed once, because a second run would disclose
+            more about the same raw key than its own accounting counts.
+
+        Raises
+        ------
+        KeyStoreError
+            The session ID exists, or the pass was used (``once_per_pass``).
+        """
+        sid = _canonical_id(session_id)
+        check_name("link", link)
+        with self._write():
+            if self._db.execute("SELECT 1 FROM sessions WHERE session_id = ?",
+                                (sid,)).fetchone():
+                raise KeyStoreError(f"session {sid} exists already in {self.path}")
+            if once_per_pass and pass_id is not None:
+                row = self._db.execute("SELECT session_id, state FROM sessions WHERE link = ? "
+                                       "AND pass_id = ?", (link, str(pass_id))).fetchone()
+                if row is not None:
+                    raise KeyStoreError(f"pass {pass_id!r} was post-processed already on link "
+                                        f"{link!r} (session {row[0]}, {row[1]}); a pass's "
+                                        f"detections are never used twice")
+            now = _now()
+            self._db.execute("INSERT INTO sessions (session_id, link, pass_id, state, reason, "
+                             "created, updated) VALUES (?, ?, ?, 'started', NULL, ?, ?)",
+                             (sid, link, None if pass_id is None else str(pass_id), now, now))
+
+    def abort_session(self, session_id: str, *, reason: str) -> None:
+        """Mark a started session ``aborted`` (a staged or committed one is left as it is)."""
+        sid = _canonical_id(session_id)
+        with self._write():
+            self._db.execute("UPDATE sessions SET state = 'aborted', reason = ?, updated = ? "
+                             "WHERE session_id = ? AND state = 'started'",
+                             (str(reason)[:500], _now(), sid))
+
+    def session_state(self, session_id: str) -> str | None:
+        """``started``, ``staged``, ``committed``, ``aborted``, or None for an unknown ID."""
+        rows = self._read("SELECT state FROM sessions WHERE session_id = ?",
+                          (_canonical_id(session_id),))
+        return rows[0][0] if rows else None
+
+    def sessions(self, link: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Every recorded session (of ``link``), oldest first."""
+        sql = "SELECT session_id, link, pass_id, state, reason, created, updated FROM sessions"
+        rows = self._read(sql + (" WHERE link = ?" if link else "") + " ORDER BY created",
+                          (link,) if link else ())
+        names = ("session_id", "link", "pass_id", "state", "reason", "created", "updated")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def staged_sessions(self, link: str) -> builtins.list[str]:
+        """IDs of the sessions of ``link`` whose key waits here for the peer's commit."""
+        return [r[0] for r in self._read("SELECT session_id FROM sessions WHERE link = ? AND "
+                                         "state = 'staged' ORDER BY created", (link,))]
+
+    def stage_session(self, link: str, *, peer: str, session_id: str,
+                      refill: tuple[np.ndarray, np.ndarray], key_bits=None,
+                      layout: Sequence[tuple[str, int]] = (),
+                      key_ids: Sequence[str] | None = None,
+                      meta: dict | None = None) -> builtins.list[str]:
+        """Store a session's key and refill *staged*: kept, not usable, not in the pool.
+
+        Arguments as in :meth:`commit_session`; the session must be ``started``.
+        :meth:`resolve_staged` later commits or drops it.
+        """
+        sid = _canonical_id(session_id)
+        new = None
+        if key_bits is not None and np.asarray(key_bits).size:
+            new = self._prepare(link, key_bits, peer=peer, layout=layout, key_ids=key_ids,
+                                meta=meta)
+        refill = tuple(_as_bits(b) if np.asarray(b).size else np.zeros(0, np.uint8)
+                       for b in refill)
+        with self._write():
+            row = self._db.execute("SELECT link, state FROM sessions WHERE session_id = ?",
+                                   (sid,)).fetchone()
+            if row is None or row[0] != link or row[1] != "started":
+                raise KeyStoreError(f"session {sid} of link {link!r} is not running here")
+            if new is not None:
+                marks = ",".join("?" * len(new.ids))
+                clash = self._db.execute(
+                    f"SELECT key_id FROM keys WHERE key_id IN ({marks}) UNION "
+                    f"SELECT key_id FROM staged_keys WHERE key_id IN ({marks})",
+                    new.ids + new.ids).fetchone()
+                if clash:
+                    raise KeyStoreError(f"key ID {clash[0]} is already in {self.path}")
+            self._db.execute(
+                "INSERT INTO staged (session_id, peer, refill0, refill0_bits, refill1, "
+                "refill1_bits) VALUES (?, ?, ?, ?, ?, ?)",
+                (sid, peer, np.packbits(refill[0]).tobytes(), int(refill[0].size),
+                 np.packbits(refill[1]).tobytes(), int(refill[1].size)))
+            if new is not None:
+                self._db.executemany(
+                    "INSERT INTO staged_keys (session_id, pos, key_id, link, sender, n_bits, "
+                    "bits, pass_id, eps_sec, eps_cor, created, meta) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(sid, pos, *r[:9], r[10]) for pos, r in enumerate(new.rows)])
+            self._set_session(sid, "staged")
+        return [] if new is None else new.ids
+
+    def resolve_staged(self, session_id: str, *, committed: bool,
+                       pool: StoredAuthKeyPool) -> builtins.list[str]:
+        """Commit (the peer committed) or drop (it never did) a staged session, atomically.
+
+        Committing makes the key usable and appends the refill to ``pool`` (this store's pool
+        of the session's link); dropping erases both.
+
+        Returns
+        -------
+        key_ids : list of str
+            The blocks committed (empty when dropped).
+        """
+        sid = _canonical_id(session_id)
+        with self._write(erases=True):
+            row = self._db.execute(
+                "SELECT s.link, g.peer, g.refill0, g.refill0_bits, g.refill1, g.refill1_bits "
+                "FROM sessions s JOIN staged g ON g.session_id = s.session_id "
+                "WHERE s.session_id = ? AND s.state = 'staged'", (sid,)).fetchone()
+            if row is None:
+                raise KeyStoreError(f"session {sid} has nothing staged in {self.path}")
+            link, peer, b0, n0, b1, n1 = row
+            if pool.store is not self or pool.link != link:
+                raise ValueError("the pool must be this store's pool of the session's link")
+            ids = [r[0] for r in self._db.execute(
+                "SELECT key_id FROM staged_keys WHERE session_id = ? ORDER BY pos", (sid,))]
+            refill = (_unpack(b0, n0), _unpack(b1, n1))
+            if committed:
+                if ids:
+                    self._ensure_link(link, peer)
+                    self._db.execute(
+                        "INSERT INTO keys (key_id, link, sender, n_bits, bits, pass_id, "
+                        "eps_sec, eps_cor, created, state, meta) SELECT key_id, link, sender, "
+                        "n_bits, bits, pass_id, eps_sec, eps_cor, created, 'available', meta "
+                        "FROM staged_keys WHERE session_id = ? ORDER BY pos", (sid,))
+                pool._refill_in_transaction(refill)
+            self._db.execute("DELETE FROM staged_keys WHERE session_id = ?", (sid,))
+            self._db.execute("DELETE FROM staged WHERE session_id = ?", (sid,))
+            self._set_session(sid, "committed" if committed else "aborted",
+                              reason=None if committed else "the peer never committed it")
+        if committed:
+            pool._apply_refill(refill)
+        return ids if committed else []
 
 
 def init_link(link: str, first: KeyStore, second: KeyStore, *,

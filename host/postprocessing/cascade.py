@@ -46,17 +46,21 @@ Block sizes follow "Cascade opt. (8)" of Martinez-Mateo et al. (16 passes instea
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
+from mozi.host.errors import ProtocolAbort
 from mozi.sim.model import as_bits
 
 __all__ = [
     "SCHEDULES",
     "AliceParityOracle",
     "CascadeResult",
+    "RemoteParityOracle",
     "block_sizes",
     "reconcile",
+    "serve_parities",
 ]
 
 SCHEDULES = ("demystifying", "original")
@@ -137,6 +141,11 @@ class AliceParityOracle:
     def n(self) -> int:
         """Key length."""
         return int(self._bits.size)
+
+    @property
+    def shuffles(self) -> int:
+        """Shuffles registered so far."""
+        return len(self._prefix)
 
     def add_shuffle(self, permutation: np.ndarray) -> int:
         """Register a public permutation; returns its id for :meth:`parities`."""
@@ -386,15 +395,17 @@ class _Bob:
 
 def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: int = 16,
               schedule: str = "demystifying",
-              oracle: AliceParityOracle | None = None) -> CascadeResult:
+              oracle: AliceParityOracle | RemoteParityOracle | None = None) -> CascadeResult:
     """Correct Bob's key towards Alice's with Cascade.
 
     Parameters
     ----------
-    alice_bits : uint8 bit array, shape (n,)
+    alice_bits : uint8 bit array, shape (n,), or None
         Alice's sifted key. Bob's side never reads it: it builds the
         :class:`AliceParityOracle` (unless ``oracle`` is given, which must then hold Alice's
         key) and gives the simulation's true error count for :attr:`CascadeResult.qber`.
+        None with an ``oracle`` (Bob alone, e.g. :class:`RemoteParityOracle`): the error
+        count is then the number of bits Bob flipped.
     bob_bits : uint8 bit array, shape (n,)
         Bob's sifted key (not modified).
     qber_estimate : float
@@ -412,12 +423,16 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
     -------
     CascadeResult
     """
-    a = as_bits(alice_bits, "alice_bits")
     b = as_bits(bob_bits, "bob_bits").copy()
-    if a.shape != b.shape:
-        raise ValueError(f"keys differ in length: {a.size} and {b.size} bits")
     n = b.size
+    a = None
+    if alice_bits is not None:
+        a = as_bits(alice_bits, "alice_bits")
+        if a.shape != b.shape:
+            raise ValueError(f"keys differ in length: {a.size} and {b.size} bits")
     if oracle is None:
+        if a is None:
+            raise ValueError("reconcile needs Alice's bits or an oracle")
         oracle = AliceParityOracle(a)
     elif oracle.n != n:
         raise ValueError(f"the oracle holds {oracle.n} bits, Bob has {n}")
@@ -435,7 +450,148 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
         passes=len(sizes) if n else 0,
         messages=oracle.messages - messages0,
         n=int(n),
-        initial_errors=int(np.count_nonzero(a != as_bits(bob_bits, "bob_bits"))),
+        initial_errors=(bob.flipped if a is None
+                        else int(np.count_nonzero(a != as_bits(bob_bits, "bob_bits")))),
         flipped_bits=bob.flipped,
         block_sizes=tuple(sizes),
     )
+
+
+# -- the two parties over a classical channel ----------------------------------------------
+#
+# Bob's queries and Alice's answers travel as public frames of the session's authenticated
+# channel (no pad each); at the end Bob sends his whole query transcript and the number of
+# bits he flipped as one authenticated ``cascade-end`` message, Alice compares it with what she
+# received and answers with her whole answer transcript (``cascade-answers``), which Bob
+# compares with what he received. So hundreds of round trips cost two tags, and a query or
+# answer altered on the wire aborts the session before its key is used.
+
+_QUERY = struct.Struct(">HI")       # shuffle id, number of ranges; then lo[], hi[] as u32
+
+
+def _encode_query(shuffle: int, lo: np.ndarray, hi: np.ndarray) -> bytes:
+    return _QUERY.pack(shuffle, lo.size) + lo.astype(">u4").tobytes() \
+        + hi.astype(">u4").tobytes()
+
+
+def _decode_query(query: bytes) -> tuple[int, np.ndarray, np.ndarray]:
+    if len(query) < _QUERY.size:
+        raise ProtocolAbort("malformed Cascade query")
+    sid, count = _QUERY.unpack_from(query)
+    if len(query) != _QUERY.size + 8 * count:
+        raise ProtocolAbort("malformed Cascade query")
+    lo = np.frombuffer(query, ">u4", count, _QUERY.size).astype(np.int64)
+    hi = np.frombuffer(query, ">u4", count, _QUERY.size + 4 * count).astype(np.int64)
+    return sid, lo, hi
+
+
+class RemoteParityOracle:
+    """Bob's handle on Alice's oracle across the channel (see the notes above); it has the
+    interface of :class:`AliceParityOracle` that :func:`reconcile` uses.
+
+    Parameters
+    ----------
+    channel : mozi.host.crypto.auth.AuthenticatedChannel
+        Bob's end of the session's channel.
+    n : int
+        Key length.
+    """
+
+    def __init__(self, channel, n: int) -> None:
+        self._channel = channel
+        self._n = int(n)
+        self._shuffles = 0
+        self._queries: list[bytes] = []
+        self._answers: list[bytes] = []
+        self.leaked_bits = 0
+        self.messages = 0
+        self.public_bytes = 0
+
+    @property
+    def n(self) -> int:
+        """Key length."""
+        return self._n
+
+    def add_shuffle(self, permutation: np.ndarray) -> int:
+        """Alice regenerates the shuffle from the public seed: only its number is kept."""
+        self._shuffles += 1
+        return self._shuffles - 1
+
+    def parities(self, shuffle: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """One query as a public frame, Alice's answer as the next one."""
+        lo = np.asarray(lo, np.int64)
+        hi = np.asarray(hi, np.int64)
+        query = _encode_query(shuffle, lo, hi)
+        self._channel.send_public(query)
+        answer = self._channel.expect_public()
+        self._queries.append(query)
+        self._answers.append(answer)
+        self.public_bytes += len(query) + len(answer)
+        if len(answer) != (lo.size + 7) // 8:
+            raise ProtocolAbort("malformed Cascade answer")
+        self.leaked_bits += int(lo.size)
+        self.messages += 1
+        return np.unpackbits(np.frombuffer(answer, np.uint8))[:lo.size].copy()
+
+    def finish(self, flipped: int) -> None:
+        """Authenticate both transcripts (Bob's side of the exchange described above).
+
+        Raises
+        ------
+        ProtocolAbort
+            Alice's answers as she sent them differ from those received (tampering).
+        """
+        self._channel.send("cascade-end", struct.pack(">Q", int(flipped))
+                           + b"".join(self._queries))
+        if self._channel.expect("cascade-answers") != b"".join(self._answers):
+            raise ProtocolAbort("Cascade answers were altered on the public link")
+
+
+def serve_parities(channel, bits, *, seed: int, qber_estimate: float, passes: int = 16,
+                   schedule: str = "demystifying") -> tuple[AliceParityOracle, int]:
+    """Alice's side of :func:`reconcile` across the channel: answer until ``cascade-end``.
+
+    The shuffles are regenerated from the public ``seed`` exactly as Bob's :func:`reconcile`
+    draws them (same block sizes, same generator, same order).
+
+    Returns
+    -------
+    oracle : AliceParityOracle
+        Its ``leaked_bits`` and ``messages`` count what was disclosed.
+    flipped : int
+        The number of bits Bob says he corrected (authenticated).
+
+    Raises
+    ------
+    ProtocolAbort
+        A malformed query, a query for a pass that does not exist, or Bob's query transcript
+        differs from the queries received (tampering).
+    """
+    oracle = AliceParityOracle(bits)
+    n = oracle.n
+    sizes = block_sizes(qber_estimate, n, passes, schedule) if n else []
+    rng = np.random.default_rng(seed)
+    received, sent = [], []
+    while True:
+        kind, payload = channel.receive_any()
+        if kind == "cascade-end":
+            break
+        if kind is not None:
+            raise ProtocolAbort(f"expected a Cascade query, got a {kind!r} message")
+        sid, lo, hi = _decode_query(payload)
+        while oracle.shuffles <= sid:
+            if oracle.shuffles >= len(sizes):
+                raise ProtocolAbort(f"Cascade query for pass {sid} of {len(sizes)}")
+            oracle.add_shuffle(_shuffle(rng, n, sizes[oracle.shuffles])[0])
+        try:
+            answer = np.packbits(oracle.parities(sid, lo, hi)).tobytes()
+        except ValueError as exc:
+            raise ProtocolAbort(f"malformed Cascade query ({exc})") from None
+        received.append(payload)
+        sent.append(answer)
+        channel.send_public(answer)
+    if len(payload) < 8 or payload[8:] != b"".join(received):
+        raise ProtocolAbort("Cascade queries were altered on the public link")
+    (flipped,) = struct.unpack_from(">Q", payload)
+    channel.send("cascade-answers", b"".join(sent))
+    return oracle, int(flipped)

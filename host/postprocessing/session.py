@@ -52,21 +52,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import struct
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from mozi.host.crash import crashpoint
 from mozi.host.crypto.auth import (
     DEFAULT_MAX_FAILURES,
     AuthenticatedChannel,
     AuthKeyPoolExhausted,
     ChannelEmpty,
-    MemoryTransport,
+    LocalTransport,
+    PeerAbort,
 )
 from mozi.host.crypto.randomness import SessionRandomness
 from mozi.host.devices.device import (
@@ -78,7 +82,7 @@ from mozi.host.devices.device import (
 from mozi.host.errors import AuthenticationError, KeyStoreError, ProtocolAbort
 from mozi.host.keys.keystore import KeyStore, check_value, key_layout
 from mozi.host.postprocessing import timing as tm
-from mozi.host.postprocessing.cascade import AliceParityOracle, reconcile
+from mozi.host.postprocessing.cascade import RemoteParityOracle, reconcile, serve_parities
 from mozi.host.postprocessing.finite_key import (
     DecoyStatistics,
     FiniteKeyParams,
@@ -86,15 +90,25 @@ from mozi.host.postprocessing.finite_key import (
     finite_key_length,
 )
 from mozi.host.postprocessing.privacy import privacy_amplify
-from mozi.host.postprocessing.sifting import run_sifting
+from mozi.host.postprocessing.sifting import (
+    alice_answer_report,
+    alice_count_x_errors,
+    bob_disclose_x_bits,
+    bob_receive_flags,
+    bob_receive_x_errors,
+    bob_send_report,
+)
 from mozi.host.postprocessing.verification import verification_tag, verification_tag_bits
 from mozi.sim.errors import MoziError
 from mozi.sim.model import CHANNELS, alice_record
 from tqdm import tqdm
 
 __all__ = [
-    "ChannelParityOracle",
+    "AGREED_PARAMETERS",
     "MessageTap",
+    "PassStart",
+    "alice_session",
+    "bob_session",
     "decode_align_sample",
     "decode_key_ids",
     "decode_verify",
@@ -246,6 +260,9 @@ class SessionResult:
         The session's random choices came from ``insecure_seed``: its key is not secret.
     insecure_seed : int or None
         That seed (None for a secure session).
+    staged : bool
+        Bob's copy of the key is staged: Alice's word that she committed it never arrived,
+        so the next session of the link settles it (both ends keep it, or neither).
     """
 
     link: str
@@ -274,6 +291,7 @@ class SessionResult:
     device_counters: dict[str, int] = dataclasses.field(default_factory=dict)
     insecure_reproducible: bool = False
     insecure_seed: int | None = None
+    staged: bool = False
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict of every field (numpy scalars converted)."""
@@ -295,75 +313,6 @@ def _jsonable(x: Any) -> Any:
         f = float(x)
         return f if math.isfinite(f) else None
     return x
-
-
-class ChannelParityOracle(AliceParityOracle):
-    """Cascade's Alice oracle reached over the classical channel, with batched authentication.
-
-    Every parity query of Bob (shuffle id and ranges) and every answer of Alice is serialised
-    into bytes and passed between the parties as on a public link; both ends log what they
-    sent and received. :meth:`authenticate` then sends Bob's whole query transcript and
-    Alice's whole answer transcript as two messages of the authenticated channel, and each
-    side compares them with its own log. So Cascade's hundreds of round trips cost two tags,
-    and a tampered query or answer is caught before the key is used (Wegman–Carter on the
-    transcript: forgery probability ``≈ transcript_blocks / 2**tag_bits``). Alice's side
-    answers with :meth:`AliceParityOracle.parities`, which counts the disclosed bits.
-
-    Parameters
-    ----------
-    bits : uint8 bit array
-        Alice's sifted key.
-    alice_channel, bob_channel : AuthenticatedChannel
-        The two ends of the session's channel.
-    """
-
-    def __init__(self, bits, alice_channel, bob_channel):
-        super().__init__(bits)
-        self._alice = alice_channel
-        self._bob = bob_channel
-        self._bob_sent: list[bytes] = []
-        self._alice_got: list[bytes] = []
-        self._alice_sent: list[bytes] = []
-        self._bob_got: list[bytes] = []
-        self.public_bytes = 0
-
-    def parities(self, shuffle: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Bob's query → Alice's answer over the public link (see the class docstring)."""
-        lo = np.asarray(lo, np.int64)
-        hi = np.asarray(hi, np.int64)
-        query = struct.pack(">HI", shuffle, lo.size) + lo.astype(">u4").tobytes() \
-            + hi.astype(">u4").tobytes()
-        self._bob_sent.append(query)
-        # --- Alice's side
-        self._alice_got.append(query)
-        sid, count = struct.unpack_from(">HI", query)
-        if len(query) != 6 + 8 * count:
-            raise ProtocolAbort("malformed Cascade query")
-        q_lo = np.frombuffer(query, ">u4", count, 6).astype(np.int64)
-        q_hi = np.frombuffer(query, ">u4", count, 6 + 4 * count).astype(np.int64)
-        answer = np.packbits(super().parities(sid, q_lo, q_hi)).tobytes()
-        self._alice_sent.append(answer)
-        # --- Bob's side
-        self._bob_got.append(answer)
-        self.public_bytes += len(query) + len(answer)
-        if len(answer) != (lo.size + 7) // 8:
-            raise ProtocolAbort("malformed Cascade answer")
-        return np.unpackbits(np.frombuffer(answer, np.uint8))[:lo.size].copy()
-
-    def authenticate(self) -> None:
-        """Exchange and check both transcripts over the authenticated channel.
-
-        Raises
-        ------
-        ProtocolAbort
-            A transcript differs from what the other side logged (tampering).
-        """
-        self._bob.send("cascade-queries", b"".join(self._bob_sent))
-        if _recv(self._alice, "cascade-queries") != b"".join(self._alice_got):
-            raise ProtocolAbort("Cascade queries were altered on the public link")
-        self._alice.send("cascade-answers", b"".join(self._alice_sent))
-        if _recv(self._bob, "cascade-answers") != b"".join(self._bob_got):
-            raise ProtocolAbort("Cascade answers were altered on the public link")
 
 
 def _recv(channel: AuthenticatedChannel, kind: str) -> bytes:
@@ -480,10 +429,581 @@ def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
              "qber": round(float(e[i] / k[i]), 6) if k[i] else None} for i in range(nb)]
 
 
+# -- the pass announcement -----------------------------------------------------------------
+
+#: Session parameters both parties must hold alike (Bob refuses a session whose differ).
+AGREED_PARAMETERS = ("eps_sec", "eps_cor", "qber_threshold", "alice_share", "cascade_passes")
+_PASS_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PassStart:
+    """Alice's first message of a session: which pass, and its public parameters.
+
+    Everything here is public: the pass name, the slot clock, the simulated slot range, the
+    decoy intensities and their probabilities, and the session parameters both ends must
+    share (:data:`AGREED_PARAMETERS`). Alice's choices of basis, bit and intensity stay with
+    her.
+    """
+
+    session_id: str
+    pass_id: str | None
+    slot_period_ps: float
+    first_slot: int | None
+    n_slots: int | None
+    intensities: tuple[float, ...]
+    probabilities: tuple[float, ...]
+    parameters: dict
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"version": _PASS_VERSION, **dataclasses.asdict(self)},
+                          sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> PassStart:
+        with _parsing("pass-start"):
+            doc = json.loads(payload.decode("utf-8"))
+            if not isinstance(doc, dict) or doc.pop("version", None) != _PASS_VERSION:
+                raise ValueError(f"not a version {_PASS_VERSION} pass announcement")
+            start = cls(session_id=str(uuid.UUID(str(doc["session_id"]))),
+                        pass_id=None if doc["pass_id"] is None else str(doc["pass_id"]),
+                        slot_period_ps=float(doc["slot_period_ps"]),
+                        first_slot=None if doc["first_slot"] is None else int(doc["first_slot"]),
+                        n_slots=None if doc["n_slots"] is None else int(doc["n_slots"]),
+                        intensities=tuple(float(v) for v in doc["intensities"]),
+                        probabilities=tuple(float(v) for v in doc["probabilities"]),
+                        parameters=dict(doc["parameters"]))
+            if not start.slot_period_ps > 0 or len(start.intensities) != 3 \
+                    or len(start.probabilities) != 3:
+                raise ValueError("bad slot period or decoy settings")
+        return start
+
+    def slot_range(self) -> tuple[int, int] | None:
+        if self.first_slot is None or self.n_slots is None:
+            return None
+        return self.first_slot, self.first_slot + self.n_slots
+
+
+def _agreed(config: SessionConfig) -> dict:
+    return {name: getattr(config, name) for name in AGREED_PARAMETERS}
+
+
+def pass_start(alice, config: SessionConfig, session_id: str) -> PassStart:
+    """Alice's announcement of the pass in ``alice`` (an :class:`~mozi.sim.link.AliceFile`)."""
+    source = alice.source
+    meta = dict(getattr(alice, "metadata", {}) or {})
+    first, count = meta.get("first_slot"), meta.get("n_slots")
+    return PassStart(session_id=session_id, pass_id=meta.get("pass") or None,
+                     slot_period_ps=float(meta.get("slot_period_ps")
+                                          or source.config.slot_period_ps),
+                     first_slot=None if first is None else int(first),
+                     n_slots=None if count is None else int(count),
+                     intensities=tuple(float(v) for v in source.config.intensities),
+                     probabilities=tuple(float(v) for v in source.config.probabilities),
+                     parameters=_agreed(config))
+
+
+# -- the two halves --------------------------------------------------------------------------
+
+_ABORTS = (ProtocolAbort, AuthenticationError, AuthKeyPoolExhausted, ChannelEmpty)
+_PEER = "the peer aborted the session"
+_NEVER_ARRIVED = "a message of the classical channel never arrived"
+
+
+class _Half:
+    """What one party's half keeps while it runs: its store, channel, result and clock."""
+
+    def __init__(self, store: KeyStore, link: str, config: SessionConfig,
+                 result: SessionResult, step: Callable[[str, float], float] | None):
+        self.store = store
+        self.link = link
+        self.config = config
+        self.result = result
+        self.clock = time.perf_counter
+        self._step = step
+        self.peer = store.peer(link)
+        if self.peer is None or not store.has_auth_key(link):
+            raise MoziError(f"{store.party!r} has no authentication key for link {link!r}; "
+                            f"create one with `mozi link init`")
+        self.pool = store.auth_key(link)
+        self.session_id: str | None = None
+
+    def step(self, name: str, t0: float) -> float:
+        if self._step is not None:
+            return self._step(name, t0)
+        self.result.timings[name] = round(self.clock() - t0, 4)
+        return self.clock()
+
+    def channel(self, transport) -> AuthenticatedChannel:
+        return AuthenticatedChannel(self.pool, transport,
+                                    max_failures=self.config.auth_max_failures)
+
+    def run(self, channel: AuthenticatedChannel, body: Callable[[], None]) -> SessionResult:
+        """Run ``body``; an abort is recorded (and told to the peer), nothing is stored."""
+        t_all = self.clock()
+        try:
+            body()
+        except _ABORTS as exc:
+            self.result.aborted = True
+            self.result.abort_reason = _reason(exc)
+            if not isinstance(exc, PeerAbort):
+                channel.abort(self.result.abort_reason)
+            self._forget(self.result.abort_reason)
+        except BaseException as exc:
+            channel.abort(f"{type(exc).__name__}: {exc}"[:300])
+            self._forget(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.result.auth_bits_consumed = int(channel.consumed_bits)
+            self.result.timings["total"] = round(self.clock() - t_all, 4)
+        return self.result
+
+    def _forget(self, reason: str) -> None:
+        r = self.result
+        if not r.key_ids or r.aborted:
+            r.final_key_bits = 0
+            r.key_ids, r.key_senders, r.key_check_values = [], [], []
+        if self.session_id is not None:
+            with contextlib.suppress(KeyStoreError):
+                self.store.abort_session(self.session_id, reason=reason)
+
+
+def alice_session(transport, alice, *, link: str, store: KeyStore,
+                  config: SessionConfig = SessionConfig(), session_id: str | None = None,
+                  once_per_pass: bool = False,
+                  step: Callable[[str, float], float] | None = None) -> SessionResult:
+    """Alice's half of a session (the satellite): her record, her device, her key store.
+
+    Parameters
+    ----------
+    transport : object with ``send(bytes)`` and ``recv() -> bytes``
+        Frames to and from Bob (:class:`~mozi.host.crypto.auth.LocalTransport`, a TCP
+        connection); nothing else passes between the halves.
+    alice : mozi.sim.link.AliceFile
+        Her record of the pass.
+    link : str
+        The link; ``store`` holds its authentication key.
+    store : KeyStore
+    config : SessionConfig
+    session_id : str, optional
+        The session's UUID (drawn from the session randomness if not given).
+    once_per_pass : bool
+        Refuse a pass the link has used before (:meth:`KeyStore.begin_session`); nodes set it.
+
+    Returns
+    -------
+    SessionResult
+        Alice's view; ``aborted`` with the reason when either half gave up.
+    """
+    rand = SessionRandomness(config.insecure_seed)
+    result = SessionResult(link=link, insecure_reproducible=rand.insecure_reproducible,
+                           insecure_seed=rand.insecure_seed)
+    half = _Half(store, link, config, result, step)
+    ch = half.channel(transport)
+    sid = session_id or rand.uuids("session", 1)[0]
+    start = pass_start(alice, config, sid)
+
+    def body():
+        store.begin_session(sid, link, pass_id=start.pass_id, once_per_pass=once_per_pass)
+        half.session_id = sid
+        ch.open()
+        ch.send("pass-start", start.to_bytes())
+        with _parsing("pass-accept"):
+            staged = [str(uuid.UUID(k)) for k in
+                      json.loads(_recv(ch, "pass-accept").decode())["staged"]]
+        if staged:
+            # Bob holds keys of earlier sessions waiting for this end's commit: say which
+            # committed; one that did not can never commit any more (its session is over)
+            done = [store.session_state(k) == "committed" for k in staged]
+            for k, ok in zip(staged, done, strict=True):
+                if not ok:
+                    with contextlib.suppress(KeyStoreError):
+                        store.abort_session(k, reason="never committed; the peer dropped it")
+            ch.send("resolved", bytes(done))
+        _alice_protocol(alice, start, ch, half, rand)
+
+    return half.run(ch, body)
+
+
+def bob_session(transport, tags, *, link: str, store: KeyStore,
+                config: SessionConfig = SessionConfig(), once_per_pass: bool = False,
+                step: Callable[[str, float], float] | None = None) -> SessionResult:
+    """Bob's half of a session (a ground station): his tags, his device, his key store.
+
+    Parameters as in :func:`alice_session`, with ``tags`` (his time tags,
+    :class:`~mozi.sim.tagfile.TagData`) for Alice's record. Everything Bob learns of the pass
+    comes in Alice's ``pass-start`` message.
+
+    Bob *stages* the final key and commits it when Alice says she did; when her word never
+    comes (a crash, a cut link) the key stays staged and the next session of the link settles
+    it (:meth:`KeyStore.resolve_staged`): both ends then hold it, or neither.
+    """
+    rand = SessionRandomness(config.insecure_seed)
+    result = SessionResult(link=link, detections=int(len(tags)),
+                           insecure_reproducible=rand.insecure_reproducible,
+                           insecure_seed=rand.insecure_seed)
+    half = _Half(store, link, config, result, step)
+    ch = half.channel(transport)
+    events = _tag_events(tags)        # bad input raises before anything is exchanged
+
+    def body():
+        ch.open()
+        start = PassStart.from_bytes(_recv(ch, "pass-start"))
+        if start.parameters != _agreed(config):
+            raise ProtocolAbort(f"the peers' session parameters differ: Alice "
+                                f"{start.parameters}, Bob {_agreed(config)}")
+        try:
+            store.begin_session(start.session_id, link, pass_id=start.pass_id,
+                                once_per_pass=once_per_pass)
+        except KeyStoreError as exc:
+            raise ProtocolAbort(str(exc)) from None
+        half.session_id = start.session_id
+        staged = store.staged_sessions(link)
+        ch.send("pass-accept", json.dumps({"staged": staged}).encode())
+        if staged:
+            done = _recv(ch, "resolved")
+            if len(done) != len(staged) or set(done) - {0, 1}:
+                raise ProtocolAbort("malformed 'resolved' message")
+            for k, ok in zip(staged, done, strict=True):
+                store.resolve_staged(k, committed=bool(ok), pool=half.pool)
+        _bob_protocol(events, start, ch, half, rand)
+
+    return half.run(ch, body)
+
+
+def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
+    config, result = half.config, half.result
+    clock = half.clock
+    t0 = clock()
+    period_ps = start.slot_period_ps
+    rate = 1e12 / period_ps
+    slot_range = start.slot_range()
+    ticks, masks, res = events
+    if ticks.size < 100:
+        raise tm.TimingError(f"{ticks.size} tag events are too few for a session")
+
+    # 1. timing recovery (unusable tags are an input error, not an abort)
+    est = tm.estimate_timing(ticks, period_ps / res, max_drift=config.max_drift,
+                             seed=rand.integer("timing"))
+    result.timing = est.to_json()
+    t0 = half.step("timing", t0)
+
+    # 2. the receiver device: slot assignment + decoding, block by block
+    with open_device(config.bob_device or config.device, role="receiver") as bob_dev:
+        rx = ReceiverDriver(bob_dev, random_key=rand.stream_key("decoder"))
+        rx.reset()
+        blocks = tm.slot_blocks(ticks, est, frac_bits=rx.frac_bits,
+                                window_sigmas=config.window_sigmas,
+                                max_events=config.block_events)
+        det = rx.run_blocks(ticks, masks, blocks)
+        counters = rx.counters()
+    result.device_counters.update(counters)
+    n_events = counters["RX_EVENTS"]
+    result.in_window_fraction = 1.0 - counters["RX_REJECTED"] / n_events if n_events else None
+    det = _strictly_increasing(det)
+    t0 = half.step("device", t0)
+
+    # 3. slot alignment: a run of detections disclosed, Alice answers the shift
+    if det.slots.size < config.alignment_sample + 16:
+        raise ProtocolAbort(f"only {det.slots.size} detections: too few to align and sift")
+    pick = tm.alignment_sample(det.slots, config.alignment_sample)
+    ch.send("align-sample", det.slots[pick].astype(">i8").tobytes()
+            + det.basis[pick].tobytes() + det.bit[pick].tobytes())
+    with _parsing("align-shift"):
+        (shift,) = struct.unpack(">q", _recv(ch, "align-shift"))
+    keep = np.ones(det.slots.size, bool)
+    keep[pick] = False
+    a_slots = det.slots + shift
+    if slot_range is not None:
+        keep &= (a_slots >= slot_range[0]) & (a_slots < slot_range[1])
+    a_slots = a_slots[keep]
+    b_basis, b_bits = det.basis[keep], det.bit[keep]
+    t0 = half.step("alignment", t0)
+
+    # 4. sifting
+    bob_send_report(ch, a_slots, b_basis)
+    b_sift = bob_receive_flags(ch, a_slots, b_basis, b_bits)
+    bob_disclose_x_bits(ch, b_sift)
+    b_sift = bob_receive_x_errors(ch, b_sift)
+    stats: DecoyStatistics = b_sift.stats
+    n_z, qber_x = _sifted(result, stats)
+    # the profile's QBER is that of the Z key as error correction finds it (Bob never learns
+    # which X bits were wrong, only how many)
+    all_slots = np.concatenate([b_sift.slots, b_sift.x_slots])
+    order = np.argsort(all_slots, kind="stable")
+    n_x = b_sift.x_slots.size
+
+    def profile(z_err: np.ndarray, z_known: bool) -> list[dict]:
+        errs = np.concatenate([z_err, np.zeros(n_x, bool)])[order]
+        known = np.concatenate([np.full(n_z, z_known), np.zeros(n_x, bool)])[order]
+        return _profile(config.profile_bin_s, rate, all_slots[order], errs, known, slot_range)
+
+    result.profile = profile(np.zeros(n_z, bool), False)
+    t0 = half.step("sifting", t0)
+    _check_x(result, config)
+
+    # 5. Cascade: queries and answers as public frames, both transcripts authenticated
+    with _parsing("cascade-seed"):
+        (cascade_seed,) = struct.unpack(">Q", _recv(ch, "cascade-seed"))
+    oracle = RemoteParityOracle(ch, n_z)
+    ec = reconcile(None, b_sift.key, _qber_estimate(qber_x), seed=cascade_seed,
+                   passes=config.cascade_passes, oracle=oracle)
+    flips = ec.corrected != b_sift.key
+    oracle.finish(int(flips.sum()))
+    bob_key = ec.corrected
+    _corrected(result, int(ec.leaked_bits), int(flips.sum()), n_z)
+    result.profile = profile(flips, True)
+    t0 = half.step("error correction", t0)
+    _check_z(result, config)
+
+    # 6. verification
+    t_bits = verification_tag_bits(config.eps_cor)
+    seed_b, tag_recv = decode_verify(_recv(ch, "verify"), bob_key.size, t_bits)
+    ok = bool(np.array_equal(verification_tag(bob_key, seed_b, t_bits), tag_recv))
+    ch.send("verify-result", bytes([ok]))
+    result.verification_ok = ok
+    t0 = half.step("verification", t0)
+    if not ok:
+        raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
+
+    # 7. finite-key length, as Alice computes it
+    fk = _finite_key(start, config, stats, ec.leaked_bits, int(flips.sum()), result)
+
+    # 8. privacy amplification with Alice's seed; the layout and IDs she sends
+    with _parsing("pa-seed"):
+        raw = _recv(ch, "pa-seed")
+        if len(raw) != (n_z + fk.length - 1 + 7) // 8:
+            raise ValueError("seed of the wrong length")
+        seed_recv = np.unpackbits(np.frombuffer(raw, np.uint8))[:n_z + fk.length - 1]
+    key_b, _ = privacy_amplify(bob_key, fk.length, seed_bits=seed_recv)
+    r0, r1, ids = decode_key_ids(_recv(ch, "key-ids"))
+    # the refill must be exactly what his pool lacks at the session's end ("stored" out,
+    # "committed" in), the layout his own rule's
+    need = half.pool.refill_need(pending_out=1, pending_in=1)
+    n_key = fk.length - r0 - r1
+    senders = (half.peer, half.store.party)
+    layout = key_layout(n_key, senders, first_share=config.alice_share) if n_key > 0 else []
+    if (r0, r1) != (min(need[0], fk.length), min(need[1], fk.length - r0)) \
+            or len(ids) != len(layout):
+        raise ProtocolAbort("the peers disagree on the authentication refill or the key layout")
+    t0 = half.step("privacy amplification", t0)
+
+    # storage: staged here, committed when Alice has committed
+    cut = r0 + r1
+    half.store.stage_session(half.link, peer=half.peer, session_id=start.session_id,
+                             refill=(key_b[:r0], key_b[r0:cut]), key_bits=key_b[cut:],
+                             layout=layout, key_ids=ids,
+                             meta=_key_meta(start, config, result, rand))
+    crashpoint("bob-staged")
+    ch.send("stored", b"")
+    _stored(result, key_b, cut, layout, ids)
+    try:
+        ch.expect("committed")
+    except PeerAbort:
+        half.store.resolve_staged(start.session_id, committed=False, pool=half.pool)
+        raise
+    except _ABORTS as exc:
+        # Alice may have committed: the key stays staged until the next session settles it
+        result.abort_reason = f"key staged, Alice's commit not confirmed yet ({_reason(exc)})"
+        result.staged = True
+        return
+    crashpoint("bob-confirmed")
+    half.store.resolve_staged(start.session_id, committed=True, pool=half.pool)
+    half.step("storage", t0)
+
+
+def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
+    config, result = half.config, half.result
+    clock = half.clock
+    t0 = clock()
+    source = alice.source
+    slot_range = start.slot_range()
+
+    # 3. slot alignment
+    s_slots, s_basis, s_bits = decode_align_sample(_recv(ch, "align-sample"))
+    try:
+        align = tm.find_slot_shift(s_slots, s_basis, s_bits, source.choices,
+                                   center=config.alignment_center,
+                                   max_shift=config.max_slot_shift, slot_range=slot_range,
+                                   max_error=max(0.3, config.qber_threshold + 0.15))
+    except tm.TimingError as exc:
+        raise ProtocolAbort(str(exc)) from None
+    ch.send("align-shift", struct.pack(">q", align.shift))
+    result.alignment = dataclasses.asdict(align)
+    t0 = half.step("alignment", t0)
+
+    # 4. sifting on Alice's device
+    def records_at(slots: np.ndarray) -> np.ndarray:
+        return alice_record(*source.choices(slots))
+
+    with open_device(config.alice_device or config.device, role="transmitter") as alice_dev:
+        tx = TransmitterDriver(alice_dev)
+        tx.reset()
+        report = alice_answer_report(ch, tx, records_at)
+        a_sift = alice_count_x_errors(ch, report)
+        result.device_counters.update(tx.counters())
+    stats: DecoyStatistics = a_sift.stats
+    n_z, qber_x = _sifted(result, stats)
+    t0 = half.step("sifting", t0)
+    _check_x(result, config)
+
+    # 5. Cascade: Alice answers parity queries
+    cascade_seed = rand.integer("cascade")
+    ch.send("cascade-seed", struct.pack(">Q", cascade_seed))
+    oracle, flipped = serve_parities(ch, a_sift.key, seed=cascade_seed,
+                                     qber_estimate=_qber_estimate(qber_x),
+                                     passes=config.cascade_passes)
+    _corrected(result, int(oracle.leaked_bits), flipped, n_z)
+    t0 = half.step("error correction", t0)
+    _check_z(result, config)
+
+    # 6. verification: seed and tag to Bob, his verdict back
+    t_bits = verification_tag_bits(config.eps_cor)
+    vseed = rand.bits("verify", n_z + t_bits - 1)
+    tag_a = verification_tag(a_sift.key, vseed, t_bits)
+    ch.send("verify", struct.pack(">I", vseed.size) + np.packbits(vseed).tobytes()
+            + np.packbits(tag_a).tobytes())
+    result.verification_ok = _recv(ch, "verify-result") == b"\x01"
+    t0 = half.step("verification", t0)
+    if not result.verification_ok:
+        raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
+
+    # 7. finite-key length
+    fk = _finite_key(start, config, stats, oracle.leaked_bits, flipped, result)
+
+    # 8. privacy amplification; the refill of what the session took, the layout, the IDs
+    pa_seed = rand.bits("pa", n_z + fk.length - 1)
+    key_a, pa_seed = privacy_amplify(a_sift.key, fk.length, seed_bits=pa_seed)
+    ch.send("pa-seed", np.packbits(pa_seed).tobytes())
+    # pending at the session's end: "key-ids" and "committed" out, Bob's "stored" in
+    need = half.pool.refill_need(pending_out=2, pending_in=1)
+    r0 = min(need[0], fk.length)
+    r1 = min(need[1], fk.length - r0)
+    n_key = fk.length - r0 - r1
+    senders = (half.store.party, half.peer)
+    layout = key_layout(n_key, senders, first_share=config.alice_share) if n_key else []
+    ids = rand.uuids("key-ids", len(layout))
+    ch.send("key-ids", struct.pack(">QQ", r0, r1) + b"".join(uuid.UUID(k).bytes
+                                                              for k in ids))
+    t0 = half.step("privacy amplification", t0)
+
+    # storage: Bob has staged the key; Alice commits it, then tells him
+    _recv(ch, "stored")
+    cut = r0 + r1
+    crashpoint("alice-before-commit")
+    half.store.commit_session(half.link, peer=half.peer, pool=half.pool,
+                              refill=(key_a[:r0], key_a[r0:cut]), key_bits=key_a[cut:],
+                              layout=layout, key_ids=ids,
+                              meta=_key_meta(start, config, result, rand),
+                              session_id=start.session_id)
+    _stored(result, key_a, cut, layout, ids)
+    crashpoint("alice-committed")
+    # committed: from here on Alice never aborts; if Bob misses this he asks next time
+    with contextlib.suppress(*_ABORTS, OSError):
+        ch.send("committed", b"")
+    half.step("storage", t0)
+
+
+# -- steps both halves share -----------------------------------------------------------------
+
+def _qber_estimate(qber_x: float) -> float:
+    """Cascade's block sizes come from the X-basis QBER, bounded to a sane range."""
+    return min(max(qber_x, 1e-3), 0.25)
+
+
+def _sifted(result: SessionResult, stats: DecoyStatistics) -> tuple[int, float]:
+    n_x, m_x, n_z = int(stats.n_x.sum()), int(stats.m_x.sum()), int(stats.n_z.sum())
+    result.sifted_z_bits = n_z
+    result.sifted_bits = n_z + n_x
+    result.qber_x = m_x / n_x if n_x else None
+    if n_x == 0 or n_z == 0:
+        raise ProtocolAbort("no sifted detections in one of the bases")
+    return n_z, result.qber_x
+
+
+def _check_x(result: SessionResult, config: SessionConfig) -> None:
+    if result.qber_x > config.qber_threshold:
+        raise ProtocolAbort(f"X-basis QBER {result.qber_x:.4f} exceeds the threshold "
+                            f"{config.qber_threshold:.4f}")
+
+
+def _corrected(result: SessionResult, leaked: int, flipped: int, n_z: int) -> None:
+    result.ec_leaked_bits = leaked
+    result.qber_z = flipped / n_z
+    h = binary_entropy(result.qber_z)
+    result.ec_efficiency = leaked / (n_z * h) if h > 0 else None
+
+
+def _check_z(result: SessionResult, config: SessionConfig) -> None:
+    if result.qber_z > config.qber_threshold:
+        raise ProtocolAbort(f"Z-basis QBER {result.qber_z:.4f} exceeds the threshold "
+                            f"{config.qber_threshold:.4f}")
+
+
+def _finite_key(start: PassStart, config: SessionConfig, stats: DecoyStatistics,
+                leaked: int, flipped: int, result: SessionResult):
+    params = FiniteKeyParams(intensities=start.intensities, probabilities=start.probabilities,
+                             eps_sec=config.eps_sec, eps_cor=config.eps_cor,
+                             qber_threshold=config.qber_threshold)
+    stats = DecoyStatistics(n_z=stats.n_z, n_x=stats.n_x, m_x=stats.m_x,
+                            m_z_observed=int(flipped))
+    fk = finite_key_length(stats, leaked, params)
+    result.finite_key = fk.as_dict()
+    if fk.aborted or fk.length <= 0:
+        raise ProtocolAbort(fk.abort_reason or f"finite-key length {fk.length} is not positive")
+    return fk
+
+
+def _key_meta(start: PassStart, config: SessionConfig, result: SessionResult, rand) -> dict:
+    meta = {"pass_id": start.pass_id, "session_id": start.session_id,
+            "eps_sec": config.eps_sec, "eps_cor": config.eps_cor, "qber_z": result.qber_z,
+            "sifted_z_bits": result.sifted_z_bits,
+            "insecure_reproducible": rand.insecure_reproducible}
+    if rand.insecure_reproducible:
+        meta["insecure_seed"] = rand.insecure_seed
+    return meta
+
+
+def _stored(result: SessionResult, key: np.ndarray, cut: int, layout, ids) -> None:
+    result.auth_bits_replenished = int(cut)
+    result.final_key_bits = int(key.size - cut)
+    result.key_ids = list(ids)
+    result.key_senders = [sender for sender, _ in layout]
+    ends = np.cumsum([size for _, size in layout])
+    result.key_check_values = [check_value(block) for block in
+                               np.split(key[cut:], ends[:-1])] if layout else []
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, AuthKeyPoolExhausted):
+        return f"the link's authentication key is exhausted ({exc}); install a new one"
+    if isinstance(exc, ChannelEmpty):
+        return _NEVER_ARRIVED
+    if isinstance(exc, AuthenticationError):
+        return f"classical channel: {exc}"
+    return str(exc)
+
+
+def _strictly_increasing(det: Detections) -> Detections:
+    if det.slots.size < 2:
+        return det
+    keep = np.concatenate([[True], np.diff(det.slots) > 0])
+    if keep.all():
+        return det
+    return Detections(det.slots[keep], det.basis[keep], det.bit[keep], det.multi[keep],
+                      det.lost[keep])
+
+
+# -- both halves in one process ------------------------------------------------------------
+
 def run_session(tags, alice, *, link: str, store_alice: KeyStore, store_bob: KeyStore,
                 config: SessionConfig = SessionConfig(), progress: bool = False,
                 tap: MessageTap | None = None) -> SessionResult:
     """Run the whole protocol for one link; on success both stores hold the same key.
+
+    Alice's half (:func:`alice_session`) and Bob's (:func:`bob_session`) run in two threads
+    joined by a :class:`~mozi.host.crypto.auth.LocalTransport` pair: they share nothing but
+    the frames of the classical channel, exactly as two nodes do over TCP.
 
     Parameters
     ----------
@@ -506,63 +1026,64 @@ def run_session(tags, alice, *, link: str, store_alice: KeyStore, store_bob: Key
     Returns
     -------
     SessionResult
-        ``aborted=True`` (nothing stored) when the QBER exceeds the threshold, verification
-        fails, the slots cannot be aligned, the finite-key length is not positive, or the
-        classical channel fails (rejected messages, a malformed or missing message).
+        Bob's view with Alice's alignment, counters and key accounting; ``aborted=True``
+        (nothing stored) when the QBER exceeds the threshold, verification fails, the slots
+        cannot be aligned, the finite-key length is not positive, or the classical channel
+        fails (rejected messages, a malformed or missing message).
 
     Raises
     ------
     MoziError
-        Input that cannot be processed (no usable tags, unknown channel names, no periodic
-        structure in the tags, unavailable device), or stores without a matching
-        authentication key for the link.
+        Input that cannot be processed (no usable tags, unknown channel names, unavailable
+        device), or stores without a matching authentication key for the link.
     """
     if not isinstance(link, str) or not link:
         raise MoziError("link must be a non-empty name")
-    pools = _link_pools(link, store_alice, store_bob)
-    rand = SessionRandomness(config.insecure_seed)
-    result = SessionResult(link=link, detections=int(len(tags)),
-                           insecure_reproducible=rand.insecure_reproducible,
-                           insecure_seed=rand.insecure_seed)
-    clock = time.perf_counter
-    t_all = clock()
+    _check_pair(link, store_alice, store_bob)
     bar = tqdm(total=8, desc=f"session {link}", unit="step", file=sys.stderr,
                disable=not progress, leave=False)
+    results: dict[str, SessionResult] = {}
 
     def step(name: str, t0: float) -> float:
-        result.timings[name] = round(clock() - t0, 4)
+        results["bob-timings"].timings[name] = round(time.perf_counter() - t0, 4)
         bar.update(1)
         bar.set_postfix_str(f"{name} done")
-        return clock()
+        return time.perf_counter()
 
+    ta, tb = LocalTransport.pair(tap=tap, names=("alice->bob", "bob->alice"))
+    halves = {
+        "alice": lambda: alice_session(ta, alice, link=link, store=store_alice, config=config),
+        "bob": lambda: bob_session(tb, tags, link=link, store=store_bob, config=config,
+                                   step=step),
+    }
+    errors: dict[str, BaseException] = {}
+    results["bob-timings"] = SessionResult(link=link)
+
+    def run(name: str, transport: LocalTransport) -> None:
+        try:
+            results[name] = halves[name]()
+        except BaseException as exc:        # re-raised in the caller's thread
+            errors[name] = exc
+        finally:
+            transport.close()
+
+    threads = [threading.Thread(target=run, args=(name, t), name=f"session-{name}")
+               for name, t in (("alice", ta), ("bob", tb))]
     try:
-        _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result, step,
-             clock, tap)
-    except (ProtocolAbort, AuthenticationError, AuthKeyPoolExhausted, ChannelEmpty) as exc:
-        result.aborted = True
-        result.abort_reason = _reason(exc)
-        result.final_key_bits = 0
-        result.key_ids = []
-        result.key_senders = []
-        result.key_check_values = []
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     finally:
         bar.close()
-        result.timings["total"] = round(clock() - t_all, 4)
-    return result
+    for name in ("bob", "alice"):
+        if name in errors and not isinstance(errors[name], PeerAbort):
+            raise errors[name]
+    return _merge(results["alice"], results["bob"], results["bob-timings"].timings)
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, AuthKeyPoolExhausted):
-        return f"the link's authentication key is exhausted ({exc}); install a new one"
-    if isinstance(exc, ChannelEmpty):
-        return "a message of the classical channel never arrived"
-    if isinstance(exc, AuthenticationError):
-        return f"classical channel: {exc}"
-    return str(exc)
-
-
-def _link_pools(link: str, store_alice: KeyStore, store_bob: KeyStore):
-    """The two ends' authentication keys of ``link``, checked to belong together."""
+def _check_pair(link: str, store_alice: KeyStore, store_bob: KeyStore) -> None:
+    """The two ends' authentication keys of ``link`` must belong together."""
     if store_alice.party == store_bob.party:
         raise MoziError(f"Alice's and Bob's key stores both belong to {store_alice.party!r}")
     for store, other in ((store_alice, store_bob), (store_bob, store_alice)):
@@ -570,254 +1091,39 @@ def _link_pools(link: str, store_alice: KeyStore, store_bob: KeyStore):
         if peer is not None and peer != other.party:
             raise MoziError(f"link {link!r} of {store.party!r} is shared with {peer!r}, not "
                             f"with {other.party!r}")
+    for store in (store_alice, store_bob):
+        if not store.has_auth_key(link):
+            raise MoziError(f"{store.party!r} has no authentication key for link {link!r}; "
+                            f"create a matching pair with `mozi link init`")
     pool_a, pool_b = store_alice.auth_key(link), store_bob.auth_key(link)
     if pool_a.role == pool_b.role or pool_a.tag_bits != pool_b.tag_bits \
             or pool_a.hash_key != pool_b.hash_key:
         raise MoziError(f"the two stores' authentication keys of link {link!r} do not match; "
                         f"create a matching pair with `mozi link init`")
-    return pool_a, pool_b
 
 
-def _run(tags, alice, link, store_alice, store_bob, pools, config, rand, result, step, clock,
-         tap):
-    t0 = clock()
-    source = alice.source
-    meta = dict(getattr(alice, "metadata", {}) or {})
-    period_ps = float(meta.get("slot_period_ps") or source.config.slot_period_ps)
-    rate = 1e12 / period_ps
-    ticks, masks, res = _tag_events(tags)
-    if ticks.size < 100:
-        raise tm.TimingError(f"{ticks.size} tag events are too few for a session")
-
-    # 1. timing recovery (Bob)
-    est = tm.estimate_timing(ticks, period_ps / res, max_drift=config.max_drift,
-                             seed=rand.integer("timing"))
-    result.timing = est.to_json()
-    t0 = step("timing", t0)
-
-    # 2. Bob's device: slot assignment + decoding, block by block
-    with open_device(config.bob_device or config.device, role="receiver") as bob_dev:
-        rx = ReceiverDriver(bob_dev, random_key=rand.stream_key("decoder"))
-        rx.reset()
-        blocks = tm.slot_blocks(ticks, est, frac_bits=rx.frac_bits,
-                                window_sigmas=config.window_sigmas,
-                                max_events=config.block_events)
-        det = rx.run_blocks(ticks, masks, blocks)
-        counters = rx.counters()
-    result.device_counters.update(counters)
-    events = counters["RX_EVENTS"]
-    result.in_window_fraction = 1.0 - counters["RX_REJECTED"] / events if events else None
-    det = _strictly_increasing(det)
-    t0 = step("device", t0)
-
-    # the classical channel: the link's lasting authentication key at both ends
-    pool_a, pool_b = pools
-    ta, tb = MemoryTransport.pair(tap=tap, names=("alice->bob", "bob->alice"))
-    ch_a = AuthenticatedChannel(pool_a, ta, max_failures=config.auth_max_failures)
-    ch_b = AuthenticatedChannel(pool_b, tb, max_failures=config.auth_max_failures)
-    try:
-        ch_a.open()
-        ch_b.open()
-        _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob, config,
-                  rand, result, step, clock, t0)
-    finally:
-        result.auth_bits_consumed = int(ch_a.consumed_bits)
-
-
-def _strictly_increasing(det: Detections) -> Detections:
-    if det.slots.size < 2:
-        return det
-    keep = np.concatenate([[True], np.diff(det.slots) > 0])
-    if keep.all():
-        return det
-    return Detections(det.slots[keep], det.basis[keep], det.bit[keep], det.multi[keep],
-                      det.lost[keep])
-
-
-def _protocol(source, meta, rate, det, ch_a, ch_b, link, store_alice, store_bob, config,
-              rand, result, step, clock, t0):
-    first_slot = meta.get("first_slot")
-    n_slots = meta.get("n_slots")
-    slot_range = (int(first_slot), int(first_slot) + int(n_slots)) \
-        if first_slot is not None and n_slots is not None else None
-
-    # 3. slot alignment: Bob discloses a run of detections, Alice answers the shift
-    if det.slots.size < config.alignment_sample + 16:
-        raise ProtocolAbort(f"only {det.slots.size} detections: too few to align and sift")
-    pick = tm.alignment_sample(det.slots, config.alignment_sample)
-    ch_b.send("align-sample", det.slots[pick].astype(">i8").tobytes()
-              + det.basis[pick].tobytes() + det.bit[pick].tobytes())
-    s_slots, s_basis, s_bits = decode_align_sample(_recv(ch_a, "align-sample"))
-    try:
-        align = tm.find_slot_shift(s_slots, s_basis, s_bits, source.choices,
-                                   center=config.alignment_center,
-                                   max_shift=config.max_slot_shift, slot_range=slot_range,
-                                   max_error=max(0.3, config.qber_threshold + 0.15))
-        ch_a.send("align-shift", struct.pack(">q", align.shift))
-    except tm.TimingError as exc:
-        ch_a.send("align-failed", str(exc).encode())
-        with _parsing("align-failed"):
-            reason = _recv(ch_b, "align-failed").decode()
-        raise ProtocolAbort(reason) from None
-    with _parsing("align-shift"):
-        (shift,) = struct.unpack(">q", _recv(ch_b, "align-shift"))
-    result.alignment = dataclasses.asdict(align)
-    keep = np.ones(det.slots.size, bool)
-    keep[pick] = False
-    a_slots = det.slots + shift
-    if slot_range is not None:
-        keep &= (a_slots >= slot_range[0]) & (a_slots < slot_range[1])
-    a_slots = a_slots[keep]
-    b_basis, b_bits = det.basis[keep], det.bit[keep]
-    t0 = step("alignment", t0)
-
-    # 4. sifting on Alice's device, over the channel
-    def records_at(slots: np.ndarray) -> np.ndarray:
-        return alice_record(*source.choices(slots))
-
-    with open_device(config.alice_device or config.device, role="transmitter") as alice_dev:
-        tx = TransmitterDriver(alice_dev)
-        tx.reset()
-        a_sift, b_sift = run_sifting(ch_a, ch_b, tx, records_at, a_slots, b_basis, b_bits)
-        result.device_counters.update(tx.counters())
-    stats: DecoyStatistics = b_sift.stats
-    n_x = int(stats.n_x.sum())
-    m_x = int(stats.m_x.sum())
-    n_z = int(stats.n_z.sum())
-    result.sifted_z_bits = n_z
-    result.sifted_bits = n_z + n_x
-    result.qber_x = m_x / n_x if n_x else None
-    x_err = a_sift.x_bits != b_sift.x_bits
-    all_slots = np.concatenate([b_sift.slots, b_sift.x_slots])
-    order = np.argsort(all_slots, kind="stable")
-
-    def profile(z_err: np.ndarray, z_known: bool) -> list[dict]:
-        errs = np.concatenate([z_err, x_err])[order]
-        known = np.concatenate([np.full(n_z, z_known), np.ones(n_x, bool)])[order]
-        return _profile(config.profile_bin_s, rate, all_slots[order], errs, known,
-                        slot_range)
-
-    result.profile = profile(np.zeros(n_z, bool), False)
-    t0 = step("sifting", t0)
-    if n_x == 0 or n_z == 0:
-        raise ProtocolAbort("no sifted detections in one of the bases")
-    if result.qber_x > config.qber_threshold:
-        raise ProtocolAbort(f"X-basis QBER {result.qber_x:.4f} exceeds the threshold "
-                     f"{config.qber_threshold:.4f}")
-
-    # 5. Cascade over the channel
-    ch_a.send("cascade-seed", struct.pack(">Q", rand.integer("cascade")))
-    with _parsing("cascade-seed"):
-        (cascade_seed,) = struct.unpack(">Q", _recv(ch_b, "cascade-seed"))
-    oracle = ChannelParityOracle(a_sift.key, ch_a, ch_b)
-    qber_est = min(max(result.qber_x, 1e-3), 0.25)
-    ec = reconcile(a_sift.key, b_sift.key, qber_est, seed=cascade_seed,
-                   passes=config.cascade_passes, oracle=oracle)
-    oracle.authenticate()
-    bob_key = ec.corrected
-    flips = bob_key != b_sift.key
-    result.ec_leaked_bits = int(ec.leaked_bits)
-    result.qber_z = int(flips.sum()) / n_z
-    h = binary_entropy(result.qber_z)
-    result.ec_efficiency = ec.leaked_bits / (n_z * h) if h > 0 else None
-    result.profile = profile(flips, True)
-    t0 = step("error correction", t0)
-    if result.qber_z > config.qber_threshold:
-        raise ProtocolAbort(f"Z-basis QBER {result.qber_z:.4f} exceeds the threshold "
-                     f"{config.qber_threshold:.4f}")
-
-    # 6. verification: Alice sends seed and tag, Bob compares
-    t_bits = verification_tag_bits(config.eps_cor)
-    vseed = rand.bits("verify", n_z + t_bits - 1)
-    tag_a = verification_tag(a_sift.key, vseed, t_bits)
-    ch_a.send("verify", struct.pack(">I", vseed.size) + np.packbits(vseed).tobytes()
-              + np.packbits(tag_a).tobytes())
-    seed_b, tag_recv = decode_verify(_recv(ch_b, "verify"), bob_key.size, t_bits)
-    ok = bool(np.array_equal(verification_tag(bob_key, seed_b, t_bits), tag_recv))
-    ch_b.send("verify-result", bytes([ok]))
-    ok_a = _recv(ch_a, "verify-result") == b"\x01"
-    result.verification_ok = ok and ok_a
-    t0 = step("verification", t0)
-    if not result.verification_ok:
-        raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
-
-    # 7. finite-key length
-    params = FiniteKeyParams(intensities=source.config.intensities,
-                             probabilities=source.config.probabilities,
-                             eps_sec=config.eps_sec, eps_cor=config.eps_cor,
-                             qber_threshold=config.qber_threshold)
-    stats = DecoyStatistics(n_z=stats.n_z, n_x=stats.n_x, m_x=stats.m_x,
-                            m_z_observed=int(flips.sum()))
-    fk = finite_key_length(stats, ec.leaked_bits, params)
-    result.finite_key = fk.as_dict()
-    if fk.aborted or fk.length <= 0:
-        raise ProtocolAbort(fk.abort_reason or f"finite-key length {fk.length} is not positive")
-
-    # 8. privacy amplification, refill of the authentication key, storage
-    pa_seed = rand.bits("pa", n_z + fk.length - 1)
-    key_a, pa_seed = privacy_amplify(a_sift.key, fk.length, seed_bits=pa_seed)
-    ch_a.send("pa-seed", np.packbits(pa_seed).tobytes())
-    with _parsing("pa-seed"):
-        raw = _recv(ch_b, "pa-seed")
-        if len(raw) != (n_z + fk.length - 1 + 7) // 8:
-            raise ValueError("seed of the wrong length")
-        seed_recv = np.unpackbits(np.frombuffer(raw, np.uint8))[:pa_seed.size]
-    key_b, _ = privacy_amplify(bob_key, fk.length, seed_bits=seed_recv)
-
-    # Alice: refill what this session took (counting the pad of the key-ids message itself),
-    # then the layout of the rest, and its IDs
-    r_need = ch_a.pool.refill_need(pending_out=1)
-    r0 = min(r_need[0], fk.length)
-    r1 = min(r_need[1], fk.length - r0)
-    n_key = fk.length - r0 - r1
-    senders = (store_alice.party, store_bob.party)
-    layout = key_layout(n_key, senders, first_share=config.alice_share) if n_key else []
-    ids = rand.uuids("key-ids", len(layout))
-    ch_a.send("key-ids", struct.pack(">QQ", r0, r1) + b"".join(uuid.UUID(k).bytes
-                                                                for k in ids))
-    b_r0, b_r1, ids_b = decode_key_ids(_recv(ch_b, "key-ids"))
-    # Bob: the refill must be exactly what his own pool lacks, the layout his own rule's
-    b_need = ch_b.pool.refill_need()
-    b_key = fk.length - b_r0 - b_r1
-    b_layout = key_layout(b_key, senders, first_share=config.alice_share) if b_key > 0 else []
-    if (b_r0, b_r1) != (min(b_need[0], fk.length), min(b_need[1], fk.length - b_r0)) \
-            or len(ids_b) != len(b_layout):
-        raise ProtocolAbort("the peers disagree on the authentication refill or the key layout")
-    if not np.array_equal(key_a, key_b):
-        raise ProtocolAbort("final keys differ after privacy amplification")
-    t0 = step("privacy amplification", t0)
-
-    key_meta = {"pass_id": meta.get("pass") or None, "eps_sec": config.eps_sec,
-                "eps_cor": config.eps_cor, "qber_z": result.qber_z, "sifted_z_bits": n_z,
-                "insecure_reproducible": rand.insecure_reproducible}
-    if rand.insecure_reproducible:
-        key_meta["insecure_seed"] = rand.insecure_seed
-    cut = r0 + r1
-    refill_a = (key_a[:r0], key_a[r0:cut])
-    refill_b = (key_b[:b_r0], key_b[b_r0:b_r0 + b_r1])
-    store_alice.commit_session(link, peer=store_bob.party, pool=ch_a.pool, refill=refill_a,
-                               key_bits=key_a[cut:], layout=layout, key_ids=ids,
-                               meta=key_meta)
-    try:
-        store_bob.commit_session(link, peer=store_alice.party, pool=ch_b.pool,
-                                 refill=refill_b, key_bits=key_b[cut:], layout=b_layout,
-                                 key_ids=ids_b, meta=key_meta)
-    except BaseException:
-        # never leave a key at one end only: Alice's copy is erased and her refill undone
-        _undo(store_alice, ch_a.pool, ids, (r0, r1))
-        raise
-    result.auth_bits_replenished = int(cut)
-    result.final_key_bits = int(n_key)
-    result.key_ids = list(ids)
-    result.key_senders = [sender for sender, _ in layout]
-    ends = np.cumsum([size for _, size in layout])
-    result.key_check_values = [check_value(block) for block in
-                               np.split(key_a[cut:], ends[:-1])]
-    step("storage", t0)
-
-
-def _undo(store: KeyStore, pool, ids: list[str], refill: tuple[int, int]) -> None:
-    with contextlib.suppress(KeyStoreError):
-        if ids:
-            store.discard(ids, reason="the peer could not store the key")
-        pool.drop_refill(refill)
+def _merge(a: SessionResult, b: SessionResult, bob_steps: dict[str, float]) -> SessionResult:
+    """One result from the two halves' views: Bob's, with what only Alice knows."""
+    out = dataclasses.replace(b)
+    out.alignment = a.alignment
+    out.auth_bits_consumed = a.auth_bits_consumed
+    out.device_counters = {**b.device_counters, **a.device_counters}
+    out.timings = {**{k: v for k, v in a.timings.items() if k != "total"}, **bob_steps,
+                   "total": max(a.timings.get("total", 0.0), b.timings.get("total", 0.0))}
+    if a.aborted or b.aborted:
+        out.aborted = True
+        # the half that gave up says why; the other only heard that it did, or heard nothing
+        def rank(r: SessionResult) -> int:
+            reason = r.abort_reason or ""
+            return 3 if not r.aborted else 2 if reason.startswith(_PEER) \
+                else 1 if reason == _NEVER_ARRIVED else 0
+        out.abort_reason = min((b, a), key=rank).abort_reason
+        out.final_key_bits = 0
+        out.key_ids, out.key_senders, out.key_check_values = [], [], []
+        out.auth_bits_replenished = 0
+    elif b.staged:
+        out.key_ids, out.key_senders = a.key_ids, a.key_senders
+        out.key_check_values = a.key_check_values
+        out.final_key_bits, out.auth_bits_replenished = a.final_key_bits, \
+            a.auth_bits_replenished
+    return out
