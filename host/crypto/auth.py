@@ -638,10 +638,13 @@ class AuthenticatedChannel:
         """True once ``max_failures`` frames were rejected."""
         return self.failures >= self.max_failures
 
+    def _closed_message(self) -> str:
+        n = self.failures
+        return f"authenticated channel closed after {n} rejected frame{'s' * (n != 1)}"
+
     def _check_open(self) -> None:
         if self.closed:
-            raise AuthenticationError(f"authenticated channel closed after {self.failures} "
-                                      f"rejected frames")
+            raise AuthenticationError(self._closed_message())
 
     def open(self) -> bytes:
         """Send this end's ``open`` frame (once, before any other message)."""
@@ -678,8 +681,9 @@ class AuthenticatedChannel:
             self.open()
         return self._send(kind, payload)
 
-    def _send(self, kind: str, payload: bytes) -> bytes:
-        self._check_open()
+    def _send(self, kind: str, payload: bytes, *, aborting: bool = False) -> bytes:
+        if not aborting:            # a closed channel accepts nothing more, but says why
+            self._check_open()
         kind_b = kind.encode("utf-8")
         payload = bytes(payload)
         if not 1 <= len(kind_b) <= 255:
@@ -716,14 +720,14 @@ class AuthenticatedChannel:
     def abort(self, reason: str) -> None:
         """Tell the peer, authenticated, that this end gives the session up (best effort).
 
-        The peer's next :meth:`expect` raises :class:`PeerAbort` with ``reason``.
+        The peer's next :meth:`expect` raises :class:`PeerAbort` with ``reason``. A channel
+        closed by rejected frames still sends it: only what comes in is no longer trusted.
         """
-        if self.closed:
-            return
         try:
             if not self._opened_out:
-                self.open()
-            self._send(ABORT_KIND, str(reason).encode("utf-8")[:1000])
+                self._send(OPEN_KIND, b"", aborting=True)
+                self._opened_out = True
+            self._send(ABORT_KIND, str(reason).encode("utf-8")[:1000], aborting=True)
         except (MoziError, OSError):
             pass
 
@@ -732,8 +736,7 @@ class AuthenticatedChannel:
         self.failures += 1
         self.pool.record_failure()
         if self.closed:
-            return AuthenticationError(f"{message}; authenticated channel closed after "
-                                       f"{self.failures} rejected frames")
+            return AuthenticationError(f"{message}; {self._closed_message()}")
         return AuthenticationError(message)
 
     def _next(self) -> tuple[str | None, bytes]:

@@ -65,7 +65,6 @@ from typing import Any
 import numpy as np
 from mozi.host.crash import crashpoint
 from mozi.host.crypto.auth import (
-    DEFAULT_MAX_FAILURES,
     AuthenticatedChannel,
     AuthKeyPoolExhausted,
     ChannelEmpty,
@@ -108,6 +107,7 @@ __all__ = [
     "MessageTap",
     "PassStart",
     "alice_session",
+    "pass_key",
     "bob_session",
     "decode_align_sample",
     "decode_key_ids",
@@ -152,7 +152,9 @@ class SessionConfig:
     alignment_sample : int
         Detections Bob discloses for the alignment (removed from the key).
     auth_max_failures : int
-        Rejected classical messages after which the session aborts.
+        Rejected classical messages after which the session aborts. The default 1 aborts it
+        at the first tampered, replayed, reordered or forged frame: whoever can inject one
+        can as well drop the genuine one, so tolerating it buys nothing.
     cascade_passes : int
     profile_bin_s : float
         Width of the profile bins (seconds of pass time).
@@ -173,7 +175,7 @@ class SessionConfig:
     max_slot_shift: int = 1 << 16
     alignment_center: int = 0
     alignment_sample: int = 512
-    auth_max_failures: int = DEFAULT_MAX_FAILURES
+    auth_max_failures: int = 1
     cascade_passes: int = 16
     profile_bin_s: float = 10.0
     block_events: int = 50_000
@@ -478,10 +480,25 @@ class PassStart:
                 raise ValueError("bad slot period or decoy settings")
         return start
 
+    @property
+    def pass_key(self) -> str | None:
+        """The detections the session distils: the pass and its slot range."""
+        return pass_key(self.pass_id, self.first_slot, self.n_slots)
+
     def slot_range(self) -> tuple[int, int] | None:
         if self.first_slot is None or self.n_slots is None:
             return None
         return self.first_slot, self.first_slot + self.n_slots
+
+
+def pass_key(pass_id: str | None, first_slot: int | None, n_slots: int | None) -> str | None:
+    """Name of the detections of a pass slice: ``pass[first,end)`` (``pass`` alone when the
+    range is not known); one name per set of raw data, so a node can refuse to use it twice."""
+    if pass_id is None:
+        return None
+    if first_slot is None or n_slots is None:
+        return str(pass_id)
+    return f"{pass_id}[{int(first_slot)},{int(first_slot) + int(n_slots)})"
 
 
 def _agreed(config: SessionConfig) -> dict:
@@ -604,7 +621,7 @@ def alice_session(transport, alice, *, link: str, store: KeyStore,
     start = pass_start(alice, config, sid)
 
     def body():
-        store.begin_session(sid, link, pass_id=start.pass_id, once_per_pass=once_per_pass)
+        store.begin_session(sid, link, pass_id=start.pass_key, once_per_pass=once_per_pass)
         half.session_id = sid
         ch.open()
         ch.send("pass-start", start.to_bytes())
@@ -631,29 +648,35 @@ def bob_session(transport, tags, *, link: str, store: KeyStore,
     """Bob's half of a session (a ground station): his tags, his device, his key store.
 
     Parameters as in :func:`alice_session`, with ``tags`` (his time tags,
-    :class:`~mozi.sim.tagfile.TagData`) for Alice's record. Everything Bob learns of the pass
-    comes in Alice's ``pass-start`` message.
+    :class:`~mozi.sim.tagfile.TagData`, or a function that finds them from Alice's
+    :class:`PassStart`, raising :class:`~mozi.host.errors.ProtocolAbort` for a pass it does not
+    have) for Alice's record. Everything Bob learns of the pass comes in Alice's
+    ``pass-start`` message.
 
     Bob *stages* the final key and commits it when Alice says she did; when her word never
     comes (a crash, a cut link) the key stays staged and the next session of the link settles
     it (:meth:`KeyStore.resolve_staged`): both ends then hold it, or neither.
     """
     rand = SessionRandomness(config.insecure_seed)
-    result = SessionResult(link=link, detections=int(len(tags)),
-                           insecure_reproducible=rand.insecure_reproducible,
+    result = SessionResult(link=link, insecure_reproducible=rand.insecure_reproducible,
                            insecure_seed=rand.insecure_seed)
     half = _Half(store, link, config, result, step)
     ch = half.channel(transport)
-    events = _tag_events(tags)        # bad input raises before anything is exchanged
+    events = None if callable(tags) else _tag_events(tags)   # bad input raises at once
 
     def body():
         ch.open()
         start = PassStart.from_bytes(_recv(ch, "pass-start"))
+        nonlocal events, tags
+        if events is None:
+            tags = tags(start)
+            events = _tag_events(tags)
+        result.detections = int(len(tags))
         if start.parameters != _agreed(config):
             raise ProtocolAbort(f"the peers' session parameters differ: Alice "
                                 f"{start.parameters}, Bob {_agreed(config)}")
         try:
-            store.begin_session(start.session_id, link, pass_id=start.pass_id,
+            store.begin_session(start.session_id, link, pass_id=start.pass_key,
                                 once_per_pass=once_per_pass)
         except KeyStoreError as exc:
             raise ProtocolAbort(str(exc)) from None
