@@ -15,7 +15,7 @@ import sys
 
 from mozi.sim.errors import MoziError
 
-COMMANDS = ("simulate", "link", "session", "demo", "keys", "encrypt", "decrypt", "kms")
+COMMANDS = ("simulate", "link", "session", "node", "demo", "keys", "encrypt", "decrypt", "kms")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -179,6 +179,14 @@ CREATE TABLE IF NOT EXISTS staged_keys (
     created     TEXT    NOT NULL,
     meta        TEXT    NOT NULL,
     PRIMARY KEY (session_id, pos)
+);
+CREATE TABLE IF NOT EXISTS relay_outbox (
+    relay_id    TEXT    NOT NULL,
+    station     TEXT    NOT NULL,
+    link        TEXT    NOT NULL,
+    message     BLOB    NOT NULL,
+    created     TEXT    NOT NULL,
+    PRIMARY KEY (relay_id, station)
 )
 """
 _SESSION_STATES = ("started", "staged", "committed", "aborted")
@@ -531,7 +539,7 @@ class KeyStore:
                 raise KeyStoreError("an empty store needs the name of its party")
             self._init_schema(party)
         if self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                            "AND name = 'staged_keys'").fetchone() is None:
+                            "AND name = 'relay_outbox'").fetchone() is None:
             with self._write():
                 for statement in _SESSION_SCHEMA.split(";"):
                     if statement.strip():
@@ -1221,6 +1229,31 @@ class KeyStore:
                     [(sid, pos, *r[:9], r[10]) for pos, r in enumerate(new.rows)])
             self._set_session(sid, "staged")
         return [] if new is None else new.ids
+
+    # -- the relay's outbox ----------------------------------------------------------------
+
+    def outbox_put(self, relay_id: str, messages: Sequence[tuple[str, str, bytes]]) -> None:
+        """Keep a relay announcement for each station until it confirms it (``messages``:
+        station, link, announcement bytes), so a relay interrupted by a crash is finished
+        by sending them again."""
+        now = _now()
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO relay_outbox (relay_id, station, link, message, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(relay_id, st, link, bytes(msg), now) for st, link, msg in messages])
+
+    def outbox(self) -> builtins.list[tuple[str, str, str, bytes]]:
+        """Unconfirmed relay announcements: (relay_id, station, link, message), oldest first."""
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in self._read(
+            "SELECT relay_id, station, link, message FROM relay_outbox ORDER BY created, "
+            "relay_id, station")]
+
+    def outbox_done(self, relay_id: str, station: str) -> None:
+        """The station confirmed the announcement: forget it."""
+        with self._write():
+            self._db.execute("DELETE FROM relay_outbox WHERE relay_id = ? AND station = ?",
+                             (relay_id, station))
 
     def resolve_staged(self, session_id: str, *, committed: bool,
                        pool: StoredAuthKeyPool) -> builtins.list[str]:

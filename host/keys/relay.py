@@ -44,9 +44,11 @@ from mozi.sim.model import as_bits
 __all__ = [
     "RELAY_MESSAGE",
     "RelayAnnouncement",
+    "apply_announcement",
     "derive_relayed_key",
     "relay_announcement",
     "relay_keys",
+    "relayed_already",
     "satellite_announce",
     "send_announcement",
     "station_accept",
@@ -347,6 +349,23 @@ def station_accept(store: KeyStore, channel: AuthenticatedChannel, *, link: str
         ann = RelayAnnouncement.from_bytes(channel.expect(RELAY_MESSAGE))
     except FileFormatError as exc:
         raise ProtocolAbort(f"malformed relay announcement: {exc}") from None
+    apply_announcement(store, ann, link=link)
+    return ann
+
+
+def relayed_already(store: KeyStore, ann: RelayAnnouncement) -> bool:
+    """Whether ``store`` holds the relayed key of ``ann`` already (a resent announcement)."""
+    try:
+        records = [store.get(k) for k in ann.key_ids]
+    except KeyStoreError:
+        return False
+    return all(r.link == ann.relay_link and r.meta.get("relayed_by") == ann.satellite
+               for r in records)
+
+
+def apply_announcement(store: KeyStore, ann: RelayAnnouncement, *, link: str) -> None:
+    """Check an announcement that arrived on ``link`` and apply it atomically (see
+    :func:`station_accept`, which receives and then applies it)."""
     peer = store.peer(link)
     if ann.satellite != peer:
         raise ProtocolAbort(f"the announcement comes from {ann.satellite!r}, but link "
@@ -377,7 +396,6 @@ def station_accept(store: KeyStore, channel: AuthenticatedChannel, *, link: str
     store.derive_key(ids, sender=ann.satellite, n_bits=ann.n_bits, derive=derive,
                      link=ann.relay_link, peer=ann.stations[1 - which], layout=ann.layout,
                      new_ids=ann.key_ids, meta=meta, purpose="relay")
-    return ann
 
 
 def relay_keys(satellite: KeyStore, moscow: KeyStore, urumqi: KeyStore, *,

@@ -1,0 +1,1 @@
+"""Networked nodes: the satellite and the ground stations as processes over TCP."""
