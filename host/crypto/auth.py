@@ -82,6 +82,7 @@ __all__ = [
     "AuthenticatedChannel",
     "ChannelEmpty",
     "LocalTransport",
+    "frame_kind",
     "MemoryTransport",
     "PeerAbort",
     "PolyHash",
@@ -119,6 +120,16 @@ _HEAD = struct.Struct(">2sBBQB")  # magic, version, direction, seq, len(kind)
 _PLEN = struct.Struct(">I")
 _MAX_SEQ = (1 << 64) - 1
 
+
+
+def frame_kind(frame: bytes) -> str:
+    """The kind a frame claims (unverified): its message kind, ``"public"`` for a public
+    frame, ``""`` when it is neither (for logs and crash points, never for decisions)."""
+    if frame[:2] == _PUBLIC:
+        return "public"
+    if frame[:2] != _MAGIC or len(frame) < _HEAD.size:
+        return ""
+    return frame[_HEAD.size:_HEAD.size + frame[_HEAD.size - 1]].decode("utf-8", "replace")
 
 class AuthKeyPoolExhausted(KeyStoreError):
     """The authentication key pool holds fewer bits than a tag needs."""

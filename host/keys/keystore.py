@@ -849,7 +849,8 @@ class KeyStore:
         """
         return self.reserve_many({link: n_bits}, purpose=purpose)[link]
 
-    def reserve_many(self, requests: Mapping[str, int], *, purpose: str | None = None
+    def reserve_many(self, requests: Mapping[str, int], *, purpose: str | None = None,
+                     outbox: Callable | None = None
                      ) -> dict[str, builtins.list[tuple[str, np.ndarray]]]:
         """:meth:`reserve` on several links in one transaction (all or nothing).
 
@@ -857,6 +858,11 @@ class KeyStore:
         ----------
         requests : mapping of link to n_bits
         purpose : str, optional
+        outbox : callable, optional
+            ``outbox(reserved) -> (relay_id, [(station, link, message), …])``, called inside
+            the transaction: its messages enter the relay outbox (:meth:`outbox_put`) in the
+            same commit as the reserve, so a crash cannot consume the key and lose what was
+            to be sent with it.
 
         Returns
         -------
@@ -894,6 +900,8 @@ class KeyStore:
                                         f"available{held}")
                 taken = self._take(chosen, sender=self.party, purpose=purpose)
                 out[link] = [(kid, bits) for kid, _, bits in taken]
+            if outbox is not None:
+                self._outbox_insert(*outbox(out))
         return out
 
     # -- reading ---------------------------------------------------------------------------
@@ -1140,6 +1148,9 @@ class KeyStore:
         ------
         KeyStoreError
             The session ID exists, or the pass was used (``once_per_pass``).
+
+        A session of the link still ``started`` here was cut by a crash (a link runs one
+        session at a time): it is marked ``aborted``.
         """
         sid = _canonical_id(session_id)
         check_name("link", link)
@@ -1155,6 +1166,10 @@ class KeyStore:
                                         f"{link!r} (session {row[0]}, {row[1]}); a pass's "
                                         f"detections are never used twice")
             now = _now()
+            # sessions of a link run one at a time: one still "started" was cut by a crash
+            self._db.execute("UPDATE sessions SET state = 'aborted', reason = ?, updated = ? "
+                             "WHERE link = ? AND state = 'started'",
+                             ("interrupted: the node stopped during the session", now, link))
             self._db.execute("INSERT INTO sessions (session_id, link, pass_id, state, reason, "
                              "created, updated) VALUES (?, ?, ?, 'started', NULL, ?, ?)",
                              (sid, link, None if pass_id is None else str(pass_id), now, now))
@@ -1236,12 +1251,15 @@ class KeyStore:
         """Keep a relay announcement for each station until it confirms it (``messages``:
         station, link, announcement bytes), so a relay interrupted by a crash is finished
         by sending them again."""
-        now = _now()
         with self._write():
-            self._db.executemany(
-                "INSERT INTO relay_outbox (relay_id, station, link, message, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(relay_id, st, link, bytes(msg), now) for st, link, msg in messages])
+            self._outbox_insert(relay_id, messages)
+
+    def _outbox_insert(self, relay_id: str, messages) -> None:
+        now = _now()
+        self._db.executemany(
+            "INSERT INTO relay_outbox (relay_id, station, link, message, created) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(relay_id, st, link, bytes(msg), now) for st, link, msg in messages])
 
     def outbox(self) -> builtins.list[tuple[str, str, str, bytes]]:
         """Unconfirmed relay announcements: (relay_id, station, link, message), oldest first."""

@@ -247,7 +247,8 @@ def _add(a, b):
 def satellite_announce(satellite: KeyStore, *, link_sm: str = "sat-moscow",
                        link_su: str = "sat-urumqi", relay_link: str = "moscow-urumqi",
                        n_bits: int | None = None, first_share: float = 0.5,
-                       block_bits: int | None = None) -> RelayAnnouncement:
+                       block_bits: int | None = None, outbox: bool = False
+                       ) -> RelayAnnouncement:
     """Satellite side: consume ``n_bits`` of its own key on each link and announce their XOR.
 
     Parameters
@@ -266,6 +267,10 @@ def satellite_announce(satellite: KeyStore, *, link_sm: str = "sat-moscow",
         second's), see :func:`~mozi.host.keys.keystore.key_layout`.
     block_bits : int, optional
         Block size of the relayed key.
+    outbox : bool
+        Also keep the announcement in the satellite's relay outbox for both stations, in the
+        transaction that consumes the input key (for a satellite that sends it over the
+        network and must be able to resend it after a crash).
 
     Returns
     -------
@@ -294,22 +299,35 @@ def satellite_announce(satellite: KeyStore, *, link_sm: str = "sat-moscow",
                             f"{satellite.sendable_bits(link_su)} on {link_su!r}")
     layout = tuple(key_layout(n, (first, second), first_share=first_share,
                               block_bits=block_bits))
-    got = satellite.reserve_many({link_sm: n, link_su: n}, purpose="relay")
-    sm, su = got[link_sm], got[link_su]
-    k_sm = np.concatenate([b for _, b in sm])[:n]
-    k_su = np.concatenate([b for _, b in su])[:n]
-    records_sm = [satellite.get(k) for k, _ in sm]
-    records_su = [satellite.get(k) for k, _ in su]
-    insecure = any(r.meta.get("insecure_reproducible") for r in records_sm + records_su)
-    return RelayAnnouncement(
-        satellite=satellite.party, stations=(first, second), links=(link_sm, link_su),
-        relay_link=relay_link, n_bits=n,
-        input_ids=(tuple(k for k, _ in sm), tuple(k for k, _ in su)),
-        key_ids=tuple(new_key_ids(len(layout))), layout=layout,
-        announcement=relay_announcement(k_sm, k_su),
-        eps_sec=_add(_eps_sum(records_sm, "eps_sec"), _eps_sum(records_su, "eps_sec")),
-        eps_cor=_add(_eps_sum(records_sm, "eps_cor"), _eps_sum(records_su, "eps_cor")),
-        insecure_reproducible=insecure)
+    key_ids = tuple(new_key_ids(len(layout)))
+
+    def announce(got) -> RelayAnnouncement:
+        sm, su = got[link_sm], got[link_su]
+        k_sm = np.concatenate([b for _, b in sm])[:n]
+        k_su = np.concatenate([b for _, b in su])[:n]
+        records_sm = [satellite.get(k) for k, _ in sm]
+        records_su = [satellite.get(k) for k, _ in su]
+        insecure = any(r.meta.get("insecure_reproducible") for r in records_sm + records_su)
+        return RelayAnnouncement(
+            satellite=satellite.party, stations=(first, second), links=(link_sm, link_su),
+            relay_link=relay_link, n_bits=n,
+            input_ids=(tuple(k for k, _ in sm), tuple(k for k, _ in su)),
+            key_ids=key_ids, layout=layout,
+            announcement=relay_announcement(k_sm, k_su),
+            eps_sec=_add(_eps_sum(records_sm, "eps_sec"), _eps_sum(records_su, "eps_sec")),
+            eps_cor=_add(_eps_sum(records_sm, "eps_cor"), _eps_sum(records_su, "eps_cor")),
+            insecure_reproducible=insecure)
+
+    made = []
+
+    def keep(got):
+        made.append(announce(got))
+        msg = made[0].to_bytes()
+        return key_ids[0], [(first, link_sm, msg), (second, link_su, msg)]
+
+    got = satellite.reserve_many({link_sm: n, link_su: n}, purpose="relay",
+                                 outbox=keep if outbox else None)
+    return made[0] if outbox else announce(got)
 
 
 def send_announcement(channel: AuthenticatedChannel, ann: RelayAnnouncement) -> None:

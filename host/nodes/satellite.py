@@ -21,7 +21,7 @@ from mozi.host.crash import crashpoint
 from mozi.host.crypto.auth import AuthenticatedChannel
 from mozi.host.errors import ProtocolAbort
 from mozi.host.keys.keystore import KeyStore
-from mozi.host.keys.relay import RELAY_MESSAGE, satellite_announce
+from mozi.host.keys.relay import RELAY_MESSAGE, RelayAnnouncement, satellite_announce
 from mozi.host.nodes.station import RELAY_ACCEPTED
 from mozi.host.nodes.wire import (
     BridgeTransport,
@@ -124,19 +124,22 @@ class Satellite:
 
     async def relay(self, first: str, second: str, *, n_bits: int | None = None) -> dict:
         """Relay between ``first`` (whose key becomes the shared one) and ``second``."""
-        with KeyStore(self.store_path, party=self.party, create=False) as store:
-            pending = store.outbox()
-        finished = [await self._deliver(*entry) for entry in pending]
-        if {first, second} <= {st for _, st, _, _ in pending}:
-            return {"relay_id": pending[0][0], "resumed": True, "deliveries": finished}
         link1, link2 = self.link_to(first), self.link_to(second)
         relay_link = f"{first}-{second}"
         with KeyStore(self.store_path, party=self.party, create=False) as store:
+            pending = store.outbox()
+        finished = [await self._deliver(*entry) for entry in pending]
+        resumed = [e for e in pending if RelayAnnouncement.from_bytes(e[3]).relay_link
+                   == relay_link]
+        if resumed:                 # the relay a crash interrupted: now finished
+            ann = RelayAnnouncement.from_bytes(resumed[0][3])
+            return {"relay_id": ann.key_ids[0], "relay_link": relay_link,
+                    "n_bits": ann.n_bits, "key_ids": list(ann.key_ids), "resumed": True,
+                    "deliveries": finished}
+        with KeyStore(self.store_path, party=self.party, create=False) as store:
             ann = satellite_announce(store, link_sm=link1, link_su=link2,
-                                     relay_link=relay_link, n_bits=n_bits)
-            msg = ann.to_bytes()
-            relay_id = ann.key_ids[0]
-            store.outbox_put(relay_id, [(first, link1, msg), (second, link2, msg)])
+                                     relay_link=relay_link, n_bits=n_bits, outbox=True)
+        msg, relay_id = ann.to_bytes(), ann.key_ids[0]
         crashpoint("satellite-announced")
         deliveries = [await self._deliver(relay_id, st, link, msg)
                       for st, link in ((first, link1), (second, link2))]

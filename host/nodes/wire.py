@@ -23,7 +23,7 @@ import json
 import struct
 
 from mozi.host.crash import crashpoint
-from mozi.host.crypto.auth import ChannelEmpty
+from mozi.host.crypto.auth import ChannelEmpty, frame_kind
 from mozi.host.errors import ProtocolAbort
 from mozi.host.keys.keystore import check_name
 from mozi.sim.errors import MoziError
@@ -105,8 +105,9 @@ class BridgeTransport:
     silent for ``timeout`` seconds, or a connection that closes, is
     :class:`~mozi.host.crypto.auth.ChannelEmpty` (the session aborts, or — for a key that
     is staged already — waits for the next session to settle it). Every frame passes
-    :func:`~mozi.host.crash.crashpoint` ``("send")`` before it leaves and ``("recv")`` after
-    it arrives.
+    :func:`~mozi.host.crash.crashpoint` ``("send")`` and ``("send:KIND")`` before it leaves
+    and ``("recv")`` and ``("recv:KIND")`` after it arrives (``KIND`` as :func:`~mozi.host.
+    crypto.auth.frame_kind` reads it: ``recv:key-ids``, ``send:public``, …).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader,
@@ -120,6 +121,7 @@ class BridgeTransport:
 
     def send(self, frame: bytes) -> None:
         crashpoint("send")
+        crashpoint(f"send:{frame_kind(frame)}")
         fut = asyncio.run_coroutine_threadsafe(write_frame(self._writer, frame), self._loop)
         try:
             fut.result(self.timeout)
@@ -141,4 +143,5 @@ class BridgeTransport:
             raise ProtocolAbort(str(exc)) from None
         self.frames_received += 1
         crashpoint("recv")
+        crashpoint(f"recv:{frame_kind(frame)}")
         return frame

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from mozi.host.crypto.auth import frame_kind
 from mozi.host.keys.keystore import KeyStore, init_link
 from mozi.sim import link, passes
 from mozi.sim.tagfile import write_tags
@@ -197,7 +198,8 @@ class Proxy:
 
 def kind(frame: bytes) -> bytes:
     """The message kind of an authenticated frame (b"" for a public frame or the hello)."""
-    return frame[13:13 + frame[12]] if frame[:2] == b"MZ" and len(frame) > 13 else b""
+    k = frame_kind(frame)
+    return b"" if k == "public" else k.encode()
 
 
 def key_rows(store_path: Path, link_name: str) -> list[tuple]:
