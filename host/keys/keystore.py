@@ -74,6 +74,7 @@ from mozi.host.errors import KeyStoreError
 
 __all__ = [
     "DEFAULT_BLOCK_BITS",
+    "KeyNotIssued",
     "DEFAULT_STORE_ENV",
     "KeyRecord",
     "KeyStore",
@@ -187,9 +188,30 @@ CREATE TABLE IF NOT EXISTS relay_outbox (
     message     BLOB    NOT NULL,
     created     TEXT    NOT NULL,
     PRIMARY KEY (relay_id, station)
+);
+CREATE TABLE IF NOT EXISTS kms_blocks (
+    block_id    TEXT    PRIMARY KEY,
+    link        TEXT    NOT NULL,
+    sender      TEXT    NOT NULL,
+    n_bytes     INTEGER NOT NULL,
+    bits        BLOB    NOT NULL,
+    cursor      INTEGER NOT NULL,
+    moved       TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kms_keys (
+    key_id      TEXT    PRIMARY KEY,
+    block_id    TEXT    NOT NULL REFERENCES kms_blocks (block_id),
+    offset      INTEGER NOT NULL,
+    size        INTEGER NOT NULL,
+    master      TEXT    NOT NULL,
+    slave       TEXT    NOT NULL,
+    side        TEXT    NOT NULL CHECK (side IN ('enc', 'dec')),
+    at          TEXT    NOT NULL
 )
 """
 _SESSION_STATES = ("started", "staged", "committed", "aborted")
+# Key IDs address bytes of a block with 16 bits (:mod:`mozi.host.kms.keyid`).
+_KMS_MAX_BLOCK_BYTES = 0xFFFF
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -321,6 +343,15 @@ def _json_default(value):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+class KeyNotIssued(KeyStoreError):
+    """A key ID that the peer KME did not issue for this pair of SAEs (``status``: the HTTP
+    status a KME answers with)."""
+
+    def __init__(self, message: str, *, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -539,7 +570,7 @@ class KeyStore:
                 raise KeyStoreError("an empty store needs the name of its party")
             self._init_schema(party)
         if self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                            "AND name = 'relay_outbox'").fetchone() is None:
+                            "AND name = 'kms_keys'").fetchone() is None:
             with self._write():
                 for statement in _SESSION_SCHEMA.split(";"):
                     if statement.strip():
@@ -1244,6 +1275,142 @@ class KeyStore:
                     [(sid, pos, *r[:9], r[10]) for pos, r in enumerate(new.rows)])
             self._set_session(sid, "staged")
         return [] if new is None else new.ids
+
+    # -- key delivery (ETSI GS QKD 014) -----------------------------------------------------
+    #
+    # A KME hands out keys carved from whole blocks of a link: a block is moved from ``keys``
+    # (consumed there, purpose "etsi-014") into ``kms_blocks`` when first needed; its first
+    # ``reserve`` bytes stay secret to the two KMEs (they authenticate key IDs, see
+    # :mod:`mozi.host.kms.keyid`), the rest is handed out in byte ranges that are zeroed as
+    # they go. ``kms_keys`` records every key handed out here, so none goes out twice.
+
+    def kms_capacity(self, link: str, *, size: int, reserve: int) -> tuple[int, int]:
+        """(keys of ``size`` bytes this party could hand out on ``link``, largest key size in
+        bytes) from the blocks it may send with."""
+        per_key, largest = 0, 0
+        rows = self._read("SELECT n_bytes - cursor FROM kms_blocks WHERE link = ? AND "
+                          "sender = ?", (link, self.party))
+        rows += self._read("SELECT n_bits / 8 - ? FROM keys WHERE link = ? AND sender = ? "
+                           "AND state = 'available'", (reserve, link, self.party))
+        for (free,) in rows:
+            free = min(int(free), _KMS_MAX_BLOCK_BYTES - reserve)
+            per_key += max(free, 0) // size
+            largest = max(largest, free)
+        return per_key, largest
+
+    def _kms_move(self, key_id: str, reserve: int) -> tuple[str, bytes, int, int]:
+        """Inside a transaction: move a block from ``keys`` to ``kms_blocks``."""
+        ((kid, link, bits),) = self._take([key_id], sender=None, purpose="etsi-014")
+        sender = self._db.execute("SELECT sender FROM keys WHERE key_id = ?",
+                                  (kid,)).fetchone()[0]
+        n = min(bits.size // 8, _KMS_MAX_BLOCK_BYTES)
+        blob = np.packbits(bits[:8 * n]).tobytes()
+        self._db.execute("INSERT INTO kms_blocks (block_id, link, sender, n_bytes, bits, "
+                         "cursor, moved) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (kid, link, sender, n, blob, reserve, _now()))
+        return kid, blob, reserve, n
+
+    def kms_issue(self, link: str, *, size: int, number: int, reserve: int, master: str,
+                  slave: str, make_id: Callable[[str, bytes, int, int], str]
+                  ) -> builtins.list[tuple[str, bytes]]:
+        """``number`` keys of ``size`` bytes for ``master`` to use with ``slave``, from the
+        blocks this party may send with on ``link``; all or nothing, in one transaction.
+
+        ``make_id(block_id, reserved_bytes, offset, size)`` names each key.
+
+        Raises
+        ------
+        KeyStoreError
+            Not enough key of this party's on the link.
+        """
+        out = []
+        with self._write(erases=True):
+            for _ in range(int(number)):
+                row = self._db.execute(
+                    "SELECT block_id, bits, cursor, n_bytes FROM kms_blocks WHERE link = ? AND "
+                    "sender = ? AND n_bytes - cursor >= ? ORDER BY moved, block_id LIMIT 1",
+                    (link, self.party, size)).fetchone()
+                if row is None:
+                    fits = [kid for kid, n_bits in self._db.execute(
+                        "SELECT key_id, n_bits FROM keys WHERE link = ? AND sender = ? AND "
+                        "state = 'available' ORDER BY seq", (link, self.party))
+                        if min(n_bits // 8, _KMS_MAX_BLOCK_BYTES) - reserve >= size]
+                    if not fits:
+                        raise KeyStoreError(f"not enough key on link {link!r}: {number} keys "
+                                            f"of {8 * size} bits asked, fewer stored")
+                    row = self._kms_move(fits[0], reserve)
+                block_id, blob, cursor, _ = row
+                blob = bytearray(blob)
+                key = bytes(blob[cursor:cursor + size])
+                blob[cursor:cursor + size] = bytes(size)
+                key_id = make_id(block_id, bytes(blob[:reserve]), cursor, size)
+                self._db.execute("UPDATE kms_blocks SET bits = ?, cursor = ? WHERE block_id = ?",
+                                 (bytes(blob), cursor + size, block_id))
+                self._db.execute("INSERT INTO kms_keys (key_id, block_id, offset, size, master, "
+                                 "slave, side, at) VALUES (?, ?, ?, ?, ?, ?, 'enc', ?)",
+                                 (key_id, block_id, cursor, size, master, slave, _now()))
+                out.append((key_id, key))
+        return out
+
+    def kms_fetch(self, link: str, requests: Sequence[tuple[str, str, int, int]], *,
+                  peer: str, reserve: int, master: str, slave: str,
+                  check_id: Callable[[str, str, bytes], bool]
+                  ) -> builtins.list[tuple[str, bytes]]:
+        """The keys ``master`` got from the peer KME (``peer``'s blocks on ``link``) for
+        ``slave``, each once; all or nothing, in one transaction.
+
+        ``requests``: (key_id, block ID prefix, offset, size) per key;
+        ``check_id(key_id, block_id, reserved_bytes)`` says whether the peer KME issued
+        ``key_id`` from that block for this master and slave.
+
+        Raises
+        ------
+        KeyNotIssued
+            No block of the peer's matches, or the key ID was not issued for this pair.
+        KeyStoreError
+            The key was handed out here already.
+        """
+        out = []
+        with self._write(erases=True):
+            for key_id, prefix, offset, size in requests:
+                if self._db.execute("SELECT 1 FROM kms_keys WHERE key_id = ?",
+                                    (key_id,)).fetchone():
+                    raise KeyStoreError(f"key {key_id} was handed out already")
+                found = [r for r in self._db.execute(
+                    "SELECT block_id, bits, n_bytes FROM kms_blocks WHERE link = ? AND "
+                    "sender = ? AND substr(block_id, 1, 13) = ?", (link, peer, prefix))]
+                for (kid,) in self._db.execute(
+                        "SELECT key_id FROM keys WHERE link = ? AND sender = ? AND state = "
+                        "'available' AND substr(key_id, 1, 13) = ?", (link, peer, prefix)
+                        ).fetchall():
+                    kid, blob, _, n = self._kms_move(kid, reserve)
+                    found.append((kid, blob, n))
+                if not found:
+                    raise KeyNotIssued(f"unknown key_ID {key_id}", status=400)
+                match = [r for r in found if check_id(key_id, r[0], bytes(r[1][:reserve]))]
+                if not match:
+                    raise KeyNotIssued(f"key_ID {key_id} was not issued for master "
+                                       f"{master!r} and slave {slave!r}", status=401)
+                block_id, blob, n = match[0]
+                blob = bytearray(blob)
+                if offset < reserve or offset + size > n or self._db.execute(
+                        "SELECT 1 FROM kms_keys WHERE block_id = ? AND offset < ? AND "
+                        "offset + size > ?", (block_id, offset + size, offset)).fetchone():
+                    raise KeyStoreError(f"key {key_id} overlaps key handed out already")
+                key = bytes(blob[offset:offset + size])
+                blob[offset:offset + size] = bytes(size)
+                self._db.execute("UPDATE kms_blocks SET bits = ? WHERE block_id = ?",
+                                 (bytes(blob), block_id))
+                self._db.execute("INSERT INTO kms_keys (key_id, block_id, offset, size, master, "
+                                 "slave, side, at) VALUES (?, ?, ?, ?, ?, ?, 'dec', ?)",
+                                 (key_id, block_id, offset, size, master, slave, _now()))
+                out.append((key_id, key))
+        return out
+
+    def kms_handed_out(self) -> builtins.list[tuple[str, str, str, str, int]]:
+        """Every key this KME handed out: (key_id, side, master, slave, size in bytes)."""
+        return self._read("SELECT key_id, side, master, slave, size FROM kms_keys "
+                          "ORDER BY at, key_id")
 
     # -- the relay's outbox ----------------------------------------------------------------
 

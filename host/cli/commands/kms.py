@@ -4,17 +4,24 @@
 certificates of mutual TLS in a new folder: a CA, a server certificate per KME and a client
 certificate per SAE (:mod:`mozi.host.kms.certs`). Without ``--kme``/``--sae`` it makes the
 demo's: KMEs ``moscow`` and ``urumqi``, SAEs ``sae-moscow`` and ``sae-urumqi``.
+
+``mozi kms serve --store S.db --certs DIR [--kme KME_ID] [--host H] [--port P]`` runs one KME
+(:mod:`mozi.host.kms.server`) on the station's key store until SIGTERM / Ctrl-C. Its first
+line on stdout is ``{"event": "listening", "port": …}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from mozi.host.kms.certs import DEFAULT_DAYS, DEFAULT_KMES, DEFAULT_SAES, init_pki
 
-HELP = "make the certificates of ETSI GS QKD 014 key delivery (init)"
+HELP = "ETSI GS QKD 014 key delivery: make the certificates (init), run a KME (serve)"
 
 
 def _sae(text: str) -> tuple[str, str]:
@@ -22,6 +29,12 @@ def _sae(text: str) -> tuple[str, str]:
     if not sep or not sae or not kme:
         raise argparse.ArgumentTypeError(f"expected SAE_ID@KME_ID, not {text!r}")
     return sae, kme
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0 … 65535, not {text!r}")
+    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +56,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--days", type=int, default=DEFAULT_DAYS,
                       help=f"validity (default {DEFAULT_DAYS})")
     init.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    serve = sub.add_parser("serve", help="run one KME over HTTPS with mutual TLS",
+                           description="Serve ETSI GS QKD 014 (status, enc_keys, dec_keys) "
+                                       "from a station's key store to the SAEs the "
+                                       "certificate folder names for this KME.")
+    serve.add_argument("--store", type=Path, required=True, metavar="PATH",
+                       help="the station's key store (must exist)")
+    serve.add_argument("--certs", type=Path, required=True, metavar="DIR",
+                       help="folder made by 'mozi kms init'")
+    serve.add_argument("--kme", default=None, metavar="KME_ID",
+                       help="this KME's ID in DIR (default: the store's party)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                       "(default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=0, help="port (default: any free one)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "serve":
+        return _serve(args)
     kmes = args.kme if args.kme is not None else DEFAULT_KMES
     saes = args.sae if args.sae is not None else (DEFAULT_SAES if args.kme is None else ())
     pki = init_pki(args.dir, kmes=kmes, saes=saes, hosts=args.host, days=args.days)
@@ -57,4 +85,25 @@ def run(args: argparse.Namespace) -> int:
               f"{sum(map(len, pki.kmes.values()))} SAE certificates", file=sys.stderr)
         for kme, saes_of in pki.kmes.items():
             print(f"   KME {kme}: serves {', '.join(saes_of) or 'no SAE'}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mozi.host.kms.certs import load_pki
+    from mozi.host.kms.server import Kme
+
+    kme = Kme(args.store, load_pki(args.certs), args.kme)
+    server = kme.server(args.host, args.port)
+    print(json.dumps({"event": "listening", "kme": kme.kme_id, "host": args.host,
+                      "port": server.port}), flush=True)
+
+    def stop(*_):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0

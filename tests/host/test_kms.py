@@ -1,0 +1,199 @@
+"""ETSI GS QKD 014 key delivery: two real KMEs over HTTPS with mutual TLS on loopback, the
+stations' real key stores, and an SAE client written from the standard's text (httpx)."""
+
+import base64
+import concurrent.futures
+import ssl
+import subprocess
+import sys
+
+import httpx
+import pytest
+from mozi.host.keys.keystore import KeyStore
+from mozi.host.kms.keyid import make_key_id
+
+from tests.host.keys import random_bits, share_key
+from tests.host.kmes import KmeProcess, Sae, keys_of
+
+LINK = "moscow-urumqi"
+KEY_BITS = 16 * 8192
+STATUS_FIELDS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID",
+                 "key_size", "stored_key_count", "max_key_count", "max_key_per_request",
+                 "max_key_size", "min_key_size", "max_SAE_ID_count"}
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory):
+    """Certificates, the two stations' stores sharing 128 kbit on ``moscow-urumqi`` (half
+    for each to send with) and their KMEs; SAE ``sae-eve`` is a third application that the
+    Urumqi KME serves too."""
+    root = tmp_path_factory.mktemp("kms")
+    certs = root / "certs"
+    subprocess.run([sys.executable, "-m", "mozi.host.cli", "kms", "init", str(certs),
+                    "--kme", "moscow", "--kme", "urumqi", "--sae", "sae-moscow@moscow",
+                    "--sae", "sae-urumqi@urumqi", "--sae", "sae-eve@urumqi"], check=True,
+                   capture_output=True)
+    with KeyStore(root / "moscow.db", party="moscow") as a, \
+            KeyStore(root / "urumqi.db", party="urumqi") as b:
+        share_key(a, b, LINK, random_bits(KEY_BITS, 14))
+    with KmeProcess(root / "moscow.db", certs) as m, KmeProcess(root / "urumqi.db", certs) as u:
+        saes = {name: Sae(kme.url, certs, name) for name, kme in
+                (("sae-moscow", m), ("sae-urumqi", u), ("sae-eve", u))}
+        yield {"certs": certs, "moscow": m, "urumqi": u, "root": root, **saes}
+        for s in saes.values():
+            s.close()
+
+
+def test_status_has_every_field_of_the_standard(kms):
+    r = kms["sae-moscow"].status("sae-urumqi")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    doc = r.json()
+    assert set(doc) == STATUS_FIELDS
+    assert (doc["source_KME_ID"], doc["target_KME_ID"]) == ("moscow", "urumqi")
+    assert (doc["master_SAE_ID"], doc["slave_SAE_ID"]) == ("sae-moscow", "sae-urumqi")
+    assert doc["key_size"] == 256 and doc["max_SAE_ID_count"] == 0
+    # Moscow may send with half the shared key, in 8192-bit blocks less 256 reserved bits
+    assert doc["max_key_size"] == 8192 - 256
+    assert doc["stored_key_count"] == 8 * ((8192 - 256) // 256)
+
+
+@pytest.mark.parametrize("get", [False, True], ids=["POST", "GET"])
+def test_a_key_from_enc_keys_is_fetched_once_by_dec_keys_at_the_peer(kms, get):
+    sent = keys_of(kms["sae-moscow"].enc_keys("sae-urumqi", get=get, number=3, size=512))
+    assert len(sent) == 3 and all(len(base64.b64decode(k)) == 64 for k in sent.values())
+    got = keys_of(kms["sae-urumqi"].dec_keys("sae-moscow", list(sent), get=get))
+    assert got == sent
+    # never handed out again, at either end
+    again = kms["sae-urumqi"].dec_keys("sae-moscow", list(sent)[:1])
+    assert again.status_code == 400 and "handed out already" in again.json()["message"]
+    more = keys_of(kms["sae-moscow"].enc_keys("sae-urumqi", number=3, size=512))
+    assert not set(more) & set(sent) and not set(more.values()) & set(sent.values())
+
+
+def test_keys_in_the_two_directions_come_from_different_blocks(kms):
+    a = keys_of(kms["sae-moscow"].enc_keys("sae-urumqi", number=4))
+    b = keys_of(kms["sae-urumqi"].enc_keys("sae-moscow", number=4))
+    assert keys_of(kms["sae-moscow"].dec_keys("sae-urumqi", list(b))) == b
+    assert keys_of(kms["sae-urumqi"].dec_keys("sae-moscow", list(a))) == a
+    assert not {k[:13] for k in a} & {k[:13] for k in b}        # block prefixes differ
+    with KeyStore(kms["root"] / "moscow.db", create=False) as m:
+        sides = {kid: side for kid, side, *_ in m.kms_handed_out()}
+    assert all(sides[k] == "enc" for k in a) and all(sides[k] == "dec" for k in b)
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ({"size": 12}, "multiple of 8"),
+    ({"size": 8192}, "not enough key"),                 # larger than any block holds
+    ({"size": 0}, "multiple of 8"),
+    ({"number": 0}, "number must lie"),
+    ({"number": 129}, "number must lie"),
+    ({"number": 128, "size": 7936}, "not enough key"),   # more than is stored
+    ({"number": "two"}, "integer"),
+    ({"additional_slave_SAE_IDs": ["sae-eve"]}, "not supported"),
+    ({"extension_mandatory": [{"abc_route_type": "direct"}]}, "extension_mandatory"),
+    ({"colour": "red"}, "unknown request fields"),
+])
+def test_bad_enc_keys_requests_are_400(kms, params, needle):
+    before = kms["sae-moscow"].status("sae-urumqi").json()["stored_key_count"]
+    r = kms["sae-moscow"].enc_keys("sae-urumqi", **params)
+    assert r.status_code == 400, r.text
+    doc = r.json()
+    assert needle in doc["message"] and isinstance(doc["details"], list)
+    assert kms["sae-moscow"].status("sae-urumqi").json()["stored_key_count"] == before
+
+
+def test_extension_optional_is_ignored(kms):
+    r = kms["sae-moscow"].enc_keys("sae-urumqi", number=1, extension_optional=[{"x": 1}])
+    assert len(keys_of(r)) == 1
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"key_IDs": []}', "non-empty list"),
+    (b'{"key_IDs": [{"key_ID": "not-a-uuid"}]}', "not a UUID"),
+    (b'{"key_IDs": [{"key_ID": "6f1c3e0a-0000-4000-8000-000000000000"}]}', "not issued by"),
+    (b'{"key_IDs": [{"key_ID": "6f1c3e0a-0000-8000-8000-000000000000"}]}', "empty key"),
+    (b'{"key_IDs": [{"key_ID": "%s"}]}' % make_key_id(
+        "6f1c3e0a-1234-4000-8000-000000000000", bytes(32), 32, 32, master="sae-moscow",
+        slave="sae-urumqi").encode(), "unknown key_ID"),
+    (b'{"key_IDs": [{"key_ID": 7}]}', "must be a string"),
+    (b'{"keys": []}', "unknown request fields"),
+])
+def test_malformed_dec_keys_requests_are_400(kms, body, needle):
+    r = kms["sae-urumqi"].http.post("/sae-moscow/dec_keys", content=body,
+                                    headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["message"]
+
+
+def test_an_sae_gets_only_keys_it_was_named_for(kms):
+    sent = keys_of(kms["sae-moscow"].enc_keys("sae-urumqi", number=2))
+    ids = list(sent)
+    # another application at the same station, with a valid certificate of its own
+    r = kms["sae-eve"].dec_keys("sae-moscow", ids)
+    assert r.status_code == 401 and "not issued for" in r.json()["message"]
+    # claiming the key was made for it by another master does not help either
+    r = kms["sae-urumqi"].dec_keys("sae-eve", ids)
+    assert r.status_code == 400                 # sae-eve is served by this very KME
+    # a forged key ID: the right block, another offset
+    forged = ids[0][:-1] + ("0" if ids[0][-1] != "0" else "1")
+    r = kms["sae-urumqi"].dec_keys("sae-moscow", [forged])
+    assert r.status_code == 401
+    # the rightful slave still gets both, once
+    assert keys_of(kms["sae-urumqi"].dec_keys("sae-moscow", ids)) == sent
+
+
+def test_an_sae_is_served_only_by_its_own_kme(kms):
+    with Sae(kms["moscow"].url, kms["certs"], "sae-urumqi") as stray:
+        for r in (stray.status("sae-moscow"), stray.enc_keys("sae-moscow"),
+                  stray.dec_keys("sae-moscow", ["6f1c3e0a-0000-8000-8000-000000000000"])):
+            assert r.status_code == 401 and "not served by KME 'moscow'" in r.json()["message"]
+
+
+def test_unknown_resources_and_saes(kms):
+    sae = kms["sae-moscow"]
+    assert sae.status("sae-nobody").status_code == 400
+    assert sae.http.get("/sae-urumqi/keys").status_code == 404
+    assert sae.http.get("/../../etc/passwd").status_code == 404
+    assert sae.http.post("/sae-urumqi/status").status_code == 405
+
+
+def test_tls_needs_a_client_certificate_of_the_ca_and_tls_1_2(kms, tmp_path):
+    url = kms["moscow"].url
+    with Sae(url, kms["certs"], None) as anonymous, pytest.raises(httpx.HTTPError):
+        anonymous.status("sae-urumqi")
+    with Sae(url, kms["certs"], "sae-moscow", tls_max=ssl.TLSVersion.TLSv1_1) as old, \
+            pytest.raises(httpx.HTTPError):
+        old.status("sae-urumqi")
+    # a certificate from another CA, with the right name
+    other = tmp_path / "other"
+    subprocess.run([sys.executable, "-m", "mozi.host.cli", "kms", "init", str(other)],
+                   check=True, capture_output=True)
+    ctx = ssl.create_default_context(cafile=str(kms["certs"] / "ca.crt"))
+    ctx.load_cert_chain(other / "sae" / "sae-moscow.crt", other / "sae" / "sae-moscow.key")
+    with httpx.Client(verify=ctx) as c, pytest.raises(httpx.HTTPError):
+        c.get(f"{url}/api/v1/keys/sae-urumqi/status")
+
+
+def test_ten_concurrent_saes_never_get_a_key_twice(kms):
+    """10 clients × 10 requests of 2 keys at Moscow, then all fetched at Urumqi by 10
+    clients: 200 distinct keys, each fetched once and equal at both ends."""
+    url_m, url_u, certs = kms["moscow"].url, kms["urumqi"].url, kms["certs"]
+
+    def run_master(_):
+        with Sae(url_m, certs, "sae-moscow") as sae:
+            return [keys_of(sae.enc_keys("sae-urumqi", number=2, size=128)) for _ in range(10)]
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        batches = [b for r in pool.map(run_master, range(10)) for b in r]
+    sent = {k: v for b in batches for k, v in b.items()}
+    assert len(sent) == 200 and len(set(sent.values())) == 200
+
+    def run_slave(batch):
+        with Sae(url_u, certs, "sae-urumqi") as sae:
+            return keys_of(sae.dec_keys("sae-moscow", list(batch)))
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        got = {k: v for r in pool.map(run_slave, batches) for k, v in r.items()}
+    assert got == sent
