@@ -69,7 +69,9 @@ __all__ = [
     "CryptResult",
     "FileAccessError",
     "decrypt_file",
+    "decrypt_file_kms",
     "encrypt_file",
+    "encrypt_file_kms",
     "otp_key_bits",
     "read_header",
 ]
@@ -274,7 +276,14 @@ def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> 
         blocks = store.reserve(link, need, purpose=purpose)
     ids = [k for k, _ in blocks]
     bits = np.concatenate([b for _, b in blocks])
-    header = _header(mode, link, store.party, ids, len(plain))
+    return _write_sealed(out_path, plain, bits, mode=mode, link=link, sender=store.party,
+                         key_ids=ids, need=need)
+
+
+def _write_sealed(out_path: Path, plain: bytes, bits: np.ndarray, *, mode: str, link: str,
+                  sender: str, key_ids, need: int) -> CryptResult:
+    """Encrypt and authenticate ``plain`` under ``bits`` and write the ciphertext."""
+    header = _header(mode, link, sender, key_ids, len(plain))
     if mode == "otp":
         hasher = PolyHash(bits_to_int(bits[:HASH_KEY_BITS]))
         tag_pad = bits_to_int(bits[HASH_KEY_BITS:_MAC_KEY_BITS])
@@ -287,10 +296,34 @@ def encrypt_file(in_path, out_path, store, *, link: str, mode: str = "auto") -> 
         body = nonce + AESGCM(key).encrypt(nonce, plain, header)
     data = header + body
     _commit(_write_temp(out_path, data, 0o666), out_path)
-    return CryptResult(mode=mode, link=link, sender=store.party, key_ids=tuple(ids),
+    return CryptResult(mode=mode, link=link, sender=sender, key_ids=tuple(key_ids),
                        plaintext_bytes=len(plain),
                        ciphertext_bytes=len(data), key_bits_used=need,
                        key_bits_consumed=int(bits.size))
+
+
+def _unseal(in_path: Path, parsed: _Parsed, bits: np.ndarray) -> tuple[bytes, int]:
+    """Authenticate and decrypt: (plaintext, key bits used)."""
+    need = otp_key_bits(parsed.length) if parsed.mode == "otp" else _AES_KEY_BITS
+    if bits.size < need:
+        raise KeyStoreError(f"the keys hold {bits.size} bits, the file needs {need}")
+    if parsed.mode == "otp":
+        cipher, tag = parsed.body[:parsed.length], parsed.body[parsed.length:]
+        hasher = PolyHash(bits_to_int(bits[:HASH_KEY_BITS]))
+        tag_pad = bits_to_int(bits[HASH_KEY_BITS:_MAC_KEY_BITS])
+        expect = one_time_tag(hasher, parsed.header + cipher, tag_pad, 8 * _TAG_BYTES)
+        if not secrets.compare_digest(expect, tag):
+            raise AuthenticationError(f"{in_path.name}: authentication failed (tampered "
+                                      "ciphertext or wrong key); nothing written")
+        pad = np.packbits(bits[_MAC_KEY_BITS:need]).tobytes()
+        return (np.frombuffer(cipher, np.uint8) ^ np.frombuffer(pad, np.uint8)).tobytes(), need
+    key = np.packbits(bits[:_AES_KEY_BITS]).tobytes()
+    nonce, sealed = parsed.body[:_NONCE_BYTES], parsed.body[_NONCE_BYTES:]
+    try:
+        return AESGCM(key).decrypt(nonce, sealed, parsed.header), need
+    except InvalidTag:
+        raise AuthenticationError(f"{in_path.name}: authentication failed (tampered "
+                                  "ciphertext or wrong key); nothing written") from None
 
 
 def decrypt_file(in_path, out_path, store) -> CryptResult:
@@ -337,27 +370,7 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
             raise KeyStoreError(f"key {r.key_id} is for messages from {r.sender!r}, the file "
                                 f"names {parsed.sender!r} as its sender")
     bits = np.concatenate([r.bits for r in records])
-    need = otp_key_bits(parsed.length) if parsed.mode == "otp" else _AES_KEY_BITS
-    if bits.size < need:
-        raise KeyStoreError(f"key blocks hold {bits.size} bits, the file needs {need}")
-    if parsed.mode == "otp":
-        cipher, tag = parsed.body[:parsed.length], parsed.body[parsed.length:]
-        hasher = PolyHash(bits_to_int(bits[:HASH_KEY_BITS]))
-        tag_pad = bits_to_int(bits[HASH_KEY_BITS:_MAC_KEY_BITS])
-        expect = one_time_tag(hasher, parsed.header + cipher, tag_pad, 8 * _TAG_BYTES)
-        if not secrets.compare_digest(expect, tag):
-            raise AuthenticationError(f"{in_path.name}: authentication failed (tampered "
-                                      "ciphertext or wrong key); nothing written")
-        pad = np.packbits(bits[_MAC_KEY_BITS:need]).tobytes()
-        plain = (np.frombuffer(cipher, np.uint8) ^ np.frombuffer(pad, np.uint8)).tobytes()
-    else:
-        key = np.packbits(bits[:_AES_KEY_BITS]).tobytes()
-        nonce, sealed = parsed.body[:_NONCE_BYTES], parsed.body[_NONCE_BYTES:]
-        try:
-            plain = AESGCM(key).decrypt(nonce, sealed, parsed.header)
-        except InvalidTag:
-            raise AuthenticationError(f"{in_path.name}: authentication failed (tampered "
-                                      "ciphertext or wrong key); nothing written") from None
+    plain, need = _unseal(in_path, parsed, bits)
     tmp = _write_temp(out_path, plain, 0o600)
     try:
         store.consume_many(list(parsed.key_ids), sender=parsed.sender,
@@ -371,3 +384,73 @@ def decrypt_file(in_path, out_path, store) -> CryptResult:
                        plaintext_bytes=len(plain), ciphertext_bytes=len(parsed.header)
                        + len(parsed.body), key_bits_used=need,
                        key_bits_consumed=int(bits.size))
+
+
+# -- keys from a KME (ETSI GS QKD 014) ------------------------------------------------------
+#
+# The header's link is then the slave SAE (the file's recipient) and its sender the master
+# SAE; the key IDs are the KME's key_IDs.
+
+def _key_bits(keys) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(b"".join(k for _, k in keys), np.uint8))
+
+
+def encrypt_file_kms(in_path, out_path, kme, *, slave: str, mode: str = "auto"
+                     ) -> CryptResult:
+    """Encrypt a file with keys from the master SAE's KME (``kme``, a
+    :class:`~mozi.host.kms.client.KmeClient`) for ``slave``.
+
+    ``otp`` takes ``⌈(8·size + 256) / key_size⌉`` keys of the KME's default size; ``aes-gcm``
+    one 256-bit key; ``auto`` the one-time pad when the KME's ``stored_key_count`` covers it.
+    The keys handed out are used only for this file (a failure after ``enc_keys`` wastes them,
+    never reuses them).
+    """
+    if mode not in ("auto", *MODES):
+        raise ValueError(f"mode must be 'auto', 'otp' or 'aes-gcm', not {mode!r}")
+    in_path, out_path = Path(in_path), Path(out_path)
+    plain = _read(in_path)
+    status = kme.status(slave)
+    size, per_request = int(status["key_size"]), int(status["max_key_per_request"])
+    need = otp_key_bits(len(plain))
+    count = -(-need // size)
+    if mode == "auto":
+        mode = "otp" if count <= int(status["stored_key_count"]) else "aes-gcm"
+    if mode == "otp":
+        if count > int(status["stored_key_count"]) or count > 0xFFFF:
+            raise KeyStoreError(f"one-time pad needs {count} keys of {size} bits for "
+                                f"{in_path.name} ({len(plain)} bytes) but KME "
+                                f"{status['source_KME_ID']!r} stores "
+                                f"{status['stored_key_count']}; use --mode aes-gcm")
+        keys = []
+        while len(keys) < count:
+            keys += kme.enc_keys(slave, number=min(per_request, count - len(keys)), size=size)
+    else:
+        need = _AES_KEY_BITS
+        keys = kme.enc_keys(slave, number=1, size=_AES_KEY_BITS)
+    return _write_sealed(out_path, plain, _key_bits(keys), mode=mode, link=slave,
+                         sender=kme.sae_id, key_ids=[k for k, _ in keys], need=need)
+
+
+def decrypt_file_kms(in_path, out_path, kme) -> CryptResult:
+    """Fetch a file's keys from the slave SAE's KME (``dec_keys``, for the master SAE the
+    header names), authenticate, decrypt, and only then write the plaintext.
+
+    The KME hands a key out once: a tampered file still uses its keys up.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    parsed = read_header(_read(in_path))
+    if parsed.link != kme.sae_id:
+        raise KeyStoreError(f"{in_path.name} is for SAE {parsed.link!r}, not {kme.sae_id!r}")
+    keys = []
+    ids = list(parsed.key_ids)
+    for i in range(0, len(ids), 128):
+        keys += kme.dec_keys(parsed.sender, ids[i:i + 128])
+    if [k for k, _ in keys] != ids:
+        raise KeyStoreError("the KME returned other keys than the file names")
+    bits = _key_bits(keys)
+    plain, need = _unseal(in_path, parsed, bits)
+    _commit(_write_temp(out_path, plain, 0o600), out_path)
+    return CryptResult(mode=parsed.mode, link=parsed.link, sender=parsed.sender,
+                       key_ids=parsed.key_ids, plaintext_bytes=len(plain),
+                       ciphertext_bytes=len(parsed.header) + len(parsed.body),
+                       key_bits_used=need, key_bits_consumed=int(bits.size))

@@ -3,6 +3,7 @@ stations' real key stores, and an SAE client written from the standard's text (h
 
 import base64
 import concurrent.futures
+import json
 import ssl
 import subprocess
 import sys
@@ -197,3 +198,54 @@ def test_ten_concurrent_saes_never_get_a_key_twice(kms):
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         got = {k: v for r in pool.map(run_slave, batches) for k, v in r.items()}
     assert got == sent
+
+
+def _mozi(*args):
+    return subprocess.run([sys.executable, "-m", "mozi.host.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("mode", ["otp", "aes-gcm"])
+def test_a_file_moves_through_the_two_kmes(kms, tmp_path, mode):
+    """``mozi encrypt --kms`` at Moscow, ``mozi decrypt --kms`` at Urumqi; a second decrypt
+    and a tampered copy fail with one line and leave no output."""
+    plain = tmp_path / "image.png"
+    plain.write_bytes(bytes(range(256)) * 12)
+    enc, out = tmp_path / "image.mzc", tmp_path / "back.png"
+    certs = kms["certs"]
+    r = _mozi("encrypt", plain, enc, "--kms", kms["moscow"].url, "--certs", certs, "--sae",
+              "sae-moscow", "--slave", "sae-urumqi", "--mode", mode, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["mode"] == mode and doc["sender"] == "sae-moscow"
+    assert len(doc["key_ids"]) == (1 if mode == "aes-gcm" else -(-(8 * 3072 + 256) // 256))
+    bad = tmp_path / "bad.mzc"
+    data = bytearray(enc.read_bytes())
+    data[-20] ^= 1
+    bad.write_bytes(bytes(data))
+    dec = ("--kms", kms["urumqi"].url, "--certs", certs, "--sae", "sae-urumqi")
+    r = _mozi("decrypt", enc, out, *dec)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == plain.read_bytes()
+    out.unlink()
+    for again in (enc, bad):          # the keys were handed out once: both refused
+        r = _mozi("decrypt", again, out, *dec)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+        assert "handed out already" in r.stderr and not out.exists()
+    # the file is for sae-urumqi only
+    r = _mozi("decrypt", enc, out, "--kms", kms["urumqi"].url, "--certs", certs, "--sae",
+              "sae-eve")
+    assert r.returncode == 1 and "is for SAE 'sae-urumqi'" in r.stderr
+
+
+def test_kms_options_are_checked(kms, tmp_path):
+    plain = tmp_path / "x"
+    plain.write_bytes(b"x")
+    r = _mozi("encrypt", plain, tmp_path / "y", "--kms", kms["moscow"].url, "--certs",
+              kms["certs"], "--sae", "sae-moscow")
+    assert r.returncode == 1 and "--slave" in r.stderr
+    r = _mozi("encrypt", plain, tmp_path / "y", "--kms", "http://127.0.0.1:1", "--certs",
+              kms["certs"], "--sae", "sae-moscow", "--slave", "sae-urumqi")
+    assert r.returncode == 1 and "https://" in r.stderr
+    r = _mozi("decrypt", plain, tmp_path / "y")
+    assert r.returncode == 1 and "--store" in r.stderr

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from mozi.host.kms.certs import DEFAULT_DAYS, DEFAULT_KMES, DEFAULT_SAES, init_pki
+from mozi.sim.errors import MoziError
 
 HELP = "ETSI GS QKD 014 key delivery: make the certificates (init), run a KME (serve)"
 
@@ -29,6 +30,32 @@ def _sae(text: str) -> tuple[str, str]:
     if not sep or not sae or not kme:
         raise argparse.ArgumentTypeError(f"expected SAE_ID@KME_ID, not {text!r}")
     return sae, kme
+
+
+class UsageError(MoziError):
+    """Options that do not go together."""
+
+
+def add_kms_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--kms URL --certs DIR --sae SAE_ID``: take keys from a KME (encrypt, decrypt)."""
+    parser.add_argument("--kms", metavar="URL", help="the KME to take keys from "
+                        "(https://HOST:PORT)")
+    parser.add_argument("--certs", type=Path, metavar="DIR",
+                        help="with --kms: folder made by 'mozi kms init'")
+    parser.add_argument("--sae", metavar="SAE_ID", help="with --kms: this application's SAE "
+                        "ID (its client certificate in DIR)")
+
+
+def kme_client(args: argparse.Namespace):
+    """The :class:`~mozi.host.kms.client.KmeClient` that ``--kms/--certs/--sae`` name."""
+    from mozi.host.kms.certs import load_pki
+    from mozi.host.kms.client import KmeClient
+
+    if not args.certs or not args.sae:
+        raise UsageError("--kms needs --certs and --sae")
+    if not args.kms.startswith("https://"):
+        raise UsageError(f"--kms must be an https:// URL, not {args.kms!r}")
+    return KmeClient(args.kms, load_pki(args.certs), args.sae)
 
 
 def _port(text: str) -> int:
