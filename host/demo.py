@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -175,8 +176,8 @@ def _window(profile, config: DemoConfig) -> tuple[float, float]:
     return start, min(float(t[-1]), start + config.quick_window_s)
 
 
-def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
-              stores: dict[str, KeyStore], progress: bool) -> dict[str, Any]:
+def _simulate(index: int, spec: DemoLink, config: DemoConfig, progress: bool):
+    """Simulate one link's pass: (seed, profile, t0, t1, simulation, wall seconds)."""
     seed = config.seed * 10 + index + 1
     _log(progress, f"{spec.link}: Micius pass over {spec.place}, "
                    f"culminating at {spec.max_elevation_deg:.0f}°")
@@ -185,29 +186,16 @@ def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
     t0, t1 = _window(profile, config)
     t_sim = time.perf_counter()
     sim = simlink.simulate_pass(profile, seed=seed, t_start=t0, t_stop=t1, progress=progress)
-    t_sim = time.perf_counter() - t_sim
+    return seed, profile, t0, t1, sim, time.perf_counter() - t_sim
 
-    alice_path = work / f"{spec.link}.alice.json"
-    simlink.write_alice(alice_path, sim)
-    alice = simlink.read_alice(alice_path)
-    tags = TagData(timestamps_ps=sim.tags_ps, channels=sim.channels, resolution_ps=1,
-                   channel_names=tuple(CHANNELS), metadata=sim.metadata())
 
-    _log(progress, f"{spec.link}: {len(tags):,} detections in {t1 - t0:.0f} s; "
-                   f"post-processing")
-    session_cfg = SessionConfig(eps_sec=config.eps_sec, eps_cor=config.eps_cor,
-                                qber_threshold=config.qber_threshold, insecure_seed=seed,
-                                alice_share=config.satellite_share)
-    t_post = time.perf_counter()
-    result = run_session(tags, alice, link=spec.link, store_alice=stores["satellite"],
-                         store_bob=stores[spec.party], config=session_cfg, progress=progress)
-    t_post = time.perf_counter() - t_post
-    doc = result.to_json()
+def _link_doc(doc: dict, spec: DemoLink, seed: int, profile, t0: float, t1: float, sim,
+              wall: dict, progress: bool) -> dict[str, Any]:
+    """A session's document with the pass and simulation figures of its link."""
     if doc.get("aborted"):
         _log(progress, f"{spec.link}: session ABORTED ({doc.get('abort_reason')})")
     else:
         _log(progress, f"{spec.link}: {doc.get('final_key_bits', 0):,} secret key bits")
-
     k = int(np.argmin(profile.distance_km))
     doc.update({
         "link": spec.link,
@@ -226,7 +214,7 @@ def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
             "longitude_deg": STATIONS[spec.station].longitude_deg,
         },
         "simulation": {"seed": seed, "totals": sim.totals, "profile": sim.profile},
-        "wall_time_s": {"simulate": round(t_sim, 3), "post_process": round(t_post, 3)},
+        "wall_time_s": {k: round(v, 3) for k, v in wall.items()},
     })
     if not doc.get("profile"):
         doc["profile"] = [{"t_s": p["t_s"], "sifted_kbps": p["sifted_kbps"], "qber": p["qber"]}
@@ -234,12 +222,35 @@ def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
     return doc
 
 
+def _run_link(index: int, spec: DemoLink, config: DemoConfig, work: Path,
+              stores: dict[str, KeyStore], progress: bool) -> dict[str, Any]:
+    seed, profile, t0, t1, sim, t_sim = _simulate(index, spec, config, progress)
+    alice_path = work / f"{spec.link}.alice.json"
+    simlink.write_alice(alice_path, sim)
+    alice = simlink.read_alice(alice_path)
+    tags = TagData(timestamps_ps=sim.tags_ps, channels=sim.channels, resolution_ps=1,
+                   channel_names=tuple(CHANNELS), metadata=sim.metadata())
+
+    _log(progress, f"{spec.link}: {len(tags):,} detections in {t1 - t0:.0f} s; "
+                   f"post-processing")
+    session_cfg = SessionConfig(eps_sec=config.eps_sec, eps_cor=config.eps_cor,
+                                qber_threshold=config.qber_threshold, insecure_seed=seed,
+                                alice_share=config.satellite_share)
+    t_post = time.perf_counter()
+    result = run_session(tags, alice, link=spec.link, store_alice=stores["satellite"],
+                         store_bob=stores[spec.party], config=session_cfg, progress=progress)
+    t_post = time.perf_counter() - t_post
+    return _link_doc(result.to_json(), spec, seed, profile, t0, t1, sim,
+                     {"simulate": t_sim, "post_process": t_post}, progress)
+
+
 #: Who sends which sample image: (image, sending party, receiving party).
 IMAGE_ROUTES = (("mozi-logo.png", "moscow", "urumqi"), ("mozi-map.png", "urumqi", "moscow"))
 
 
-def _exchange_images(work: Path, stores: dict[str, KeyStore], progress: bool
-                     ) -> list[dict[str, Any]]:
+def _exchange_images(work: Path, encrypt, decrypt, progress: bool) -> list[dict[str, Any]]:
+    """Send each image of :data:`IMAGE_ROUTES`: ``encrypt(src, cipher, sender, receiver)``,
+    ``decrypt(cipher, plain, receiver)`` (both return a CryptResult)."""
     folder = work / IMAGES_DIR
     originals = {p.name: p for p in sample_images.write_samples(folder)}
     images = []
@@ -251,9 +262,8 @@ def _exchange_images(work: Path, stores: dict[str, KeyStore], progress: bool
                                  "from": sender, "to": receiver}
         try:
             # auto: the one-time pad when the sender's share of the relayed key suffices
-            enc = imagecrypt.encrypt_file(src, cipher, stores[sender], link=RELAY_LINK,
-                                          mode="auto")
-            dec = imagecrypt.decrypt_file(cipher, plain, stores[receiver])
+            enc = encrypt(src, cipher, sender, receiver)
+            dec = decrypt(cipher, plain, receiver)
         except MoziError as exc:
             entry.update({"mode": None, "decrypted_identical": False, "error": str(exc)})
             _log(progress, f"{src.name}: FAILED: {exc}")
@@ -322,13 +332,8 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
         The output folder cannot be created or written.
     """
     config = config or DemoConfig()
-    out = Path(out_dir)
     started = time.perf_counter()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
-    except OSError as exc:
-        raise DemoOutputError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
+    out, work = _work_folder(out_dir)
     if on_start is not None:
         on_start()
 
@@ -354,7 +359,11 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
                 relay_bits, relay_ids = ann.n_bits, list(ann.key_ids)
                 _log(progress, f"relay: satellite sent K_SM ⊕ K_SU over both authenticated "
                                f"links; Moscow and Urumqi share {relay_bits:,} bits")
-                images = _exchange_images(work, stores, progress)
+                images = _exchange_images(
+                    work, lambda src, dst, sender, _: imagecrypt.encrypt_file(
+                        src, dst, stores[sender], link=RELAY_LINK, mode="auto"),
+                    lambda src, dst, receiver: imagecrypt.decrypt_file(
+                        src, dst, stores[receiver]), progress)
             else:
                 _log(progress, "relay skipped: a link produced no key")
             status = {party: store.status() for party, store in stores.items()}
@@ -362,45 +371,73 @@ def run_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, 
             for store in stores.values():
                 store.close()
 
-        ok = bool(images) and all(im["decrypted_identical"] for im in images)
-        doc: dict[str, Any] = {
-            "title": "Mozi demo — Micius China–Russia relay, replayed in software",
-            "description": (
-                "Micius (Alice) shares a finite-key-secure key with Zvenigorod near Moscow "
-                "and with Nanshan near Urumqi, one simulated pass each; as trusted relay it "
-                "announces K_SM ⊕ K_SU so Urumqi obtains Moscow's key; Moscow sends one image "
-                "to Urumqi and Urumqi one to Moscow, each encrypted with relayed key only it "
-                "may send with."
-                + (" Quick run: only a slice of each pass around its culmination."
-                   if config.quick else "")),
-            "quick": config.quick,
-            "seed": config.seed,
-            "insecure_reproducible": True,
-            "qber_threshold": config.qber_threshold,
-            "settings": {k: v for k, v in asdict(config).items() if k != "links"},
-            "links": links,
-            "relay_link": RELAY_LINK,
-            "relay_key_bits": int(relay_bits),
-            "relay_key_ids": relay_ids,
-            "images": images,
-            "key_stores": {party: {"file": STORE_FILES[party], "status": status[party]}
-                           for party in STORE_FILES},
-            "ok": ok,
-        }
-        doc["wall_time_s"] = round(time.perf_counter() - started, 3)
-        outputs = write_report(work, doc)
-        doc["outputs"] = {kind: p.name for kind, p in outputs.items()}
-        doc["outputs"]["json"] = DEMO_JSON
-        doc["wall_time_s"] = round(time.perf_counter() - started, 3)
-        atomic_write(work / DEMO_JSON, json_text(doc))
-        try:
-            _move_into_place(work, out)
-        except OSError as exc:
-            raise DemoOutputError(f"cannot write into {out}: {exc.strerror or exc}") from None
+        doc = _document(config, links, relay_bits, relay_ids, images, status)
+        _finish(work, out, doc, started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _log(progress, f"done in {doc['wall_time_s']:.0f} s; report in {out / 'report.html'}")
     return doc
+
+
+def _document(config: DemoConfig, links, relay_bits: int, relay_ids, images, status, *,
+              network: dict | None = None) -> dict[str, Any]:
+    """The demo's JSON document."""
+    ok = bool(images) and all(im["decrypted_identical"] for im in images)
+    doc: dict[str, Any] = {
+        "title": "Mozi demo — Micius China–Russia relay, replayed in software",
+        "description": (
+            "Micius (Alice) shares a finite-key-secure key with Zvenigorod near Moscow "
+            "and with Nanshan near Urumqi, one simulated pass each; as trusted relay it "
+            "announces K_SM ⊕ K_SU so Urumqi obtains Moscow's key; Moscow sends one image "
+            "to Urumqi and Urumqi one to Moscow, each encrypted with relayed key only it "
+            "may send with."
+            + (" Quick run: only a slice of each pass around its culmination."
+               if config.quick else "")),
+        "quick": config.quick,
+        "seed": config.seed,
+        "insecure_reproducible": True,
+        "qber_threshold": config.qber_threshold,
+        "settings": {k: v for k, v in asdict(config).items() if k != "links"},
+        "links": links,
+        "relay_link": RELAY_LINK,
+        "relay_key_bits": int(relay_bits),
+        "relay_key_ids": relay_ids,
+        "images": images,
+        "key_stores": {party: {"file": STORE_FILES[party], "status": status[party]}
+                       for party in STORE_FILES},
+        "ok": ok,
+    }
+    if network is not None:
+        doc["insecure_reproducible"] = False
+        doc["network"] = network
+        doc["description"] += (" Over the network: the satellite and the stations ran as "
+                               "separate node processes on loopback, and the images moved "
+                               "through the stations' ETSI GS QKD 014 KMEs.")
+    return doc
+
+
+def _work_folder(out_dir) -> tuple[Path, Path]:
+    """The output folder and a fresh hidden work folder inside it."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return out, Path(tempfile.mkdtemp(prefix=".demo-", dir=out))
+    except OSError as exc:
+        raise DemoOutputError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
+
+
+def _finish(work: Path, out: Path, doc: dict, started: float) -> None:
+    """Write the report and ``demo.json`` in ``work``, then move everything into ``out``."""
+    doc["wall_time_s"] = round(time.perf_counter() - started, 3)
+    outputs = write_report(work, doc)
+    doc["outputs"] = {kind: p.name for kind, p in outputs.items()}
+    doc["outputs"]["json"] = DEMO_JSON
+    doc["wall_time_s"] = round(time.perf_counter() - started, 3)
+    atomic_write(work / DEMO_JSON, json_text(doc))
+    try:
+        _move_into_place(work, out)
+    except OSError as exc:
+        raise DemoOutputError(f"cannot write into {out}: {exc.strerror or exc}") from None
 
 
 def json_text(doc: Any) -> str:
@@ -416,3 +453,148 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+# -- the same scenario over the network ------------------------------------------------------
+
+#: Seconds any node or KME of ``mozi demo --network`` may take to answer.
+NETWORK_TIMEOUT_S = 600.0
+
+
+class _Process:
+    """A ``mozi`` subprocess whose first stdout line is a JSON ``listening`` event."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "mozi.host.cli", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()
+        if not first:
+            err = self.proc.stderr.read().strip().splitlines()
+            self.proc.wait(30)
+            raise MoziError(f"mozi {args[0]} {args[1]} did not start: "
+                            f"{err[-1] if err else 'no output'}")
+        self.port = int(json.loads(first)["port"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+def run_network_demo(out_dir: str | os.PathLike[str], config: DemoConfig | None = None, *,
+                     progress: bool = True) -> dict[str, Any]:
+    """The scenario of :func:`run_demo` with real nodes and KMEs on loopback.
+
+    The two stations run as ``mozi node station`` processes with their own detections only
+    (tag files without the simulation seed), the satellite as ``mozi node satellite`` with
+    Alice's records, each with its own key store, sharing nothing but messages; the relay goes
+    over the network; then each station runs a KME (``mozi kms serve``, certificates from
+    ``mozi kms init``) and the images go from SAE to SAE with keys from ``enc_keys`` and
+    ``dec_keys``. The sessions use the CSPRNG, so the keys are not reproducible. Output as
+    :func:`run_demo`, plus ``kms/`` (the certificates) and the tag files.
+    """
+    from mozi.host.kms.certs import DEFAULT_SAES, init_pki
+    from mozi.host.kms.client import KmeClient
+    from mozi.sim.tagfile import write_tags
+
+    config = config or DemoConfig()
+    started = time.perf_counter()
+    out, work = _work_folder(out_dir)
+    procs: list[_Process] = []
+    try:
+        with contextlib.ExitStack() as opened:
+            stores = {party: opened.enter_context(KeyStore(work / name, party=party))
+                      for party, name in STORE_FILES.items()}
+            for spec in config.links:
+                init_link(spec.link, stores["satellite"], stores[spec.party])
+        sims, passes = [], []
+        for i, spec in enumerate(config.links):
+            seed, profile, t0, t1, sim, t_sim = _simulate(i, spec, config, progress)
+            alice_path = work / f"{spec.link}.alice.json"
+            simlink.write_alice(alice_path, sim)
+            meta = sim.metadata()
+            meta.pop("seed", None)                 # the station must not learn Alice's draws
+            write_tags(work / f"{spec.party}.tags", sim.tags_ps, sim.channels, metadata=meta)
+            sims.append((seed, profile, t0, t1, sim, t_sim))
+            passes += ["--pass", f"{spec.party}={alice_path}"]
+        share = ["--alice-share", str(config.satellite_share),
+                 "--timeout", str(NETWORK_TIMEOUT_S)]
+        stations = {}
+        for spec in config.links:
+            stations[spec.party] = _Process(
+                "node", "station", "--name", spec.party, "--store",
+                str(work / STORE_FILES[spec.party]), "--tags", str(work / f"{spec.party}.tags"),
+                *share)
+            procs.append(stations[spec.party])
+        _log(progress, "nodes: " + ", ".join(f"{n} on 127.0.0.1:{p.port}"
+                                             for n, p in stations.items()))
+        t_post = time.perf_counter()
+        sat = subprocess.run(
+            [sys.executable, "-m", "mozi.host.cli", "node", "satellite", "--store",
+             str(work / STORE_FILES["satellite"]), *passes, *share,
+             "--relay", ",".join(spec.party for spec in config.links[:2]),
+             *(x for n, p in stations.items() for x in ("--station", f"{n}=127.0.0.1:{p.port}"))],
+            capture_output=True, text=True, timeout=2 * NETWORK_TIMEOUT_S)
+        t_post = time.perf_counter() - t_post
+        for p in procs:
+            p.stop()
+        procs.clear()
+        if sat.returncode not in (0, 3):
+            err = sat.stderr.strip().splitlines()
+            raise MoziError(f"mozi node satellite failed: {err[-1] if err else sat.returncode}")
+        report = json.loads(sat.stdout)
+        links = [_link_doc(dict(s), spec, seed, profile, t0, t1, sim,
+                           {"simulate": t_sim, "post_process": t_post}, progress)
+                 for s, spec, (seed, profile, t0, t1, sim, t_sim)
+                 in zip(report["sessions"], config.links, sims, strict=True)]
+        relay_doc = report.get("relay") or {}
+        images = []
+        if relay_doc:
+            _log(progress, f"relay: Moscow and Urumqi share {relay_doc['n_bits']:,} bits")
+            pki = init_pki(work / "kms")
+            kmes = {}
+            for party in ("moscow", "urumqi"):
+                kmes[party] = _Process("kms", "serve", "--store",
+                                       str(work / STORE_FILES[party]), "--certs",
+                                       str(pki.root))
+                procs.append(kmes[party])
+            sae = {kme: s for s, kme in DEFAULT_SAES}
+
+            def client(party):
+                return KmeClient(f"https://127.0.0.1:{kmes[party].port}", pki, sae[party])
+
+            def encrypt(src, dst, sender, receiver):
+                with client(sender) as kme:
+                    return imagecrypt.encrypt_file_kms(src, dst, kme, slave=sae[receiver])
+
+            def decrypt(src, dst, receiver):
+                with client(receiver) as kme:
+                    return imagecrypt.decrypt_file_kms(src, dst, kme)
+
+            images = _exchange_images(work, encrypt, decrypt, progress)
+            for p in procs:
+                p.stop()
+            procs.clear()
+        else:
+            _log(progress, "relay skipped: a link produced no key")
+        with contextlib.ExitStack() as opened:
+            status = {party: opened.enter_context(KeyStore(work / name, create=False)).status()
+                      for party, name in STORE_FILES.items()}
+        network = {"satellite_exit_status": sat.returncode,
+                   "stations": {n: "127.0.0.1" for n in stations},
+                   "relay": relay_doc, "kms": bool(relay_doc)}
+        doc = _document(config, links, relay_doc.get("n_bits", 0),
+                        relay_doc.get("key_ids", []), images, status, network=network)
+        _finish(work, out, doc, started)
+    finally:
+        for p in procs:
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    _log(progress, f"done in {doc['wall_time_s']:.0f} s; report in {out / 'report.html'}")
+    return doc

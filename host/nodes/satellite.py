@@ -112,10 +112,7 @@ class Satellite:
             res = await asyncio.to_thread(self._alice, link, alice, transport)
         finally:
             await _close(writer)
-        return {"station": station, "link": link, "aborted": res.aborted,
-                "abort_reason": res.abort_reason, "final_key_bits": res.final_key_bits,
-                "key_ids": res.key_ids, "auth_bits_consumed": res.auth_bits_consumed,
-                "auth_bits_replenished": res.auth_bits_replenished}
+        return {**res.to_json(), "station": station, "link": link}
 
     def _alice(self, link, alice, transport):
         with KeyStore(self.store_path, party=self.party, create=False) as store:

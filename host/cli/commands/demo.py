@@ -4,8 +4,10 @@ Simulates a Micius pass over Zvenigorod (Moscow) and one over Nanshan (Urumqi), 
 session on each, relays a shared Moscow–Urumqi key through the satellite, encrypts the two
 sample images at Moscow and decrypts them at Urumqi (see :mod:`mozi.host.demo`). Writes the key
 stores, the images, a report (``report.png``, ``report.md``, ``report.html``) and
-``demo.json`` into ``--out``. Exit status 0 when both images came out bit-exact, 3 when the
-scenario ran but did not get that far (a session aborted or an image failed).
+``demo.json`` into ``--out``. With ``--network`` the same scenario runs between real node
+processes and KMEs on loopback (:func:`mozi.host.demo.run_network_demo`). Exit status 0
+when both images came out bit-exact, 3 when the scenario ran but did not get that far (a
+session aborted or an image failed).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"scenario seed (default {DEFAULT_SEED}); the demo is a replay: "
                              f"its keys follow from the seed and are marked "
                              f"insecure_reproducible")
+    parser.add_argument("--network", action="store_true",
+                        help="run the satellite and the stations as node processes on "
+                             "loopback and move the images through the stations' ETSI "
+                             "GS QKD 014 KMEs (keys from the CSPRNG: not reproducible)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout")
     parser.add_argument("--no-progress", action="store_true",
@@ -66,13 +72,16 @@ def _summary(doc: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``mozi demo``; see the module docstring for the exit status."""
     from mozi.host.crypto.randomness import warn_insecure
-    from mozi.host.demo import DemoConfig, json_text, run_demo
+    from mozi.host.demo import DemoConfig, json_text, run_demo, run_network_demo
 
     if args.seed < 0:
         raise MoziError(f"--seed must be a non-negative integer, not {args.seed}")
     config = DemoConfig(seed=args.seed, quick=args.quick)
-    doc = run_demo(args.out, config, progress=not args.no_progress,
-                   on_start=lambda: warn_insecure("the demo", config.seed))
+    if args.network:
+        doc = run_network_demo(args.out, config, progress=not args.no_progress)
+    else:
+        doc = run_demo(args.out, config, progress=not args.no_progress,
+                       on_start=lambda: warn_insecure("the demo", config.seed))
     doc["out"] = str(args.out)
     if args.json:
         sys.stdout.write(json_text(doc))
