@@ -78,9 +78,11 @@ class Kme:
 
     def __init__(self, store, pki: Pki, kme_id: str | None = None):
         self.store_path = Path(store)
-        with KeyStore(self.store_path, create=False) as st:
-            self.party = st.party
-            self._links = {peer: link for link, peer in st.links().items()}
+        # one connection, one request at a time on it: no waits on SQLite's busy handler
+        self._store = KeyStore(self.store_path, create=False)
+        self._lock = threading.Lock()
+        self.party = self._store.party
+        self._links = {peer: link for link, peer in self._store.links().items()}
         self.kme_id = kme_id or self.party
         self.pki = pki
         self.saes = set(pki.kmes.get(self.kme_id, ()))
@@ -122,8 +124,12 @@ class Kme:
                 "max_SAE_ID_count": 0}
 
     def _capacity(self, link: str, size: int) -> tuple[int, int]:
-        with KeyStore(self.store_path, create=False) as st:
-            return st.kms_capacity(link, size=size, reserve=RESERVED_BYTES)
+        with self._lock:
+            return self._store.kms_capacity(link, size=size, reserve=RESERVED_BYTES)
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()
 
     def enc_keys(self, master: str | None, slave: str, request: dict) -> dict:
         master = self._local(master)
@@ -149,8 +155,8 @@ class Kme:
             raise KmeError(400, f"size must be a multiple of 8 in {MIN_KEY_SIZE} … "
                            f"{8 * MAX_KEY_BYTES} bits, not {size}")
         try:
-            with KeyStore(self.store_path, create=False) as st:
-                keys = st.kms_issue(
+            with self._lock:
+                keys = self._store.kms_issue(
                     link, size=size // 8, number=number, reserve=RESERVED_BYTES, master=master,
                     slave=slave, make_id=lambda b, r, o, s: make_key_id(
                         b, r, o, s, master=master, slave=slave))
@@ -178,8 +184,8 @@ class Kme:
         if len({r[0] for r in requests}) != len(requests):
             raise KmeError(400, "the same key_ID is asked twice")
         try:
-            with KeyStore(self.store_path, create=False) as st:
-                keys = st.kms_fetch(
+            with self._lock:
+                keys = self._store.kms_fetch(
                     link, requests, peer=kme, reserve=RESERVED_BYTES, master=master,
                     slave=slave, check_id=lambda k, b, r: check_key_id(
                         k, b, r, master=master, slave=slave))
@@ -328,3 +334,4 @@ class _Server(ThreadingHTTPServer):
         self.server_close()
         if self._thread is not None:
             self._thread.join(10)
+        self.kme.close()

@@ -133,4 +133,5 @@ def _serve(args: argparse.Namespace) -> int:
         server.serve_forever()
     finally:
         server.server_close()
+        kme.close()
     return 0
