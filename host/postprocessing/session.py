@@ -1,9 +1,16 @@
 """The QKD session engine: Bob's time tags and Alice's records → one key in both key stores.
 
-:func:`run_session` plays both parties in one process, but every piece of information that
-crosses from one to the other travels as a message of an authenticated classical channel
-(:mod:`mozi.host.crypto.auth`) or as link-protocol frames to that party's own device
-(:mod:`mozi.host.devices.device`). Steps:
+A session is two halves that share nothing but frames: :func:`alice_session` (the satellite:
+Alice's records, her device, her store) and :func:`bob_session` (a station: its tags, its
+device, its store), each over a frame transport — a TCP connection between two node processes
+(:mod:`mozi.host.nodes`), or :class:`~mozi.host.crypto.auth.LocalTransport` between two
+threads in :func:`run_session`, which runs both halves in one process and merges their views.
+Every piece of information that crosses from one to the other travels as a message of the
+authenticated classical channel (:mod:`mozi.host.crypto.auth`) or, for Cascade's queries and
+answers, as public frames whose whole transcripts are then authenticated; each party reaches
+only its own device (:mod:`mozi.host.devices.device`). Alice opens with ``pass-start`` (the
+pass, its slot range, the public parameters both must agree on); Bob answers ``pass-accept``
+with the sessions whose key he holds staged, and Alice settles them (``resolved``). Steps:
 
 1. **Timing recovery** (Bob): slot period, offset and jitter from the tags
    (:func:`mozi.host.postprocessing.timing.estimate_timing`).
@@ -29,8 +36,11 @@ crosses from one to the other travels as a message of an authenticated classical
    session took from it (:meth:`~mozi.host.crypto.auth.AuthKeyPool.refill_need`); the rest is cut
    by :func:`~mozi.host.keys.keystore.key_layout` into blocks Alice may send with (the first
    ``alice_share``) and blocks Bob may send with. Alice draws the key IDs and sends them with
-   the refill sizes; both stores get identical keys under identical IDs and senders, each in
-   one transaction with its refill.
+   the refill sizes (``key-ids``); Bob *stages* the key and its refill (kept, not usable) and
+   answers ``stored``; Alice commits hers and answers ``committed``; Bob commits his. A crash
+   between staging and confirming leaves Bob's key staged, settled at the link's next session
+   by Alice's record (committed: Bob commits it; otherwise he drops it), so both stores end
+   with identical keys under identical IDs and senders, or neither with the session's key.
 
 The classical channel is the link's lasting authentication key in the two key stores
 (``mozi link init`` makes it): both ends open it, every pad is persisted before use, and
@@ -43,8 +53,9 @@ IDs — comes from a :class:`~mozi.host.crypto.randomness.SessionRandomness`: th
 stored key ``insecure_reproducible``.
 
 An abort stores nothing and returns a :class:`SessionResult` with ``aborted=True`` and the
-reason (a QBER above the threshold, a failed verification, an authentication failure or a
-malformed message); input that cannot be processed at all (too few tags, unknown channels, no
+reason (a QBER above the threshold, a failed verification, a rejected frame — the first
+tampered, replayed, reordered or forged one, ``auth_max_failures = 1`` — or a malformed
+message); the aborting half tells the other with an authenticated ``abort`` frame. Input that cannot be processed at all (too few tags, unknown channels, no
 authentication key) raises a :class:`~mozi.sim.errors.MoziError`.
 """
 
