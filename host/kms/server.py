@@ -270,15 +270,21 @@ class _Handler(BaseHTTPRequestHandler):
         sae = peer_sae_id(self.connection.getpeercert())
         length = self.headers.get("Content-Length")
         try:
-            n = int(length or 0)
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True        # the body cannot be skipped
+                raise KmeError(411, "a request body needs a Content-Length")
+            try:
+                n = int(length or 0)
+            except ValueError:
+                n = -1
             if not 0 <= n <= _MAX_BODY:
-                raise KmeError(400, f"request body too large ({n} bytes)")
+                self.close_connection = True
+                raise KmeError(400, f"bad Content-Length {str(length)[:20]!r} (at most "
+                               f"{_MAX_BODY} bytes)")
             body = self.rfile.read(n) if n else b""
             status, doc = 200, self.server.kme.dispatch(method, self.path, body, sae)
         except KmeError as exc:
             status, doc = exc.status, {"message": str(exc), "details": exc.details}
-        except ValueError:
-            status, doc = 400, {"message": "bad Content-Length", "details": []}
         except KeyStoreError as exc:
             status, doc = 503, {"message": f"the key store failed: {exc}", "details": []}
         data = json.dumps(doc).encode()

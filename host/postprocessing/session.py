@@ -55,8 +55,9 @@ stored key ``insecure_reproducible``.
 An abort stores nothing and returns a :class:`SessionResult` with ``aborted=True`` and the
 reason (a QBER above the threshold, a failed verification, a rejected frame — the first
 tampered, replayed, reordered or forged one, ``auth_max_failures = 1`` — or a malformed
-message); the aborting half tells the other with an authenticated ``abort`` frame. Input that cannot be processed at all (too few tags, unknown channels, no
-authentication key) raises a :class:`~mozi.sim.errors.MoziError`.
+message); the aborting half tells the other with an authenticated ``abort`` frame. Input
+that cannot be processed at all (too few tags, unknown channels, no authentication key)
+raises a :class:`~mozi.sim.errors.MoziError`.
 """
 
 from __future__ import annotations

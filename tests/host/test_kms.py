@@ -4,6 +4,7 @@ stations' real key stores, and an SAE client written from the standard's text (h
 import base64
 import concurrent.futures
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from mozi.host.keys.keystore import KeyStore
 from mozi.host.kms.keyid import make_key_id
 
 from tests.host.keys import random_bits, share_key
-from tests.host.kmes import KmeProcess, Sae, keys_of
+from tests.host.kmes import KmeProcess, Sae, keys_of, sae_context
 
 LINK = "moscow-urumqi"
 KEY_BITS = 16 * 8192
@@ -249,3 +250,20 @@ def test_kms_options_are_checked(kms, tmp_path):
     assert r.returncode == 1 and "https://" in r.stderr
     r = _mozi("decrypt", plain, tmp_path / "y")
     assert r.returncode == 1 and "--store" in r.stderr
+
+
+def test_bodies_without_a_usable_length_are_refused(kms):
+    sae = kms["sae-moscow"]
+    r = sae.http.post("/sae-urumqi/enc_keys", content=iter([b'{"number": 1}']))  # chunked
+    assert r.status_code == 411
+    # what httpx will not send: a raw request over the same mutual TLS
+    ctx = sae_context(kms["certs"], "sae-moscow")
+    for length in ("-5", "abc", str(1 << 30)):
+        with socket.create_connection(("127.0.0.1", kms["moscow"].port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(f"POST /api/v1/keys/sae-urumqi/enc_keys HTTP/1.1\r\nHost: x\r\n"
+                        f"Content-Length: {length}\r\n\r\n{{}}".encode())
+            answer = b""
+            while chunk := tls.recv(4096):      # the KME closes: the body was not read
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400") and b"bad Content-Length" in answer, length
