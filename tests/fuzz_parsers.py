@@ -43,6 +43,7 @@ from mozi.host.crypto.imagecrypt import decrypt_file, encrypt_file
 from mozi.host.devices.model import ModelTransport
 from mozi.host.keys import relay
 from mozi.host.keys.keystore import KeyStore
+from mozi.host.nodes import wire
 from mozi.host.postprocessing import session, sifting
 from mozi.sim import tagfile
 from mozi.sim.errors import MoziError
@@ -520,7 +521,13 @@ def _message_seeds() -> list[tuple[str, bytes]]:
                                                   np.array([1, 0, 1], np.uint8))),
             ("align-sample", align), ("verify", verify),
             ("key-ids", struct.pack(">QQ", 64, 0) + uuid.uuid4().bytes),
-            ("bits", sifting._packbits(np.array([1, 0, 1], np.uint8)))]
+            ("bits", sifting._packbits(np.array([1, 0, 1], np.uint8))),
+            ("hello", wire.encode_hello("satellite", "sat-moscow", "session")),
+            ("pass-start", session.PassStart(
+                session_id=str(uuid.uuid4()), pass_id="micius2017", slot_period_ps=10000.0,
+                first_slot=12, n_slots=3000, intensities=(0.8, 0.1, 0.0),
+                probabilities=(0.5, 0.25, 0.25),
+                parameters={"eps_sec": 1e-10, "alice_share": 0.5}).to_bytes())]
 
 
 def message_target() -> Target:
@@ -533,6 +540,8 @@ def message_target() -> Target:
         "verify": lambda p: session.decode_verify(p, 10, 50),
         "key-ids": session.decode_key_ids,
         "bits": lambda p: sifting._unpackbits(p, "flags"),
+        "hello": wire.parse_hello,
+        "pass-start": session.PassStart.from_bytes,
     }
 
     def make(rng):

@@ -13,8 +13,9 @@ the hello names, and one connection per link at a time. Then:
   (:func:`~mozi.host.keys.relay.apply_announcement`) and confirmed; an announcement resent
   after a crash is confirmed again without being applied twice.
 
-Every connection ends with one JSON line on stdout (``event``: ``session``, ``relay`` or
-``refused``); the first line says where the station listens.
+Every connection ends with one JSON line on stdout (``event``: ``session``, ``relay``,
+``refused``, or ``error`` for input of the station's own that cannot be used); the first
+line says where the station listens.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from mozi.host.nodes.wire import (
     write_frame,
 )
 from mozi.host.postprocessing.session import PassStart, SessionConfig, bob_session, pass_key
-from mozi.sim.errors import FileFormatError
+from mozi.sim.errors import FileFormatError, MoziError
 from mozi.sim.tagfile import read_tags
 
 __all__ = ["RELAY_ACCEPTED", "Station"]
@@ -134,6 +135,8 @@ class Station:
                 KeyStoreError) as exc:
             self._emit({"event": "refused", "station": self.name,
                         "error": str(exc) or type(exc).__name__})
+        except MoziError as exc:            # input of this station's own that cannot be used
+            self._emit({"event": "error", "station": self.name, "error": str(exc)})
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):

@@ -339,8 +339,10 @@ def _parsing(kind: str):
     """Turn a malformed (authenticated, so the peer's own) message into a protocol abort."""
     try:
         yield
-    except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise ProtocolAbort(f"malformed {kind!r} message ({exc})") from None
+    except (struct.error, ValueError, IndexError, KeyError, TypeError, OverflowError,
+            RecursionError) as exc:
+        raise ProtocolAbort(f"malformed {kind!r} message ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
 
 
 def decode_align_sample(payload: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
