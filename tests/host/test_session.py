@@ -374,6 +374,17 @@ def test_a_replayed_frame_of_an_earlier_session_aborts_the_session(slice10, tmp_
     assert third.aborted and "secret key length" in third.abort_reason
 
 
+def _forged_sift_flags(copies: int):
+    """A tap that puts ``copies`` forged copies of ``sift-flags`` before the genuine one."""
+    def tap(direction, frame):
+        if _kind(frame) == b"sift-flags":
+            bad = bytearray(frame)
+            bad[40] ^= 1
+            return [bytes(bad)] * copies + [frame]
+        return [frame]
+    return tap
+
+
 @pytest.mark.parametrize("copies", [1, 3])
 def test_tampered_frames_abort_the_session_then_the_link_recovers(slice10, tmp_path, copies):
     """A forged copy of a message, even followed by the genuine one, aborts the session at
@@ -381,15 +392,8 @@ def test_tampered_frames_abort_the_session_then_the_link_recovers(slice10, tmp_p
     runs normally."""
     tags, alice, _ = slice10
     sa, sb = _stores(tmp_path)
-
-    def forge(direction, frame):
-        if _kind(frame) == b"sift-flags":
-            bad = bytearray(frame)
-            bad[40] ^= 1
-            return [bytes(bad)] * copies + [frame]
-        return [frame]
-
-    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=forge)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                      tap=_forged_sift_flags(copies))
     assert res.aborted and "closed after 1 rejected frame" in res.abort_reason
     assert res.final_key_bits == 0 and sa.list() == [] and sb.list() == []
     nxt = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb)
@@ -403,21 +407,11 @@ def test_a_session_may_tolerate_rejected_frames(slice10, tmp_path):
     tags, alice, _ = slice10
     sa, sb = _stores(tmp_path)
     config = SessionConfig(auth_max_failures=3)
-
-    def forge(copies):
-        def tap(direction, frame):
-            if _kind(frame) == b"sift-flags":
-                bad = bytearray(frame)
-                bad[40] ^= 1
-                return [bytes(bad)] * copies + [frame]
-            return [frame]
-        return tap
-
     res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, config=config,
-                      tap=forge(2))
+                      tap=_forged_sift_flags(2))
     assert res.aborted and "secret key length" in res.abort_reason    # went on to the end
     res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, config=config,
-                      tap=forge(3))
+                      tap=_forged_sift_flags(3))
     assert res.aborted and "closed after 3 rejected frames" in res.abort_reason
     assert sb.auth_status()[LINK]["failures"] == 5
 
