@@ -69,9 +69,9 @@ class StationProcess:
     """``mozi node station`` in a subprocess on a free loopback port."""
 
     def __init__(self, name: str, store: Path, tags: list[Path], *, crash: str | None = None,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, port: int = 0):
         args = [*_cli(), "station", "--name", name, "--store", str(store), "--listen",
-                "127.0.0.1:0", "--timeout", str(timeout)]
+                f"127.0.0.1:{port}", "--timeout", str(timeout)]
         for t in tags:
             args += ["--tags", str(t)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -108,10 +108,10 @@ class StationProcess:
             self.stop()
 
 
-def run_satellite(store: Path, stations: list[str], passes_: list[tuple[str, Path]], *,
-                  relay: tuple[str, str] | None = None, crash: str | None = None,
-                  timeout: float = 30.0) -> subprocess.CompletedProcess:
-    """``mozi node satellite`` to completion (or to its crash point)."""
+def satellite_command(store: Path, stations: list[str], passes_: list[tuple[str, Path]], *,
+                      relay: tuple[str, str] | None = None, timeout: float = 30.0
+                      ) -> list[str]:
+    """The ``mozi node satellite`` command line."""
     args = [*_cli(), "satellite", "--store", str(store), "--timeout", str(timeout),
             "--connect-for", "20"]
     for st in stations:
@@ -120,8 +120,24 @@ def run_satellite(store: Path, stations: list[str], passes_: list[tuple[str, Pat
         args += ["--pass", f"{name}={alice}"]
     if relay:
         args += ["--relay", ",".join(relay)]
-    return subprocess.run(args, capture_output=True, text=True, env=_env(crash),
+    return args
+
+
+def run_satellite(store: Path, stations: list[str], passes_: list[tuple[str, Path]], *,
+                  relay: tuple[str, str] | None = None, crash: str | None = None,
+                  timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """``mozi node satellite`` to completion (or to its crash point)."""
+    return subprocess.run(satellite_command(store, stations, passes_, relay=relay,
+                                            timeout=timeout),
+                          capture_output=True, text=True, env=_env(crash),
                           timeout=NODE_TIMEOUT_S)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def report(proc: subprocess.CompletedProcess) -> dict:

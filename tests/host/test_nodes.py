@@ -1,18 +1,25 @@
 """The satellite and the stations as real node processes on loopback (no mock of the network
 or of the key stores): sessions, the relay, pass reuse, tampering and replay on the wire."""
 
+import json
+import subprocess
+import time
+
 import numpy as np
 import pytest
 from mozi.host.keys.keystore import KeyStore
 
 from tests.host.nodes import (
+    NODE_TIMEOUT_S,
     Proxy,
     StationProcess,
+    free_port,
     key_rows,
     kind,
     make_stores,
     report,
     run_satellite,
+    satellite_command,
     write_passes,
 )
 
@@ -173,3 +180,66 @@ def test_an_unknown_pass_aborts_at_the_station(pass_files, tmp_path):
     s = doc["sessions"][0]
     assert s["aborted"] and "no detections of pass" in s["abort_reason"]
     assert np.all([r == [] for r in (key_rows(paths["moscow"], "sat-moscow"),)])
+
+
+def test_the_satellite_waits_for_a_station_that_is_not_up_yet(pass_files, tmp_path):
+    paths = make_stores(tmp_path, ("moscow",))
+    tags, alice = pass_files["moscow"][0]
+    port = free_port()
+    sat = subprocess.Popen(satellite_command(paths["satellite"], [f"moscow=127.0.0.1:{port}"],
+                                             [("moscow", alice)]),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)                    # the satellite retries with back-off meanwhile
+        assert sat.poll() is None
+        with StationProcess("moscow", paths["moscow"], [tags], port=port):
+            out, err = sat.communicate(timeout=NODE_TIMEOUT_S)
+    finally:
+        if sat.poll() is None:
+            sat.kill()
+    assert sat.returncode == 0, err
+    assert not json.loads(out)["sessions"][0]["aborted"]
+    _same_link(paths, "moscow", "sat-moscow")
+
+
+def test_a_station_that_never_comes_up_is_one_error_line(pass_files, tmp_path):
+    paths = make_stores(tmp_path, ("moscow",))
+    args = satellite_command(paths["satellite"], [f"moscow=127.0.0.1:{free_port()}"],
+                             [("moscow", pass_files["moscow"][0][1])])
+    args[args.index("--connect-for") + 1] = "1"
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "does not answer" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_silent_peer_aborts_the_session_after_the_timeout(pass_files, tmp_path):
+    """A man in the middle swallows everything after the satellite's sift-flags: both nodes
+    give up after their timeout, store nothing, and the link's next session runs."""
+    paths = make_stores(tmp_path, ("moscow",))
+    (tags0, alice0), (tags1, alice1) = pass_files["moscow"]
+    cut = {"on": False}
+
+    def swallow(direction, index, frame):
+        if kind(frame) == b"sift-flags":
+            cut["on"] = True
+        return [] if cut["on"] else [frame]
+
+    with StationProcess("moscow", paths["moscow"], [tags0, tags1], timeout=3) as m:
+        proxy = Proxy(m.port, swallow)
+        try:
+            t0 = time.monotonic()
+            doc = report(run_satellite(paths["satellite"], [proxy.address("moscow")],
+                                       [("moscow", alice0)], timeout=3))
+            waited = time.monotonic() - t0
+        finally:
+            proxy.close()
+        nxt = report(run_satellite(paths["satellite"], [m.address], [("moscow", alice1)]))
+        m.stop()
+    s = doc["sessions"][0]
+    assert s["aborted"] and "never arrived" in s["abort_reason"] and waited < 30
+    assert not nxt["sessions"][0]["aborted"]
+    rows = _same_link(paths, "moscow", "sat-moscow")
+    assert sorted(r[0] for r in rows) == sorted(nxt["sessions"][0]["key_ids"])
+    _pools_in_step(paths, "moscow")
+    sessions = [e for e in m.lines if e["event"] == "session"]
+    assert sessions[0]["aborted"] and not sessions[1]["aborted"]
