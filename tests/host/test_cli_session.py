@@ -242,3 +242,39 @@ def test_intercept_resend_aborts_and_stores_nothing(tmp_path, capsys):
     assert doc["final_key_bits"] == 0 and doc["key_ids"] == []
     assert sorted(_store_keys(tmp_path / "a.db", "other")) == sorted(old_ids)
     assert _store_keys(tmp_path / "a.db", "l") == {} == _store_keys(tmp_path / "b.db", "l")
+
+
+def test_a_biased_basis_choice_sifts_more_key(tmp_path, capsys):
+    """``mozi simulate --p-z 0.55`` then ``mozi session``: Z, the key basis, is 60 % of the
+    sifted bits (0.55² against 0.45²) instead of half, and both ends store the same key.
+    Whether the bias pays depends on the block: the X-basis sample bounds the phase error, and
+    on a slice this short its statistics dominate (the whole pass's optimum is a ``make
+    bench`` figure: basis)."""
+    docs = {}
+    for pz in (0.5, 0.55):
+        folder = tmp_path / f"pz{pz}"
+        assert main(["simulate", "--seed", str(SEED), "--t-start", str(WINDOW[0]),
+                     "--t-stop", str(WINDOW[1]), "--p-z", str(pz), "--out", str(folder),
+                     "--no-progress", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["p_z"] == pz
+        _link(folder, "sat-xinglong")
+        capsys.readouterr()
+        rc, out, _ = _run(capsys, folder / "bob.tags", folder / "alice.json", "--link",
+                          "sat-xinglong", "--store-alice", folder / "a.db", "--store-bob",
+                          folder / "b.db", "--insecure-seed", SESSION_SEED, "--json")
+        docs[pz] = json.loads(out)
+        assert rc == 0, (pz, docs[pz]["abort_reason"])
+        assert not docs[pz]["aborted"]
+        alice = _store_keys(folder / "a.db", "sat-xinglong")
+        bob = _store_keys(folder / "b.db", "sat-xinglong")
+        assert alice.keys() == bob.keys()
+        assert all(np.array_equal(alice[k], bob[k]) for k in alice)
+    for pz, expect in ((0.5, 0.5), (0.55, 0.3025 / 0.505)):
+        share = docs[pz]["sifted_z_bits"] / docs[pz]["sifted_bits"]
+        assert abs(share - expect) < 0.01, (pz, share)
+
+
+@pytest.mark.parametrize("pz", ["0", "1", "1.5"])
+def test_p_z_must_leave_both_bases(tmp_path, capsys, pz):
+    assert main(["simulate", "--p-z", pz, "--t-stop", "1", "--no-progress"]) == 1
+    assert "strictly between 0 and 1" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from pathlib import Path
 from mozi.sim.eve import InterceptResend, PhotonNumberSplitting
 from mozi.sim.link import TimingConfig, simulate_pass, write_alice
 from mozi.sim.passes import get_pass, pass_names
-from mozi.sim.source import ConfigurationError
+from mozi.sim.receiver import ReceiverConfig
+from mozi.sim.source import ConfigurationError, SourceConfig
 from mozi.sim.tagfile import OutputError, write_tags
 
 HELP = "simulate a satellite pass: Bob's time tags + Alice's seed, with a key-rate profile"
@@ -42,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start of the simulated range, seconds into the pass")
     parser.add_argument("--t-stop", type=float, default=None, metavar="S",
                         help="end of the simulated range, seconds into the pass")
+    parser.add_argument("--p-z", type=float, default=SourceConfig.p_z, metavar="P",
+                        help="probability of the Z basis at Alice (her basis choice) and at "
+                             "Bob (his beam splitter's ratio); default %(default)g as in the "
+                             "2017 experiment; the key comes from Z, so P > 0.5 sifts more key "
+                             "(see make bench: basis)")
     parser.add_argument("--clock-offset-ps", type=float, default=TimingConfig.clock_offset_ps,
                         metavar="PS", help="Bob's clock offset (default %(default)g ps)")
     parser.add_argument("--drift-ppm", type=float, default=TimingConfig.drift_ppm,
@@ -94,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
     timing = TimingConfig(clock_offset_ps=args.clock_offset_ps, drift_ppm=args.drift_ppm)
     if args.out is not None:
         _prepare_out(args.out)          # fail before the (long) simulation
-    result = simulate_pass(profile, seed=args.seed, timing=timing, eve=eve,
+    if not 0.0 < args.p_z < 1.0:
+        raise ConfigurationError(f"--p-z must lie strictly between 0 and 1, not {args.p_z:g} "
+                                 f"(both bases are needed: X bounds the phase error)")
+    source, receiver = SourceConfig(p_z=args.p_z), ReceiverConfig(p_z=args.p_z)
+    result = simulate_pass(profile, seed=args.seed, timing=timing, eve=eve, source=source,
+                           receiver=receiver,
                            t_start=args.t_start, t_stop=args.t_stop,
                            progress=not args.no_progress)
     files = {}
@@ -111,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {
         "pass": profile.name,
         "seed": args.seed,
+        "p_z": args.p_z,
         "eve": eve.to_dict() if eve is not None else None,
         "first_slot": result.first_slot,
         "n_slots": result.n_slots,
