@@ -106,6 +106,10 @@ class Kme:
             raise KmeError(400, f"SAE {sae!r} is served by this KME itself: keys are for "
                            f"SAEs at two stations")
         link = self._links.get(kme)
+        if link is None:                # a relay since the KME started may have made it
+            with self._lock:
+                self._links = {peer: name for name, peer in self._store.links().items()}
+            link = self._links.get(kme)
         if link is None:
             raise KmeError(400, f"this station shares no key with KME {kme!r}")
         return kme, link

@@ -267,3 +267,14 @@ def test_bodies_without_a_usable_length_are_refused(kms):
             while chunk := tls.recv(4096):      # the KME closes: the body was not read
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 400") and b"bad Content-Length" in answer, length
+
+
+def test_a_kme_started_before_the_relay_serves_its_key_afterwards(kms, tmp_path):
+    with KeyStore(tmp_path / "moscow.db", party="moscow") as a, \
+            KeyStore(tmp_path / "urumqi.db", party="urumqi") as b:
+        with KmeProcess(tmp_path / "moscow.db", kms["certs"]) as m, \
+                Sae(m.url, kms["certs"], "sae-moscow") as sae:
+            r = sae.status("sae-urumqi")
+            assert r.status_code == 400 and "shares no key" in r.json()["message"]
+            share_key(a, b, LINK, random_bits(4 * 8192, 3))       # the relay happens now
+            assert sae.status("sae-urumqi").json()["stored_key_count"] == 2 * 31
