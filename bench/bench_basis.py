@@ -10,16 +10,13 @@ is the p_Z with the largest mean key. p_Z = 0.5 is the 2017 experiment.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
-from mozi.host.keys.keystore import KeyStore, init_link
-from mozi.host.postprocessing.session import SessionConfig, run_session
+from mozi.host.postprocessing.session import SessionConfig
 from mozi.sim import link, passes
 from mozi.sim.receiver import ReceiverConfig
 from mozi.sim.source import SourceConfig
-from mozi.sim.tagfile import TagData
+
+from bench.common import session_on
 
 TITLE = "Biased basis choice: Micius 2017 pass, final key against p_Z"
 
@@ -30,16 +27,7 @@ SEEDS = (2017, 2018)
 def _session(pz: float, seed: int) -> dict:
     sim = link.simulate_pass(passes.micius2017(), seed=seed, source=SourceConfig(p_z=pz),
                              receiver=ReceiverConfig(p_z=pz))
-    tags = TagData(sim.tags_ps, sim.channels, 1, ("H", "V", "D", "A"), {})
-    alice = link.AliceFile(sim.alice, sim.metadata())
-    with tempfile.TemporaryDirectory() as d:
-        sa = KeyStore(Path(d) / "alice.db", party="micius")
-        sb = KeyStore(Path(d) / "bob.db", party="xinglong")
-        init_link("micius2017", sa, sb)
-        res = run_session(tags, alice, link="micius2017", store_alice=sa, store_bob=sb,
-                          config=SessionConfig(insecure_seed=seed))
-        sa.close()
-        sb.close()
+    res, _ = session_on(sim, SessionConfig(insecure_seed=seed))
     return {"seed": seed, "sifted_bits": res.sifted_bits, "sifted_z_bits": res.sifted_z_bits,
             "qber_z": res.qber_z, "qber_x": res.qber_x, "final_key_bits": res.final_key_bits,
             "abort_reason": res.abort_reason}

@@ -10,16 +10,14 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from mozi.host.devices.device import ReceiverDriver, TransmitterDriver, open_device
-from mozi.host.keys.keystore import KeyStore, init_link
-from mozi.host.postprocessing.session import SessionConfig, run_session
+from mozi.host.postprocessing.session import SessionConfig
 from mozi.sim import link, model, passes
-from mozi.sim.tagfile import TagData
+
+from bench.common import session_on
 
 TITLE = "Co-simulation: role tops under Verilator (rtl) beside the model backend"
 FRAC = 16
@@ -66,18 +64,7 @@ def _transmitter(spec: str) -> dict:
 
 def _session(device: str, t_start: float | None, t_stop: float | None) -> dict:
     sim = link.simulate_pass(passes.micius2017(), seed=7, t_start=t_start, t_stop=t_stop)
-    tags = TagData(sim.tags_ps, sim.channels, 1, ("H", "V", "D", "A"), {})
-    alice = link.AliceFile(sim.alice, sim.metadata())
-    with tempfile.TemporaryDirectory() as d:
-        sa = KeyStore(Path(d) / "a.db", party="micius")
-        sb = KeyStore(Path(d) / "b.db", party="urumqi")
-        init_link("bench", sa, sb)
-        t0 = time.perf_counter()
-        res = run_session(tags, alice, link="bench", store_alice=sa, store_bob=sb,
-                          config=SessionConfig(insecure_seed=2017, device=device))
-        wall = time.perf_counter() - t0
-        sa.close()
-        sb.close()
+    res, wall = session_on(sim, SessionConfig(insecure_seed=2017, device=device))
     return {"wall_s": round(wall, 1), "tag_records": int(sim.tags_ps.size),
             "final_key_bits": res.final_key_bits,
             "key_bits_per_s": round(res.final_key_bits / wall, 1),

@@ -8,14 +8,12 @@ stores and reports the wall-clock time of each step, the total against the pass 
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
-from mozi.host.keys.keystore import KeyStore, init_link
-from mozi.host.postprocessing.session import SessionConfig, run_session
+from mozi.host.postprocessing.session import SessionConfig
 from mozi.sim import link, passes
-from mozi.sim.tagfile import TagData
+
+from bench.common import session_on
 
 TITLE = "Session: whole Micius 2017 pass, tags to stored key (model device)"
 
@@ -26,19 +24,8 @@ def run() -> dict:
     t0 = time.perf_counter()
     sim = link.simulate_pass(profile, seed=2017)
     sim_s = time.perf_counter() - t0
-    tags = TagData(sim.tags_ps, sim.channels, 1, ("H", "V", "D", "A"), {})
-    alice = link.AliceFile(sim.alice, sim.metadata())
     duration = float(sim.t_stop_s - sim.t_start_s)
-    with tempfile.TemporaryDirectory() as d:
-        sa = KeyStore(Path(d) / "alice.db", party="micius")
-        sb = KeyStore(Path(d) / "bob.db", party="xinglong")
-        init_link("micius2017", sa, sb)
-        t0 = time.perf_counter()
-        res = run_session(tags, alice, link="micius2017", store_alice=sa, store_bob=sb,
-                          config=SessionConfig(insecure_seed=2017))
-        wall = time.perf_counter() - t0
-        sa.close()
-        sb.close()
+    res, wall = session_on(sim, SessionConfig(insecure_seed=2017))
     return {
         "pass_duration_s": round(duration, 1),
         "tag_records": int(sim.tags_ps.size),
