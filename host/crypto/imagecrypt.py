@@ -443,8 +443,9 @@ def decrypt_file_kms(in_path, out_path, kme) -> CryptResult:
         raise KeyStoreError(f"{in_path.name} is for SAE {parsed.link!r}, not {kme.sae_id!r}")
     keys = []
     ids = list(parsed.key_ids)
-    for i in range(0, len(ids), 128):
-        keys += kme.dec_keys(parsed.sender, ids[i:i + 128])
+    per_request = int(kme.status(parsed.sender)["max_key_per_request"]) if len(ids) > 1 else 1
+    for i in range(0, len(ids), per_request):
+        keys += kme.dec_keys(parsed.sender, ids[i:i + per_request])
     if [k for k, _ in keys] != ids:
         raise KeyStoreError("the KME returned other keys than the file names")
     bits = _key_bits(keys)

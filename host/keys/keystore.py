@@ -74,7 +74,7 @@ from mozi.host.errors import KeyStoreError
 
 __all__ = [
     "DEFAULT_BLOCK_BITS",
-    "KeyNotIssued",
+    "KeyRequestRefused",
     "DEFAULT_STORE_ENV",
     "KeyRecord",
     "KeyStore",
@@ -345,9 +345,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
 
 
-class KeyNotIssued(KeyStoreError):
-    """A key ID that the peer KME did not issue for this pair of SAEs (``status``: the HTTP
-    status a KME answers with)."""
+class KeyRequestRefused(KeyStoreError):
+    """A KME's request for keys the store cannot answer: too little key, a key ID that is
+    unknown, handed out already or not issued for this pair of SAEs (``status``: the HTTP
+    status a KME answers with). Any other :class:`KeyStoreError` is the store failing."""
 
     def __init__(self, message: str, *, status: int):
         super().__init__(message)
@@ -1320,7 +1321,7 @@ class KeyStore:
 
         Raises
         ------
-        KeyStoreError
+        KeyRequestRefused
             Not enough key of this party's on the link.
         """
         out = []
@@ -1336,8 +1337,9 @@ class KeyStore:
                         "state = 'available' ORDER BY seq", (link, self.party))
                         if min(n_bits // 8, _KMS_MAX_BLOCK_BYTES) - reserve >= size]
                     if not fits:
-                        raise KeyStoreError(f"not enough key on link {link!r}: {number} keys "
-                                            f"of {8 * size} bits asked, fewer stored")
+                        raise KeyRequestRefused(
+                            f"not enough key on link {link!r}: {number} keys of {8 * size} "
+                            f"bits asked, fewer stored", status=400)
                     row = self._kms_move(fits[0], reserve)
                 block_id, blob, cursor, _ = row
                 blob = bytearray(blob)
@@ -1365,17 +1367,16 @@ class KeyStore:
 
         Raises
         ------
-        KeyNotIssued
-            No block of the peer's matches, or the key ID was not issued for this pair.
-        KeyStoreError
-            The key was handed out here already.
+        KeyRequestRefused
+            No block of the peer's matches, the key ID was not issued for this pair, or the
+            key was handed out here already.
         """
         out = []
         with self._write(erases=True):
             for key_id, prefix, offset, size in requests:
                 if self._db.execute("SELECT 1 FROM kms_keys WHERE key_id = ?",
                                     (key_id,)).fetchone():
-                    raise KeyStoreError(f"key {key_id} was handed out already")
+                    raise KeyRequestRefused(f"key {key_id} was handed out already", status=400)
                 found = [r for r in self._db.execute(
                     "SELECT block_id, bits, n_bytes FROM kms_blocks WHERE link = ? AND "
                     "sender = ? AND substr(block_id, 1, 13) = ?", (link, peer, prefix))]
@@ -1386,17 +1387,18 @@ class KeyStore:
                     kid, blob, _, n = self._kms_move(kid, reserve)
                     found.append((kid, blob, n))
                 if not found:
-                    raise KeyNotIssued(f"unknown key_ID {key_id}", status=400)
+                    raise KeyRequestRefused(f"unknown key_ID {key_id}", status=400)
                 match = [r for r in found if check_id(key_id, r[0], bytes(r[1][:reserve]))]
                 if not match:
-                    raise KeyNotIssued(f"key_ID {key_id} was not issued for master "
+                    raise KeyRequestRefused(f"key_ID {key_id} was not issued for master "
                                        f"{master!r} and slave {slave!r}", status=401)
                 block_id, blob, n = match[0]
                 blob = bytearray(blob)
                 if offset < reserve or offset + size > n or self._db.execute(
                         "SELECT 1 FROM kms_keys WHERE block_id = ? AND offset < ? AND "
                         "offset + size > ?", (block_id, offset + size, offset)).fetchone():
-                    raise KeyStoreError(f"key {key_id} overlaps key handed out already")
+                    raise KeyRequestRefused(f"key {key_id} overlaps key handed out already",
+                                            status=400)
                 key = bytes(blob[offset:offset + size])
                 blob[offset:offset + size] = bytes(size)
                 self._db.execute("UPDATE kms_blocks SET bits = ? WHERE block_id = ?",

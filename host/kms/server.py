@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from mozi.host.errors import KeyStoreError
-from mozi.host.keys.keystore import KeyNotIssued, KeyStore
+from mozi.host.keys.keystore import KeyRequestRefused, KeyStore
 from mozi.host.kms.certs import Pki, peer_sae_id, server_context
 from mozi.host.kms.keyid import (
     MAX_KEY_BYTES,
@@ -164,11 +164,9 @@ class Kme:
                     link, size=size // 8, number=number, reserve=RESERVED_BYTES, master=master,
                     slave=slave, make_id=lambda b, r, o, s: make_key_id(
                         b, r, o, s, master=master, slave=slave))
-        except KeyStoreError as exc:
-            if "not enough key" in str(exc):
-                raise KmeError(400, f"{exc}: see status for stored_key_count and "
-                               f"max_key_size") from None
-            raise
+        except KeyRequestRefused as exc:
+            raise KmeError(exc.status, f"{exc}: see status for stored_key_count and "
+                           f"max_key_size") from None
         return _keys(keys)
 
     def dec_keys(self, slave: str | None, master: str, key_ids) -> dict:
@@ -193,12 +191,8 @@ class Kme:
                     link, requests, peer=kme, reserve=RESERVED_BYTES, master=master,
                     slave=slave, check_id=lambda k, b, r: check_key_id(
                         k, b, r, master=master, slave=slave))
-        except KeyNotIssued as exc:
+        except KeyRequestRefused as exc:
             raise KmeError(exc.status, str(exc)) from None
-        except KeyStoreError as exc:
-            if "handed out already" in str(exc) or "overlaps" in str(exc):
-                raise KmeError(400, str(exc)) from None
-            raise
         return _keys(keys)
 
     # -- HTTP ------------------------------------------------------------------------------

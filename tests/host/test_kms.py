@@ -4,10 +4,13 @@ stations' real key stores, and an SAE client written from the standard's text (h
 import base64
 import concurrent.futures
 import json
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
@@ -278,3 +281,51 @@ def test_a_kme_started_before_the_relay_serves_its_key_afterwards(kms, tmp_path)
             assert r.status_code == 400 and "shares no key" in r.json()["message"]
             share_key(a, b, LINK, random_bits(4 * 8192, 3))       # the relay happens now
             assert sae.status("sae-urumqi").json()["stored_key_count"] == 2 * 31
+
+
+def test_a_kme_killed_under_load_never_hands_a_key_out_twice(kms, tmp_path):
+    """SIGKILL of the master's KME while 4 SAEs take keys, a restart on the same store, more
+    keys: every key an SAE received is distinct, recorded as handed out, and fetched once at
+    the peer KME with the same bits."""
+    with KeyStore(tmp_path / "moscow.db", party="moscow") as a, \
+            KeyStore(tmp_path / "urumqi.db", party="urumqi") as b:
+        share_key(a, b, LINK, random_bits(64 * 8192, 9))
+    got: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def take(url, stop):
+        with Sae(url, kms["certs"], "sae-moscow") as sae:
+            while not stop.is_set():
+                try:
+                    keys = keys_of(sae.enc_keys("sae-urumqi", number=2))
+                except (httpx.HTTPError, AssertionError):
+                    return                  # the KME died under this request
+                with lock:
+                    got.extend(keys.items())
+
+    for round_ in range(2):
+        kme = KmeProcess(tmp_path / "moscow.db", kms["certs"])
+        stop = threading.Event()
+        workers = [threading.Thread(target=take, args=(kme.url, stop)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(1.0)
+        if round_ == 0:
+            kme.proc.send_signal(signal.SIGKILL)
+            kme.proc.wait(30)
+        stop.set()
+        for w in workers:
+            w.join(30)
+        kme.stop()
+    ids = [k for k, _ in got]
+    assert len(ids) > 20 and len(set(ids)) == len(ids)
+    assert len({v for _, v in got}) == len(got)
+    with KeyStore(tmp_path / "moscow.db", create=False) as m:
+        handed = {k for k, side, *_ in m.kms_handed_out() if side == "enc"}
+    assert set(ids) <= handed                   # answered only after it was recorded
+    with KmeProcess(tmp_path / "urumqi.db", kms["certs"]) as u, \
+            Sae(u.url, kms["certs"], "sae-urumqi") as slave:
+        fetched = {}
+        for i in range(0, len(ids), 100):
+            fetched |= keys_of(slave.dec_keys("sae-moscow", ids[i:i + 100]))
+    assert fetched == dict(got)

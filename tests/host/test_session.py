@@ -20,6 +20,7 @@ from mozi.sim.eve import InterceptResend
 from mozi.sim.tagfile import TagData
 
 from tests.host.keys import linked_stores
+from tests.host.nodes import kind
 
 LINK = "sat-xinglong"
 
@@ -335,12 +336,6 @@ def test_the_session_consumes_and_refills_the_lasting_key_exactly(session30):
     assert st_a["next_seq"] == st_b["next_seq"] and min(st_a["next_seq"]) > 5
 
 
-def _kind(frame: bytes) -> bytes:
-    """The message kind of an authenticated-channel frame (its length is byte 12); empty for
-    a public frame."""
-    return frame[13:13 + frame[12]] if frame[:2] == b"MZ" else b""
-
-
 def _recorder(log):
     def tap(direction, frame):
         log.append((direction, frame))
@@ -358,10 +353,10 @@ def test_a_replayed_frame_of_an_earlier_session_aborts_the_session(slice10, tmp_
     log = []
     first = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
                         tap=_recorder(log))
-    old = [f for d, f in log if d == "alice->bob" and _kind(f) == b"cascade-seed"][0]
+    old = [f for d, f in log if d == "alice->bob" and kind(f) == b"cascade-seed"][0]
 
     def replay(direction, frame):
-        if direction == "alice->bob" and _kind(frame) == b"cascade-seed":
+        if direction == "alice->bob" and kind(frame) == b"cascade-seed":
             return [old, frame]
         return [frame]
 
@@ -377,7 +372,7 @@ def test_a_replayed_frame_of_an_earlier_session_aborts_the_session(slice10, tmp_
 def _forged_sift_flags(copies: int):
     """A tap that puts ``copies`` forged copies of ``sift-flags`` before the genuine one."""
     def tap(direction, frame):
-        if _kind(frame) == b"sift-flags":
+        if kind(frame) == b"sift-flags":
             bad = bytearray(frame)
             bad[40] ^= 1
             return [bytes(bad)] * copies + [frame]
@@ -421,7 +416,7 @@ def test_a_dropped_message_aborts_the_session(slice10, tmp_path):
     sa, sb = _stores(tmp_path)
 
     def drop(direction, frame):
-        return [] if _kind(frame) == b"x-errors" else [frame]
+        return [] if kind(frame) == b"x-errors" else [frame]
 
     res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=drop)
     assert res.aborted and "out-of-order message" in res.abort_reason   # the next one came
