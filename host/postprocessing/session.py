@@ -100,6 +100,7 @@ from mozi.host.postprocessing.finite_key import (
     binary_entropy,
     finite_key_length,
 )
+from mozi.host.postprocessing.ldpc import MAX_ROUNDS, AliceLdpc, BobLdpc, LdpcFailure
 from mozi.host.postprocessing.privacy import privacy_amplify
 from mozi.host.postprocessing.sifting import (
     alice_answer_report,
@@ -128,6 +129,10 @@ __all__ = [
     "SessionResult",
     "run_session",
 ]
+
+
+#: Error-correction methods a session can use (:attr:`SessionConfig.reconciliation`).
+RECONCILIATION_METHODS = ("cascade", "ldpc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +173,10 @@ class SessionConfig:
         at the first tampered, replayed, reordered or forged frame: whoever can inject one
         can as well drop the genuine one, so tolerating it buys nothing.
     cascade_passes : int
+    reconciliation : str
+        Error correction: ``"cascade"`` (interactive, f ≈ 1.03, thousands of round trips) or
+        ``"ldpc"`` (blind syndrome decoding, one to three round trips,
+        :mod:`~mozi.host.postprocessing.ldpc`). Both ends must agree.
     profile_bin_s : float
         Width of the profile bins (seconds of pass time).
     block_events : int
@@ -189,6 +198,7 @@ class SessionConfig:
     alignment_sample: int = 512
     auth_max_failures: int = 1
     cascade_passes: int = 16
+    reconciliation: str = "cascade"
     profile_bin_s: float = 10.0
     block_events: int = 50_000
 
@@ -214,6 +224,9 @@ class SessionConfig:
             raise ValueError("max_drift must lie in (0, 0.01)")
         if self.max_slot_shift < 0 or self.alignment_sample < 16:
             raise ValueError("max_slot_shift must be >= 0 and alignment_sample >= 16")
+        if self.reconciliation not in RECONCILIATION_METHODS:
+            raise ValueError(f"reconciliation must be one of {', '.join(RECONCILIATION_METHODS)}"
+                             f", not {self.reconciliation!r}")
         if self.profile_bin_s <= 0 or self.block_events < 1000:
             raise ValueError("profile_bin_s must be positive and block_events >= 1000")
 
@@ -448,7 +461,8 @@ def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
 # -- the pass announcement -----------------------------------------------------------------
 
 #: Session parameters both parties must hold alike (Bob refuses a session whose differ).
-AGREED_PARAMETERS = ("eps_sec", "eps_cor", "qber_threshold", "alice_share", "cascade_passes")
+AGREED_PARAMETERS = ("eps_sec", "eps_cor", "qber_threshold", "alice_share", "cascade_passes",
+                     "reconciliation")
 _PASS_VERSION = 1
 
 
@@ -779,16 +793,20 @@ def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
     t0 = half.step("sifting", t0)
     _check_x(result, config)
 
-    # 5. Cascade: queries and answers as public frames, both transcripts authenticated
-    with _parsing("cascade-seed"):
-        (cascade_seed,) = struct.unpack(">Q", _recv(ch, "cascade-seed"))
-    oracle = RemoteParityOracle(ch, n_z)
-    ec = reconcile(None, b_sift.key, _qber_estimate(qber_x), seed=cascade_seed,
-                   passes=config.cascade_passes, oracle=oracle)
-    flips = ec.corrected != b_sift.key
-    oracle.finish(int(flips.sum()))
-    bob_key = ec.corrected
-    _corrected(result, int(ec.leaked_bits), int(flips.sum()), n_z)
+    # 5. error correction
+    if config.reconciliation == "ldpc":
+        bob_key, leaked = _bob_ldpc(ch, b_sift.key, _qber_estimate(qber_x))
+    else:
+        # Cascade: queries and answers as public frames, both transcripts authenticated
+        with _parsing("cascade-seed"):
+            (cascade_seed,) = struct.unpack(">Q", _recv(ch, "cascade-seed"))
+        oracle = RemoteParityOracle(ch, n_z)
+        ec = reconcile(None, b_sift.key, _qber_estimate(qber_x), seed=cascade_seed,
+                       passes=config.cascade_passes, oracle=oracle)
+        oracle.finish(int((ec.corrected != b_sift.key).sum()))
+        bob_key, leaked = ec.corrected, int(ec.leaked_bits)
+    flips = bob_key != b_sift.key
+    _corrected(result, leaked, int(flips.sum()), n_z)
     result.profile = profile(flips, True)
     t0 = half.step("error correction", t0)
     _check_z(result, config)
@@ -804,7 +822,7 @@ def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
         raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
 
     # 7. finite-key length, as Alice computes it
-    fk = _finite_key(start, config, stats, ec.leaked_bits, int(flips.sum()), result)
+    fk = _finite_key(start, config, stats, leaked, int(flips.sum()), result)
 
     # 8. privacy amplification with Alice's seed; the layout and IDs she sends
     with _parsing("pa-seed"):
@@ -884,13 +902,18 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
     t0 = half.step("sifting", t0)
     _check_x(result, config)
 
-    # 5. Cascade: Alice answers parity queries
-    cascade_seed = rand.integer("cascade")
-    ch.send("cascade-seed", struct.pack(">Q", cascade_seed))
-    oracle, flipped = serve_parities(ch, a_sift.key, seed=cascade_seed,
-                                     qber_estimate=_qber_estimate(qber_x),
-                                     passes=config.cascade_passes)
-    _corrected(result, int(oracle.leaked_bits), flipped, n_z)
+    # 5. error correction
+    if config.reconciliation == "ldpc":
+        leaked, flipped = _alice_ldpc(ch, a_sift.key, _qber_estimate(qber_x))
+    else:
+        # Cascade: Alice answers parity queries
+        cascade_seed = rand.integer("cascade")
+        ch.send("cascade-seed", struct.pack(">Q", cascade_seed))
+        oracle, flipped = serve_parities(ch, a_sift.key, seed=cascade_seed,
+                                         qber_estimate=_qber_estimate(qber_x),
+                                         passes=config.cascade_passes)
+        leaked = int(oracle.leaked_bits)
+    _corrected(result, leaked, flipped, n_z)
     t0 = half.step("error correction", t0)
     _check_z(result, config)
 
@@ -906,7 +929,7 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
         raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
 
     # 7. finite-key length
-    fk = _finite_key(start, config, stats, oracle.leaked_bits, flipped, result)
+    fk = _finite_key(start, config, stats, leaked, flipped, result)
 
     # 8. privacy amplification; the refill of what the session took, the layout, the IDs
     pa_seed = rand.bits("pa", n_z + fk.length - 1)
@@ -942,6 +965,44 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
 
 
 # -- steps both halves share -----------------------------------------------------------------
+
+def _alice_ldpc(ch, key: np.ndarray, qber: float) -> tuple[int, int]:
+    """Alice's LDPC half: syndromes, then reveals on request. Returns (leaked, flipped), the
+    flip count from Bob's report."""
+    alice = AliceLdpc(key, qber)
+    ch.send("ldpc-syndromes", alice.syndromes())
+    while True:
+        with _parsing("ldpc-request"):
+            try:
+                reveal = alice.answer(_recv(ch, "ldpc-request"))
+            except LdpcFailure as exc:
+                raise ProtocolAbort(f"{exc}; block discarded") from None
+        if reveal is None:
+            break
+        ch.send("ldpc-reveal", reveal)
+    with _parsing("ldpc-flips"):
+        (flipped,) = struct.unpack(">Q", _recv(ch, "ldpc-flips"))
+        if flipped > key.size:
+            raise ValueError("more flips than bits")
+    return alice.leaked_bits, int(flipped)
+
+
+def _bob_ldpc(ch, key: np.ndarray, qber: float) -> tuple[np.ndarray, int]:
+    """Bob's LDPC half; returns his corrected key and the bits Alice disclosed."""
+    bob = BobLdpc(key, qber)
+    with _parsing("ldpc-syndromes"):
+        request = bob.first(_recv(ch, "ldpc-syndromes"))
+    while request[0] == 0:
+        ch.send("ldpc-request", request)
+        with _parsing("ldpc-reveal"):
+            request = bob.retry(_recv(ch, "ldpc-reveal"))
+    ch.send("ldpc-request", request)
+    if request[0] != 1:
+        raise ProtocolAbort(f"LDPC reconciliation failed: a frame was not decoded in "
+                            f"{MAX_ROUNDS} rounds; block discarded")
+    ch.send("ldpc-flips", struct.pack(">Q", int((bob.corrected != key).sum())))
+    return bob.corrected, bob.leaked_bits
+
 
 def _qber_estimate(qber_x: float) -> float:
     """Cascade's block sizes come from the X-basis QBER, bounded to a sane range."""

@@ -69,9 +69,9 @@ class StationProcess:
     """``mozi node station`` in a subprocess on a free loopback port."""
 
     def __init__(self, name: str, store: Path, tags: list[Path], *, crash: str | None = None,
-                 timeout: float = 30.0, port: int = 0):
+                 timeout: float = 30.0, port: int = 0, extra: tuple[str, ...] = ()):
         args = [*_cli(), "station", "--name", name, "--store", str(store), "--listen",
-                f"127.0.0.1:{port}", "--timeout", str(timeout)]
+                f"127.0.0.1:{port}", "--timeout", str(timeout), *extra]
         for t in tags:
             args += ["--tags", str(t)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -109,11 +109,11 @@ class StationProcess:
 
 
 def satellite_command(store: Path, stations: list[str], passes_: list[tuple[str, Path]], *,
-                      relay: tuple[str, str] | None = None, timeout: float = 30.0
-                      ) -> list[str]:
+                      relay: tuple[str, str] | None = None, timeout: float = 30.0,
+                      extra: tuple[str, ...] = ()) -> list[str]:
     """The ``mozi node satellite`` command line."""
     args = [*_cli(), "satellite", "--store", str(store), "--timeout", str(timeout),
-            "--connect-for", "20"]
+            "--connect-for", "20", *extra]
     for st in stations:
         args += ["--station", st]
     for name, alice in passes_:
@@ -125,10 +125,11 @@ def satellite_command(store: Path, stations: list[str], passes_: list[tuple[str,
 
 def run_satellite(store: Path, stations: list[str], passes_: list[tuple[str, Path]], *,
                   relay: tuple[str, str] | None = None, crash: str | None = None,
-                  timeout: float = 30.0) -> subprocess.CompletedProcess:
+                  timeout: float = 30.0, extra: tuple[str, ...] = ()
+                  ) -> subprocess.CompletedProcess:
     """``mozi node satellite`` to completion (or to its crash point)."""
     return subprocess.run(satellite_command(store, stations, passes_, relay=relay,
-                                            timeout=timeout),
+                                            timeout=timeout, extra=extra),
                           capture_output=True, text=True, env=_env(crash),
                           timeout=NODE_TIMEOUT_S)
 

@@ -278,3 +278,34 @@ def test_a_biased_basis_choice_sifts_more_key(tmp_path, capsys):
 def test_p_z_must_leave_both_bases(tmp_path, capsys, pz):
     assert main(["simulate", "--p-z", pz, "--t-stop", "1", "--no-progress"]) == 1
     assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_ldpc_reconciliation_stores_identical_keys(sim_dir, tmp_path, capsys):
+    """``--reconciliation ldpc``: the same detections distilled with LDPC give identical keys
+    at both ends, a leak accounted as syndrome plus revealed bits, and a different key than
+    Cascade's (another leak, another final length)."""
+    _link(tmp_path, "l")
+    capsys.readouterr()
+    rc, out, err = _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+                        "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db",
+                        "--reconciliation", "ldpc", "--insecure-seed", SESSION_SEED, "--json")
+    doc = json.loads(out)
+    assert rc == 0, err
+    assert not doc["aborted"] and doc["verification_ok"] and doc["final_key_bits"] > 0
+    assert 1.1 < doc["ec_efficiency"] < 1.6
+    alice = _store_keys(tmp_path / "a.db", "l")
+    bob = _store_keys(tmp_path / "b.db", "l")
+    assert sorted(alice) == sorted(bob) == sorted(doc["key_ids"])
+    for key_id, bits in alice.items():
+        np.testing.assert_array_equal(bits, bob[key_id])
+
+
+def test_unknown_reconciliation_is_one_error_line(sim_dir, tmp_path, capsys):
+    _link(tmp_path, "l")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        _run(capsys, sim_dir / "bob.tags", sim_dir / "alice.json", "--link", "l",
+             "--store-alice", tmp_path / "a.db", "--store-bob", tmp_path / "b.db",
+             "--reconciliation", "turbo")
+    assert exc.value.code == 2
+    assert "invalid choice: 'turbo'" in capsys.readouterr().err

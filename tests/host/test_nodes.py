@@ -243,3 +243,25 @@ def test_a_silent_peer_aborts_the_session_after_the_timeout(pass_files, tmp_path
     _pools_in_step(paths, "moscow")
     sessions = [e for e in m.lines if e["event"] == "session"]
     assert sessions[0]["aborted"] and not sessions[1]["aborted"]
+
+
+def test_ldpc_reconciliation_over_the_network(pass_files, tmp_path):
+    """``--reconciliation ldpc`` at both nodes: the session runs across the TCP link with
+    the same keys at both ends; a satellite that asks for Cascade from an LDPC station is
+    refused at pass-start (the method is an agreed parameter) and stores nothing."""
+    paths = make_stores(tmp_path)
+    ldpc = ("--reconciliation", "ldpc")
+    (tags0, alice0), (tags1, alice1) = pass_files["moscow"][:2]
+    with StationProcess("moscow", paths["moscow"], [tags0, tags1], extra=ldpc) as m:
+        doc = report(run_satellite(paths["satellite"], [m.address], [("moscow", alice0)],
+                                   extra=ldpc))
+        rows = _same_link(paths, "moscow", "sat-moscow")
+        refused = report(run_satellite(paths["satellite"], [m.address], [("moscow", alice1)]))
+    (s,) = doc["sessions"]
+    assert not s["aborted"] and s["final_key_bits"] > 0, s["abort_reason"]
+    assert s["ec_efficiency"] > 1.1            # LDPC's leak, not Cascade's 1.03
+    assert sorted(r[0] for r in rows) == sorted(s["key_ids"])
+    _pools_in_step(paths, "moscow")
+    (r,) = refused["sessions"]
+    assert r["aborted"] and "parameters differ" in r["abort_reason"]
+    assert _same_link(paths, "moscow", "sat-moscow") == rows

@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="device backend of this node (model, rtl, serial:PORT)")
         p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                        help="give a connection up after S seconds of silence (default 60)")
+        p.add_argument("--reconciliation", choices=("cascade", "ldpc"), default="cascade",
+                       help="error correction of this link's sessions (default cascade; both "
+                            "nodes must agree)")
         p.add_argument("--alice-share", type=float, default=0.5, metavar="F",
                        help="fraction of each session's key the satellite may send with "
                             "(default 0.5; both nodes must agree; 1 for a pure relay)")
@@ -86,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args):
     from mozi.host.postprocessing.session import SessionConfig
     try:
-        return SessionConfig(device=args.device, alice_share=args.alice_share)
+        return SessionConfig(device=args.device, alice_share=args.alice_share,
+                             reconciliation=args.reconciliation)
     except ValueError as exc:
         raise SystemExit(f"mozi node: error: {exc}") from None
 

@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alice-share", type=float, default=None, metavar="F",
                         help="fraction of the key Alice may send with (default 0.5; Bob gets "
                              "the rest)")
+    parser.add_argument("--reconciliation", choices=("cascade", "ldpc"), default=None,
+                        help="error correction: cascade (default; f ≈ 1.03, many round trips)"
+                             " or ldpc (blind syndrome decoding, 1–3 round trips)")
     parser.add_argument("--insecure-seed", type=int, default=None, metavar="N",
                         help="replay mode for simulation and tests: every random choice, the "
                              "secret ones included, follows from N; the keys are marked "
@@ -199,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         "qber_threshold": args.qber_threshold,
         "insecure_seed": args.insecure_seed,
         "alice_share": args.alice_share,
+        "reconciliation": args.reconciliation,
         "device": args.device,
         "alice_device": args.alice_device,
         "bob_device": args.bob_device,
