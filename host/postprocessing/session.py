@@ -105,6 +105,7 @@ from mozi.host.postprocessing.privacy import privacy_amplify
 from mozi.host.postprocessing.sifting import (
     alice_answer_report,
     alice_count_x_errors,
+    alice_sifted,
     bob_disclose_x_bits,
     bob_receive_flags,
     bob_receive_x_errors,
@@ -177,6 +178,10 @@ class SessionConfig:
         Error correction: ``"cascade"`` (interactive, f ≈ 1.03, thousands of round trips) or
         ``"ldpc"`` (blind syndrome decoding, one to three round trips,
         :mod:`~mozi.host.postprocessing.ldpc`). Both ends must agree.
+    key_bases : str
+        ``"z"``: the Z detections are the key, the X bits are disclosed to test it.
+        ``"zx"``: nothing is disclosed; both bases are error corrected and distilled, each
+        tested by the other's corrected errors (:func:`_finite_keys`). Both ends must agree.
     profile_bin_s : float
         Width of the profile bins (seconds of pass time).
     block_events : int
@@ -199,6 +204,7 @@ class SessionConfig:
     auth_max_failures: int = 1
     cascade_passes: int = 16
     reconciliation: str = "cascade"
+    key_bases: str = "z"
     profile_bin_s: float = 10.0
     block_events: int = 50_000
 
@@ -227,6 +233,8 @@ class SessionConfig:
         if self.reconciliation not in RECONCILIATION_METHODS:
             raise ValueError(f"reconciliation must be one of {', '.join(RECONCILIATION_METHODS)}"
                              f", not {self.reconciliation!r}")
+        if self.key_bases not in ("z", "zx"):
+            raise ValueError(f"key_bases must be z or zx, not {self.key_bases!r}")
         if self.profile_bin_s <= 0 or self.block_events < 1000:
             raise ValueError("profile_bin_s must be positive and block_events >= 1000")
 
@@ -247,13 +255,14 @@ class SessionResult:
     sifted_z_bits : int
         Of which Z basis: the sifted key given to error correction.
     qber_z : float or None
-        Z-basis QBER from the errors Cascade corrected (None if EC did not run).
+        Z-basis QBER from the errors error correction corrected (None if EC did not run).
     qber_x : float or None
-        X-basis QBER from the disclosed X bits.
+        X-basis QBER from the disclosed X bits (with both bases as key: from the errors
+        corrected in the X key).
     ec_leaked_bits : int or None
-        Parity bits disclosed by Cascade (``λ_EC``).
+        Bits disclosed by error correction (``λ_EC``; both keys' with both bases).
     ec_efficiency : float or None
-        ``λ_EC / (n · h(qber_z))``.
+        ``λ_EC / (n · h(qber_z))`` (with both bases ``λ_EC / Σ n h(q)`` over the two keys).
     verification_ok : bool or None
     auth_bits_consumed : int
         Authentication key bits that left Alice's pool in this session (pads of the frames
@@ -272,7 +281,10 @@ class SessionResult:
         For each key ID, :func:`~mozi.host.keys.keystore.check_value` of the block (compare two
         stores or two backends without showing key bits).
     finite_key : dict or None
-        The :class:`~mozi.host.postprocessing.finite_key.FiniteKeyResult` as a dict.
+        The :class:`~mozi.host.postprocessing.finite_key.FiniteKeyResult` of the Z key as a
+        dict.
+    finite_key_x : dict or None
+        That of the X key when both bases give key (``key_bases="zx"``).
     profile : list of dict
         Per ``profile_bin_s`` of pass time: ``t_s``, ``sifted_kbps``, ``qber``.
     timings : dict
@@ -311,6 +323,7 @@ class SessionResult:
     key_senders: list[str] = dataclasses.field(default_factory=list)
     key_check_values: list[str] = dataclasses.field(default_factory=list)
     finite_key: dict | None = None
+    finite_key_x: dict | None = None
     profile: list[dict] = dataclasses.field(default_factory=list)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     timing: dict | None = None
@@ -462,7 +475,7 @@ def _profile(bin_s: float, rate: float, slots: np.ndarray, errors: np.ndarray,
 
 #: Session parameters both parties must hold alike (Bob refuses a session whose differ).
 AGREED_PARAMETERS = ("eps_sec", "eps_cor", "qber_threshold", "alice_share", "cascade_passes",
-                     "reconciliation")
+                     "reconciliation", "key_bases")
 _PASS_VERSION = 1
 
 
@@ -774,15 +787,21 @@ def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
     # 4. sifting
     bob_send_report(ch, a_slots, b_basis)
     b_sift = bob_receive_flags(ch, a_slots, b_basis, b_bits)
-    bob_disclose_x_bits(ch, b_sift)
-    b_sift = bob_receive_x_errors(ch, b_sift)
-    stats: DecoyStatistics = b_sift.stats
-    n_z, qber_x = _sifted(result, stats)
+    both = config.key_bases == "zx"
+    if both:
+        # no X bits disclosed: the X detections become key too
+        stats = None
+        n_z, n_x = _sifted_counts(result, b_sift.key.size, b_sift.x_bits.size)
+    else:
+        bob_disclose_x_bits(ch, b_sift)
+        b_sift = bob_receive_x_errors(ch, b_sift)
+        stats = b_sift.stats
+        n_z, qber_x = _sifted(result, stats)
+        n_x = b_sift.x_slots.size
     # the profile's QBER is that of the Z key as error correction finds it (Bob never learns
     # which X bits were wrong, only how many)
     all_slots = np.concatenate([b_sift.slots, b_sift.x_slots])
     order = np.argsort(all_slots, kind="stable")
-    n_x = b_sift.x_slots.size
 
     def profile(z_err: np.ndarray, z_known: bool) -> list[dict]:
         errs = np.concatenate([z_err, np.zeros(n_x, bool)])[order]
@@ -791,25 +810,37 @@ def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
 
     result.profile = profile(np.zeros(n_z, bool), False)
     t0 = half.step("sifting", t0)
-    _check_x(result, config)
+    if not both:
+        _check_x(result, config)
 
-    # 5. error correction
-    if config.reconciliation == "ldpc":
-        bob_key, leaked = _bob_ldpc(ch, b_sift.key, _qber_estimate(qber_x))
+    # 5. error correction of each key part (Z; and X when both bases give key)
+    if both:
+        with _parsing("ec-estimate"):
+            (estimate,) = struct.unpack(">d", _recv(ch, "ec-estimate"))
+            if not 0.0 <= estimate <= 0.5:
+                raise ValueError("QBER estimate outside [0, 1/2]")
+        raw = [b_sift.key, b_sift.x_bits]
     else:
-        # Cascade: queries and answers as public frames, both transcripts authenticated
-        with _parsing("cascade-seed"):
-            (cascade_seed,) = struct.unpack(">Q", _recv(ch, "cascade-seed"))
-        oracle = RemoteParityOracle(ch, n_z)
-        ec = reconcile(None, b_sift.key, _qber_estimate(qber_x), seed=cascade_seed,
-                       passes=config.cascade_passes, oracle=oracle)
-        oracle.finish(int((ec.corrected != b_sift.key).sum()))
-        bob_key, leaked = ec.corrected, int(ec.leaked_bits)
-    flips = bob_key != b_sift.key
-    _corrected(result, leaked, int(flips.sum()), n_z)
-    result.profile = profile(flips, True)
+        estimate, raw = qber_x, [b_sift.key]
+    fixed, leaks = [], []
+    for part in raw:
+        key, leaked = _bob_correct(ch, part, _qber_estimate(estimate), config)
+        fixed.append(key)
+        leaks.append(leaked)
+    flips = [k != r for k, r in zip(fixed, raw, strict=True)]
+    if both:
+        errors = (np.bincount(b_sift.intensity[flips[0]], minlength=3)[:3],
+                  np.bincount(b_sift.x_intensity[flips[1]], minlength=3)[:3])
+        ch.send("ec-errors", struct.pack(">6Q", *(int(v) for e in errors for v in e)))
+        stats = _both_bases_statistics(b_sift.intensity, b_sift.x_intensity, *errors)
+        _corrected_both(result, leaks, [int(f.sum()) for f in flips], (n_z, n_x))
+        _check_x(result, config)
+    else:
+        _corrected(result, leaks[0], int(flips[0].sum()), n_z)
+    result.profile = profile(flips[0], True)
     t0 = half.step("error correction", t0)
     _check_z(result, config)
+    bob_key = np.concatenate(fixed)
 
     # 6. verification
     t_bits = verification_tag_bits(config.eps_cor)
@@ -821,29 +852,35 @@ def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
     if not ok:
         raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
 
-    # 7. finite-key length, as Alice computes it
-    fk = _finite_key(start, config, stats, leaked, int(flips.sum()), result)
+    # 7. finite-key length of each part, as Alice computes it
+    lengths = _finite_keys(start, config, stats, leaks, [int(f.sum()) for f in flips], result)
 
-    # 8. privacy amplification with Alice's seed; the layout and IDs she sends
+    # 8. privacy amplification of each part with Alice's seeds; the layout and IDs she sends
+    sizes = [p.size + ell - 1 if ell else 0 for p, ell in zip(fixed, lengths, strict=True)]
     with _parsing("pa-seed"):
-        raw = _recv(ch, "pa-seed")
-        if len(raw) != (n_z + fk.length - 1 + 7) // 8:
+        raw_seed = _recv(ch, "pa-seed")
+        if len(raw_seed) != sum((n + 7) // 8 for n in sizes):
             raise ValueError("seed of the wrong length")
-        seed_recv = np.unpackbits(np.frombuffer(raw, np.uint8))[:n_z + fk.length - 1]
-    key_b, _ = privacy_amplify(bob_key, fk.length, seed_bits=seed_recv)
+        seeds, at = [], 0
+        for n in sizes:
+            seeds.append(np.unpackbits(np.frombuffer(raw_seed, np.uint8, (n + 7) // 8, at))[:n])
+            at += (n + 7) // 8
+    key_b = np.concatenate([privacy_amplify(p, ell, seed_bits=sd)[0] if ell
+                            else np.zeros(0, np.uint8)
+                            for p, ell, sd in zip(fixed, lengths, seeds, strict=True)])
+    total = key_b.size
     r0, r1, ids = decode_key_ids(_recv(ch, "key-ids"))
     # the refill must be exactly what his pool lacks at the session's end ("stored" out,
     # "committed" in), the layout his own rule's
     need = half.pool.refill_need(pending_out=1, pending_in=1)
-    n_key = fk.length - r0 - r1
+    n_key = total - r0 - r1
     senders = (half.peer, half.store.party)
     layout = key_layout(n_key, senders, first_share=config.alice_share) if n_key > 0 else []
-    if (r0, r1) != (min(need[0], fk.length), min(need[1], fk.length - r0)) \
+    if (r0, r1) != (min(need[0], total), min(need[1], total - r0)) \
             or len(ids) != len(layout):
         raise ProtocolAbort("the peers disagree on the authentication refill or the key layout")
     t0 = half.step("privacy amplification", t0)
 
-    # storage: staged here, committed when Alice has committed
     cut = r0 + r1
     half.store.stage_session(half.link, peer=half.peer, session_id=start.session_id,
                              refill=(key_b[:r0], key_b[r0:cut]), key_bits=key_b[cut:],
@@ -891,36 +928,56 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
     def records_at(slots: np.ndarray) -> np.ndarray:
         return alice_record(*source.choices(slots))
 
+    both = config.key_bases == "zx"
     with open_device(config.alice_device or config.device, role="transmitter") as alice_dev:
         tx = TransmitterDriver(alice_dev)
         tx.reset()
         report = alice_answer_report(ch, tx, records_at)
-        a_sift = alice_count_x_errors(ch, report)
+        a_sift = alice_sifted(report) if both else alice_count_x_errors(ch, report)
         result.device_counters.update(tx.counters())
-    stats: DecoyStatistics = a_sift.stats
-    n_z, qber_x = _sifted(result, stats)
-    t0 = half.step("sifting", t0)
-    _check_x(result, config)
-
-    # 5. error correction
-    if config.reconciliation == "ldpc":
-        leaked, flipped = _alice_ldpc(ch, a_sift.key, _qber_estimate(qber_x))
+    if both:
+        n_z, n_x = _sifted_counts(result, a_sift.key.size, a_sift.x_bits.size)
+        stats = None
     else:
-        # Cascade: Alice answers parity queries
-        cascade_seed = rand.integer("cascade")
-        ch.send("cascade-seed", struct.pack(">Q", cascade_seed))
-        oracle, flipped = serve_parities(ch, a_sift.key, seed=cascade_seed,
-                                         qber_estimate=_qber_estimate(qber_x),
-                                         passes=config.cascade_passes)
-        leaked = int(oracle.leaked_bits)
-    _corrected(result, leaked, flipped, n_z)
+        stats = a_sift.stats
+        n_z, qber_x = _sifted(result, stats)
+    t0 = half.step("sifting", t0)
+    if not both:
+        _check_x(result, config)
+
+    # 5. error correction of each key part (Z; and X when both bases give key); with both,
+    # the QBER estimate for it is that of the disclosed alignment sample
+    if both:
+        estimate = float(result.alignment["error_rate"])
+        ch.send("ec-estimate", struct.pack(">d", estimate))
+        raw = [a_sift.key, a_sift.x_bits]
+    else:
+        estimate, raw = qber_x, [a_sift.key]
+    leaks, flipped = [], []
+    for i, part in enumerate(raw):
+        leaked, f = _alice_correct(ch, part, _qber_estimate(estimate), config, rand,
+                                   "cascade" if i == 0 else "cascade-x")
+        leaks.append(leaked)
+        flipped.append(f)
+    if both:
+        with _parsing("ec-errors"):
+            counts = np.array(struct.unpack(">6Q", _recv(ch, "ec-errors")), np.int64)
+            errors = (counts[:3], counts[3:])
+            if [int(e.sum()) for e in errors] != flipped:
+                raise ValueError("error counts per intensity disagree with the totals")
+            stats = _both_bases_statistics(a_sift.intensity, a_sift.x_intensity, *errors)
+        _corrected_both(result, leaks, flipped, (n_z, n_x))
+        _check_x(result, config)
+    else:
+        _corrected(result, leaks[0], flipped[0], n_z)
     t0 = half.step("error correction", t0)
     _check_z(result, config)
+    a_key = np.concatenate(raw)
 
     # 6. verification: seed and tag to Bob, his verdict back
     t_bits = verification_tag_bits(config.eps_cor)
-    vseed = rand.bits("verify", n_z + t_bits - 1)
-    tag_a = verification_tag(a_sift.key, vseed, t_bits)
+    vseed = rand.bits("verify", a_key.size + t_bits - 1)
+    tag_a = verification_tag(a_key, vseed, t_bits)
     ch.send("verify", struct.pack(">I", vseed.size) + np.packbits(vseed).tobytes()
             + np.packbits(tag_a).tobytes())
     result.verification_ok = _recv(ch, "verify-result") == b"\x01"
@@ -928,18 +985,24 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
     if not result.verification_ok:
         raise ProtocolAbort("verification failed: the corrected keys differ; block discarded")
 
-    # 7. finite-key length
-    fk = _finite_key(start, config, stats, leaked, flipped, result)
+    # 7. finite-key length of each part
+    lengths = _finite_keys(start, config, stats, leaks, flipped, result)
 
-    # 8. privacy amplification; the refill of what the session took, the layout, the IDs
-    pa_seed = rand.bits("pa", n_z + fk.length - 1)
-    key_a, pa_seed = privacy_amplify(a_sift.key, fk.length, seed_bits=pa_seed)
-    ch.send("pa-seed", np.packbits(pa_seed).tobytes())
+    # 8. privacy amplification of each part; the refill of what the session took, the layout,
+    # the IDs
+    seeds = [rand.bits("pa" if i == 0 else "pa-x", p.size + ell - 1) if ell
+             else np.zeros(0, np.uint8) for i, (p, ell) in enumerate(zip(raw, lengths,
+                                                                        strict=True))]
+    key_a = np.concatenate([privacy_amplify(p, ell, seed_bits=sd)[0] if ell
+                            else np.zeros(0, np.uint8)
+                            for p, ell, sd in zip(raw, lengths, seeds, strict=True)])
+    ch.send("pa-seed", b"".join(np.packbits(sd).tobytes() for sd in seeds))
+    total = key_a.size
     # pending at the session's end: "key-ids" and "committed" out, Bob's "stored" in
     need = half.pool.refill_need(pending_out=2, pending_in=1)
-    r0 = min(need[0], fk.length)
-    r1 = min(need[1], fk.length - r0)
-    n_key = fk.length - r0 - r1
+    r0 = min(need[0], total)
+    r1 = min(need[1], total - r0)
+    n_key = total - r0 - r1
     senders = (half.store.party, half.peer)
     layout = key_layout(n_key, senders, first_share=config.alice_share) if n_key else []
     ids = rand.uuids("key-ids", len(layout))
@@ -947,7 +1010,6 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
                                                               for k in ids))
     t0 = half.step("privacy amplification", t0)
 
-    # storage: Bob has staged the key; Alice commits it, then tells him
     _recv(ch, "stored")
     cut = r0 + r1
     crashpoint("alice-before-commit")
@@ -1009,6 +1071,51 @@ def _qber_estimate(qber_x: float) -> float:
     return min(max(qber_x, 1e-3), 0.25)
 
 
+def _sifted_counts(result: SessionResult, n_z: int, n_x: int) -> tuple[int, int]:
+    result.sifted_z_bits = n_z
+    result.sifted_bits = n_z + n_x
+    if n_x == 0 or n_z == 0:
+        raise ProtocolAbort("no sifted detections in one of the bases")
+    return n_z, n_x
+
+
+def _corrected_both(result: SessionResult, leaks: list[int], flipped: list[int],
+                    sizes: tuple[int, int]) -> None:
+    result.ec_leaked_bits = int(sum(leaks))
+    result.qber_z = flipped[0] / sizes[0]
+    result.qber_x = flipped[1] / sizes[1]
+    h = sizes[0] * binary_entropy(result.qber_z) + sizes[1] * binary_entropy(result.qber_x)
+    result.ec_efficiency = result.ec_leaked_bits / h if h > 0 else None
+
+
+def _alice_correct(ch, key: np.ndarray, estimate: float, config: SessionConfig, rand,
+                   name: str) -> tuple[int, int]:
+    """Alice's half of error correcting one key part → (leaked bits, Bob's flip count)."""
+    if config.reconciliation == "ldpc":
+        return _alice_ldpc(ch, key, estimate)
+    # Cascade: Alice answers parity queries
+    cascade_seed = rand.integer(name)
+    ch.send("cascade-seed", struct.pack(">Q", cascade_seed))
+    oracle, flipped = serve_parities(ch, key, seed=cascade_seed, qber_estimate=estimate,
+                                     passes=config.cascade_passes)
+    return int(oracle.leaked_bits), int(flipped)
+
+
+def _bob_correct(ch, key: np.ndarray, estimate: float, config: SessionConfig
+                 ) -> tuple[np.ndarray, int]:
+    """Bob's half of error correcting one key part → (his corrected part, leaked bits)."""
+    if config.reconciliation == "ldpc":
+        return _bob_ldpc(ch, key, estimate)
+    # Cascade: queries and answers as public frames, both transcripts authenticated
+    with _parsing("cascade-seed"):
+        (cascade_seed,) = struct.unpack(">Q", _recv(ch, "cascade-seed"))
+    oracle = RemoteParityOracle(ch, key.size)
+    ec = reconcile(None, key, estimate, seed=cascade_seed, passes=config.cascade_passes,
+                   oracle=oracle)
+    oracle.finish(int((ec.corrected != key).sum()))
+    return ec.corrected, int(ec.leaked_bits)
+
+
 def _sifted(result: SessionResult, stats: DecoyStatistics) -> tuple[int, float]:
     n_x, m_x, n_z = int(stats.n_x.sum()), int(stats.m_x.sum()), int(stats.n_z.sum())
     result.sifted_z_bits = n_z
@@ -1038,18 +1145,47 @@ def _check_z(result: SessionResult, config: SessionConfig) -> None:
                             f"{config.qber_threshold:.4f}")
 
 
-def _finite_key(start: PassStart, config: SessionConfig, stats: DecoyStatistics,
-                leaked: int, flipped: int, result: SessionResult):
+def _finite_keys(start: PassStart, config: SessionConfig, stats: DecoyStatistics,
+                 leaks: list[int], flipped: list[int], result: SessionResult) -> list[int]:
+    """Secret length of each key part.
+
+    One part (``key_bases="z"``): the Z key, its phase error bounded from the disclosed X bits
+    (Lim et al. 2014 as :mod:`~mozi.host.postprocessing.finite_key` states it), with the whole
+    ``ε_sec``. Two parts (``"zx"``): each basis is the key of one analysis and the test of the
+    other — the Z key's phase error from the X errors that error correction found, the X
+    key's from the Z errors — each with ``ε_sec / 2`` (the concatenation is ``ε_sec``-secret
+    by composition) and its own ``λ_EC``. A part whose bound gives no key contributes none;
+    the session aborts only when no part does.
+    """
+    both = len(leaks) == 2
     params = FiniteKeyParams(intensities=start.intensities, probabilities=start.probabilities,
-                             eps_sec=config.eps_sec, eps_cor=config.eps_cor,
-                             qber_threshold=config.qber_threshold)
-    stats = DecoyStatistics(n_z=stats.n_z, n_x=stats.n_x, m_x=stats.m_x,
-                            m_z_observed=int(flipped))
-    fk = finite_key_length(stats, leaked, params)
-    result.finite_key = fk.as_dict()
-    if fk.aborted or fk.length <= 0:
+                             eps_sec=config.eps_sec / (2 if both else 1),
+                             eps_cor=config.eps_cor, qber_threshold=config.qber_threshold)
+    z = DecoyStatistics(n_z=stats.n_z, n_x=stats.n_x, m_x=stats.m_x,
+                        m_z_observed=int(flipped[0]))
+    parts = [finite_key_length(z, leaks[0], params)]
+    if both:
+        x = DecoyStatistics(n_z=stats.n_x, n_x=stats.n_z, m_x=stats.m_z_observed,
+                            m_z_observed=int(flipped[1]))
+        parts.append(finite_key_length(x, leaks[1], params))
+        result.finite_key_x = parts[1].as_dict()
+    result.finite_key = parts[0].as_dict()
+    lengths = [0 if fk.aborted else max(0, fk.length) for fk in parts]
+    if sum(lengths) <= 0:
+        fk = parts[0]
         raise ProtocolAbort(fk.abort_reason or f"finite-key length {fk.length} is not positive")
-    return fk
+    return lengths
+
+
+def _both_bases_statistics(z_intensity: np.ndarray, x_intensity: np.ndarray,
+                           z_errors: np.ndarray, x_errors: np.ndarray) -> DecoyStatistics:
+    """Decoy statistics of a both-bases session: the X errors as error correction found them
+    (``m_x``), the Z errors likewise (``m_z_observed``, per intensity)."""
+    n_z = np.bincount(z_intensity, minlength=3)[:3]
+    n_x = np.bincount(x_intensity, minlength=3)[:3]
+    if np.any(z_errors > n_z) or np.any(x_errors > n_x):
+        raise ValueError("more errors announced than detections")
+    return DecoyStatistics(n_z=n_z, n_x=n_x, m_x=x_errors, m_z_observed=z_errors)
 
 
 def _key_meta(start: PassStart, config: SessionConfig, result: SessionResult, rand) -> dict:

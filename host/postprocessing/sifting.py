@@ -42,6 +42,7 @@ __all__ = [
     "SiftingError",
     "alice_answer_report",
     "alice_count_x_errors",
+    "alice_sifted",
     "bob_disclose_x_bits",
     "bob_receive_flags",
     "bob_receive_x_errors",
@@ -279,25 +280,32 @@ def bob_disclose_x_bits(channel: AuthenticatedChannel, bob: BobSifted) -> None:
     channel.send("x-bits", _packbits(bob.x_bits))
 
 
-def alice_count_x_errors(channel: AuthenticatedChannel, report: AliceReport) -> AliceSifted:
-    """Steps 4–5 (Alice): compare Bob's X bits with hers, announce errors per intensity."""
+def alice_sifted(report: AliceReport) -> AliceSifted:
+    """Alice's sifted Z key and X detections from her report (no statistics yet; when both
+    bases give key, nothing more is exchanged at sifting)."""
     match = report.match
     rb = report.basis[match]
     m_slots, m_bit, m_int = report.slots[match], report.bit[match], report.intensity[match]
     z = rb == BASIS_Z
     x = rb == BASIS_X
-    bob_x = _unpackbits(_expect(channel, "x-bits"), "x-bits")
-    if bob_x.size != int(x.sum()):
-        raise SiftingError(f"{bob_x.size} X bits disclosed for {int(x.sum())} X detections")
-    err = bob_x != m_bit[x]
-    x_int = m_int[x]
-    m_x = np.bincount(x_int[err], minlength=3)[:3]
-    n_x = np.bincount(x_int, minlength=3)[:3]
-    n_z = np.bincount(m_int[z], minlength=3)[:3]
-    channel.send("x-errors", struct.pack(">III", *(int(v) for v in m_x)))
     return AliceSifted(slots=m_slots[z], key=m_bit[z], intensity=m_int[z], x_slots=m_slots[x],
-                       x_bits=m_bit[x], x_intensity=x_int,
-                       stats=DecoyStatistics(n_z=n_z, n_x=n_x, m_x=m_x))
+                       x_bits=m_bit[x], x_intensity=m_int[x])
+
+
+def alice_count_x_errors(channel: AuthenticatedChannel, report: AliceReport) -> AliceSifted:
+    """Steps 4–5 (Alice): compare Bob's X bits with hers, announce errors per intensity."""
+    alice = alice_sifted(report)
+    bob_x = _unpackbits(_expect(channel, "x-bits"), "x-bits")
+    if bob_x.size != alice.x_bits.size:
+        raise SiftingError(f"{bob_x.size} X bits disclosed for {alice.x_bits.size} X "
+                           f"detections")
+    err = bob_x != alice.x_bits
+    m_x = np.bincount(alice.x_intensity[err], minlength=3)[:3]
+    n_x = np.bincount(alice.x_intensity, minlength=3)[:3]
+    n_z = np.bincount(alice.intensity, minlength=3)[:3]
+    channel.send("x-errors", struct.pack(">III", *(int(v) for v in m_x)))
+    alice.stats = DecoyStatistics(n_z=n_z, n_x=n_x, m_x=m_x)
+    return alice
 
 
 def bob_receive_x_errors(channel: AuthenticatedChannel, bob: BobSifted) -> BobSifted:

@@ -476,3 +476,57 @@ def test_key_check_values_never_cross_the_classical_channel(slice30, tmp_path):
     assert _shows([b"kcv=" + kcvs[0].upper().encode()], kcvs[0])
     for kcv in kcvs:
         assert not _shows(frames, kcv), kcv
+
+
+# -- key from both bases ------------------------------------------------------------------------
+
+def test_both_bases_give_key_with_nothing_disclosed(session30, slice30, tmp_path):
+    """``key_bases="zx"``: no X bit crosses the channel (no ``x-bits`` frame), both bases are
+    corrected and distilled, each tested by the other's corrected errors with ε_sec/2, and
+    the stores hold the same, longer key than the Z-only session of the same detections."""
+    z_only = session30[0]
+    tags, alice, _ = slice30
+    sa, sb = _stores(tmp_path)
+    log = []
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=_recorder(log),
+                      config=SessionConfig(insecure_seed=2017, key_bases="zx"))
+    assert not res.aborted, res.abort_reason
+    kinds = [kind(frame).decode() for _, frame in log]
+    assert "x-bits" not in kinds and "x-errors" not in kinds and "ec-errors" in kinds
+    assert kinds.count("cascade-seed") == 2
+    fz, fx = res.finite_key, res.finite_key_x
+    assert fz["length"] > 0 and fx["length"] > 0
+    # each key's own leak, the other's errors as its test (per intensity, so the totals)
+    assert fz["lambda_ec"] + fx["lambda_ec"] == res.ec_leaked_bits
+    assert fz["qber_x"] == pytest.approx(res.qber_x) and fx["qber_x"] == pytest.approx(res.qber_z)
+    assert fz["n_z_total"] + fx["n_z_total"] == res.sifted_bits
+    # the X errors error correction found are the X QBER the Z-only session disclosed
+    assert res.qber_x == pytest.approx(z_only.qber_x, abs=2e-3)
+    assert res.final_key_bits > 1.6 * z_only.final_key_bits
+    ka, kb = _keys(sa, res.key_ids), _keys(sb, res.key_ids)
+    for a, b in zip(ka, kb, strict=True):
+        np.testing.assert_array_equal(a.bits, b.bits)
+    assert sum(k.bits.size for k in ka) == res.final_key_bits
+
+
+def test_both_bases_split_the_secrecy_parameter(slice30, tmp_path):
+    """Each basis's bound runs at ε_sec/2: the security cost of each key part is that of
+    ε_sec/2, so the whole is ε_sec-secret."""
+    from mozi.host.postprocessing.finite_key import FiniteKeyParams, security_cost
+    tags, alice, _ = slice30
+    sa, sb = _stores(tmp_path)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                      config=SessionConfig(insecure_seed=5, key_bases="zx", eps_sec=1e-9))
+    half = security_cost(FiniteKeyParams(eps_sec=5e-10))
+    assert res.finite_key["security_bits"] == pytest.approx(half)
+    assert res.finite_key_x["security_bits"] == pytest.approx(half)
+
+
+def test_intercept_resend_is_caught_with_both_bases_as_key(tmp_path):
+    tags, alice, sim = _simulate(130.0, 140.0, seed=11, eve=InterceptResend(1.0))
+    sa, sb = _stores(tmp_path, "sat-eve")
+    res = run_session(tags, alice, link="sat-eve", store_alice=sa, store_bob=sb,
+                      config=SessionConfig(key_bases="zx"))
+    assert res.aborted and res.final_key_bits == 0
+    assert "QBER" in res.abort_reason or "alignment" in res.abort_reason
+    assert sa.list() == [] and sb.list() == []

@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--reconciliation", choices=("cascade", "ldpc"), default="cascade",
                        help="error correction of this link's sessions (default cascade; both "
                             "nodes must agree)")
+        p.add_argument("--key-bases", choices=("z", "zx"), default="z",
+                       help="z (default): key from the Z basis; zx: from both bases (both "
+                            "nodes must agree)")
         p.add_argument("--alice-share", type=float, default=0.5, metavar="F",
                        help="fraction of each session's key the satellite may send with "
                             "(default 0.5; both nodes must agree; 1 for a pure relay)")
@@ -90,7 +93,7 @@ def _config(args):
     from mozi.host.postprocessing.session import SessionConfig
     try:
         return SessionConfig(device=args.device, alice_share=args.alice_share,
-                             reconciliation=args.reconciliation)
+                             reconciliation=args.reconciliation, key_bases=args.key_bases)
     except ValueError as exc:
         raise SystemExit(f"mozi node: error: {exc}") from None
 

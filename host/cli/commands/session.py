@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconciliation", choices=("cascade", "ldpc"), default=None,
                         help="error correction: cascade (default; f ≈ 1.03, many round trips)"
                              " or ldpc (blind syndrome decoding, 1–3 round trips)")
+    parser.add_argument("--key-bases", choices=("z", "zx"), default=None,
+                        help="z (default): key from Z, the X bits disclosed as the test; zx: "
+                             "key from both bases, each tested by the other's corrected errors")
     parser.add_argument("--insecure-seed", type=int, default=None, metavar="N",
                         help="replay mode for simulation and tests: every random choice, the "
                              "secret ones included, follows from N; the keys are marked "
@@ -203,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         "insecure_seed": args.insecure_seed,
         "alice_share": args.alice_share,
         "reconciliation": args.reconciliation,
+        "key_bases": args.key_bases,
         "device": args.device,
         "alice_device": args.alice_device,
         "bob_device": args.bob_device,
