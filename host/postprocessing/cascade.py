@@ -34,8 +34,16 @@ step) finds one and Bob flips it. Flipping bit ``i`` toggles the parity mismatch
 holding ``i`` in every earlier pass, which may expose another error there: that is the cascade.
 Bob always searches the *cheapest* pass (smallest blocks) that has odd blocks, and searches all
 odd blocks of that pass at once — blocks of one pass are disjoint, so parallel searches never
-duplicate work, and every step of all these searches is one round trip (one message). All
+duplicate work, and every step of all these searches is one round trip (one message; a message
+holds ``(shuffle, ranges)`` groups, one per segment with a pending query). All
 bookkeeping is numpy-vectorised across blocks; there is no per-bit Python loop.
+
+Keys longer than :data:`SEGMENT` bits are cut into segments of (nearly) equal length, each a
+Cascade of its own (own shuffles from its own generator, own blocks; the block sizes those of
+the segment's length). The segments run side by side: every message carries the pending query
+of each segment that has one, so the round trips are about those of one segment instead of the
+whole key's sequential chain of searches (about half at 10^6 bits), for a slightly higher
+leak (smaller blocks in the last passes).
 
 Block sizes follow "Cascade opt. (8)" of Martinez-Mateo et al. (16 passes instead of their 14):
 ``k1 = 2**ceil(α)``, ``k2 = 2**ceil((α + 12) / 2)``, ``k3 = 4096``, then ``n / 2``, with
@@ -45,6 +53,7 @@ Block sizes follow "Cascade opt. (8)" of Martinez-Mateo et al. (16 passes instea
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from dataclasses import dataclass
@@ -133,7 +142,7 @@ class AliceParityOracle:
 
     def __init__(self, bits) -> None:
         self._bits = as_bits(bits, "bits").copy()
-        self._prefix: list[np.ndarray] = []
+        self._prefix: dict[int, np.ndarray] = {}
         self.leaked_bits = 0
         self.messages = 0
 
@@ -147,16 +156,24 @@ class AliceParityOracle:
         """Shuffles registered so far."""
         return len(self._prefix)
 
-    def add_shuffle(self, permutation: np.ndarray) -> int:
-        """Register a public permutation; returns its id for :meth:`parities`."""
+    def has_shuffle(self, sid: int) -> bool:
+        return sid in self._prefix
+
+    def add_shuffle(self, permutation: np.ndarray, sid: int | None = None) -> int:
+        """Register a public shuffle — distinct key indices, a permutation of the whole key or
+        of one segment — under ``sid`` (default: the next free number); returns the id."""
         perm = np.asarray(permutation)
-        if perm.shape != (self.n,):
-            raise ValueError(f"a shuffle must be a permutation of {self.n} indices")
-        prefix = np.empty(self.n + 1, np.uint8)
+        if perm.ndim != 1 or not 0 < perm.size <= self.n or perm.min() < 0 \
+                or perm.max() >= self.n or np.bincount(perm, minlength=self.n).max() > 1:
+            raise ValueError(f"a shuffle must list distinct indices of the {self.n}-bit key")
+        sid = len(self._prefix) if sid is None else int(sid)
+        if sid in self._prefix:
+            raise ValueError(f"shuffle {sid} is already registered")
+        prefix = np.empty(perm.size + 1, np.uint8)
         prefix[0] = 0
         np.bitwise_xor.accumulate(self._bits[perm], out=prefix[1:])
-        self._prefix.append(prefix)
-        return len(self._prefix) - 1
+        self._prefix[sid] = prefix
+        return sid
 
     def parities(self, shuffle: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Parities of Alice's bits ``shuffle[lo[j]:hi[j]]`` for every ``j`` (one message).
@@ -173,16 +190,28 @@ class AliceParityOracle:
         uint8 array
             One parity bit per range; ``len(lo)`` bits are added to :attr:`leaked_bits`.
         """
-        prefix = self._prefix[shuffle]
-        lo = np.asarray(lo, np.int64)
-        hi = np.asarray(hi, np.int64)
-        if lo.shape != hi.shape:
-            raise ValueError("lo and hi must have the same shape")
-        if lo.size and (lo.min() < 0 or hi.max() > self.n or np.any(lo >= hi)):
-            raise ValueError("ranges must satisfy 0 <= lo < hi <= n")
-        self.leaked_bits += int(lo.size)
+        return self.parities_many([(shuffle, lo, hi)])[0]
+
+    def parities_many(self, groups) -> list[np.ndarray]:
+        """:meth:`parities` of several ``(shuffle, lo, hi)`` groups in one message."""
+        checked = []
+        for shuffle, lo, hi in groups:
+            if shuffle not in self._prefix:
+                raise ValueError(f"no shuffle {shuffle}")
+            prefix = self._prefix[shuffle]
+            lo = np.asarray(lo, np.int64)
+            hi = np.asarray(hi, np.int64)
+            if lo.shape != hi.shape:
+                raise ValueError("lo and hi must have the same shape")
+            if lo.size and (lo.min() < 0 or hi.max() > prefix.size - 1 or np.any(lo >= hi)):
+                raise ValueError("ranges must satisfy 0 <= lo < hi <= the shuffle's length")
+            checked.append((prefix, lo, hi))
         self.messages += 1
-        return prefix[hi] ^ prefix[lo]
+        out = []
+        for prefix, lo, hi in checked:
+            self.leaked_bits += int(lo.size)
+            out.append(prefix[hi] ^ prefix[lo])
+        return out
 
 
 @dataclass
@@ -240,7 +269,7 @@ class CascadeResult:
 class _Pass:
     """One Cascade pass as Bob sees it: a public shuffle cut into blocks, and what he knows.
 
-    Position ``j`` of the shuffled key holds original bit ``perm[j]``; block ``b`` is positions
+    Position ``j`` of the shuffled segment holds original bit ``perm[j]``; block ``b`` is positions
     ``bounds[b] : bounds[b + 1]``. ``mismatch[b]`` is Alice's block parity XOR Bob's current
     one. ``tree`` caches Alice's sub-block parities learnt in earlier searches (-1: unknown),
     indexed ``block * stride + heap index`` of the node in the block's binary-search tree (root
@@ -285,8 +314,25 @@ def _shuffle(rng: np.random.Generator, n: int, k: int):
     return perm, bounds, block_of
 
 
-class _Bob:
-    """Bob's side: his bits, the passes so far, and the cascade of binary searches.
+#: Keys longer than this are cut into segments of (nearly) equal length, each with its own
+#: shuffles and blocks, whose Cascades run side by side: one message carries the searches of
+#: every segment, so round trips are those of one segment, not of the whole key
+#: (``make bench`` reconciliation).
+SEGMENT = 1 << 17
+
+
+def segments(n: int) -> np.ndarray:
+    """Boundaries of the Cascade segments of an ``n``-bit key (``[0, n]`` when unsplit)."""
+    count = max(1, -(-n // SEGMENT))
+    return (np.arange(count + 1, dtype=np.int64) * n) // count
+
+
+class _Segment:
+    """Bob's Cascade on one segment ``[s0, s1)`` of the key, as a generator of queries.
+
+    :meth:`run` yields the ``(shuffle id, lo, hi)`` groups of each message it needs and is sent
+    Alice's answers back; :func:`_drive` runs the segments side by side, one message per step
+    of all of them. Shuffle ``p · segments + j`` is pass ``p`` of segment ``j``.
 
     Memory: per pass a shuffle (4 bytes per bit) and a block map (4 bytes per bit; 1 byte for
     the two-block passes), Alice's prefix parities (1 byte per bit), and a search tree
@@ -294,29 +340,44 @@ class _Bob:
     per key bit for 16 passes.
     """
 
-    def __init__(self, bits: np.ndarray, oracle: AliceParityOracle) -> None:
-        self.b = bits
-        self.n = bits.size
+    def __init__(self, bob: np.ndarray, j: int, s0: int, s1: int, count: int,
+                 rng: np.random.Generator, sizes: list[int], oracle) -> None:
+        self.b = bob
+        self.j, self.s0, self.s1, self.count = j, s0, s1, count
+        self.rng = rng
+        self.sizes = sizes
         self.oracle = oracle
         self.passes: list[_Pass] = []
         self.flipped = 0
-        self.total_parity: int | None = None   # parity of Alice's whole key, once known
+        self.parity = 0     # parity of Alice's segment, from the first pass
 
-    def start_pass(self, perm: np.ndarray, bounds: np.ndarray, block_of: np.ndarray) -> None:
-        sid = self.oracle.add_shuffle(perm)
-        lo, hi = bounds[:-1], bounds[1:]
-        if self.total_parity is None:
-            alice = self.oracle.parities(sid, lo, hi)
-            self.total_parity = int(np.bitwise_xor.reduce(alice))
-        elif lo.size == 1:
-            alice = np.array([self.total_parity], np.uint8)
-        else:
-            # the last block's parity follows from the whole key's parity: not disclosed
-            head = self.oracle.parities(sid, lo[:-1], hi[:-1])
-            last = np.uint8(self.total_parity ^ int(np.bitwise_xor.reduce(head)))
-            alice = np.append(head, last).astype(np.uint8)
-        bob = (np.add.reduceat(self.b[perm], lo, dtype=np.int64) & 1).astype(np.uint8)
-        self.passes.append(_Pass(perm, bounds, block_of, sid, alice, bob))
+    def run(self):
+        length = self.s1 - self.s0
+        for p, k in enumerate(self.sizes):
+            perm, bounds, block_of = _shuffle(self.rng, length, k)
+            perm = perm + perm.dtype.type(self.s0)
+            sid = p * self.count + self.j
+            self.oracle.add_shuffle(perm, sid)
+            lo, hi = bounds[:-1], bounds[1:]
+            if p == 0:
+                (alice,) = yield [(sid, lo, hi)]
+                self.parity = int(np.bitwise_xor.reduce(alice))
+            elif lo.size == 1:
+                alice = np.array([self.parity], np.uint8)
+            else:
+                # the last block's parity follows from the segment's parity: not disclosed
+                (head,) = yield [(sid, lo[:-1], hi[:-1])]
+                last = np.uint8(self.parity ^ int(np.bitwise_xor.reduce(head)))
+                alice = np.append(head, last).astype(np.uint8)
+            bob = (np.add.reduceat(self.b[perm], lo, dtype=np.int64) & 1).astype(np.uint8)
+            self.passes.append(_Pass(perm, bounds, block_of, sid, alice, bob))
+            # the cascade: search the cheapest pass with odd blocks until none is left
+            while True:
+                odd = [ps for ps in self.passes if ps.mismatch.any()]
+                if not odd:
+                    break
+                found = yield from self.search(min(odd, key=lambda ps: ps.size))
+                self.flip(found)
 
     def _bob_parities(self, ps: _Pass, lo: np.ndarray, hi: np.ndarray,
                       prefix: np.ndarray | None) -> np.ndarray:
@@ -330,8 +391,9 @@ class _Bob:
         vals = self.b[ps.perm[idx]]
         return (np.add.reduceat(vals, starts, dtype=np.int64) & 1).astype(np.uint8)
 
-    def search(self, ps: _Pass) -> np.ndarray:
-        """Binary-search every odd block of a pass in parallel; returns the error bits.
+    def search(self, ps: _Pass):
+        """Binary-search every odd block of a pass in parallel (a generator: yields each
+        step's query, returns the error bits found).
 
         Each step needs Alice's parity of the first half of every active range; it is asked
         only when not already known from an earlier search of the same block (asked then, or
@@ -347,8 +409,8 @@ class _Bob:
         node = odd.astype(np.int64) * ps.stride + 1   # tree index of each current range
         apar = ps.alice[odd]                           # Alice's parity of each current range
         prefix = None
-        if int((hi - lo).sum()) > self.n // 4:   # cheaper to prefix-XOR the shuffled key
-            prefix = np.empty(self.n + 1, np.uint8)
+        if int((hi - lo).sum()) > ps.perm.size // 4:  # cheaper to prefix-XOR the shuffled key
+            prefix = np.empty(ps.perm.size + 1, np.uint8)
             prefix[0] = 0
             np.bitwise_xor.accumulate(self.b[ps.perm], out=prefix[1:])
         found = []
@@ -366,7 +428,7 @@ class _Bob:
             left = tree[left_node]
             ask = np.flatnonzero(left < 0)
             if ask.size:
-                got = self.oracle.parities(ps.sid, lo[ask], mid[ask])
+                (got,) = yield [(ps.sid, lo[ask], mid[ask])]
                 left[ask] = got
                 tree[left_node[ask]] = got
                 tree[left_node[ask] + 1] = got ^ apar[ask]
@@ -381,16 +443,30 @@ class _Bob:
     def flip(self, bits: np.ndarray) -> None:
         self.b[bits] ^= 1
         self.flipped += int(bits.size)
+        local = bits - self.s0
         for ps in self.passes:
-            np.bitwise_xor.at(ps.mismatch, ps.block_of[bits], 1)
+            np.bitwise_xor.at(ps.mismatch, ps.block_of[local], 1)
 
-    def cascade(self) -> None:
-        """Search odd blocks, cheapest pass first, until every known parity matches."""
-        while True:
-            odd = [ps for ps in self.passes if ps.mismatch.any()]
-            if not odd:
-                return
-            self.flip(self.search(min(odd, key=lambda ps: ps.size)))
+
+def _drive(segments_: list[_Segment], oracle) -> None:
+    """Run the segments' Cascades side by side: each message carries the pending query of
+    every segment that has one."""
+    pending = {}
+    for seg in segments_:
+        gen = seg.run()
+        with contextlib.suppress(StopIteration):
+            pending[gen] = next(gen)
+    while pending:
+        gens = list(pending)
+        answers = oracle.parities_many([g for gen in gens for g in pending[gen]])
+        at = 0
+        for gen in gens:
+            k = len(pending[gen])
+            try:
+                pending[gen] = gen.send(answers[at:at + k])
+            except StopIteration:
+                del pending[gen]
+            at += k
 
 
 def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: int = 16,
@@ -436,25 +512,30 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
         oracle = AliceParityOracle(a)
     elif oracle.n != n:
         raise ValueError(f"the oracle holds {oracle.n} bits, Bob has {n}")
-    sizes = block_sizes(qber_estimate, n, passes, schedule)
+    seg = segments(n)
+    sizes = block_sizes(qber_estimate, int(np.diff(seg).max()), passes, schedule)
     leaked0, messages0 = oracle.leaked_bits, oracle.messages
-    bob = _Bob(b, oracle)
-    if n:
-        rng = np.random.default_rng(seed)
-        for k in sizes:
-            bob.start_pass(*_shuffle(rng, n, k))
-            bob.cascade()
+    parts = [_Segment(b, j, int(seg[j]), int(seg[j + 1]), seg.size - 1,
+                      _segment_rng(seed, j, seg.size - 1), sizes, oracle)
+             for j in range(seg.size - 1)] if n else []
+    _drive(parts, oracle)
+    flipped = sum(part.flipped for part in parts)
     return CascadeResult(
-        corrected=bob.b,
+        corrected=b,
         leaked_bits=oracle.leaked_bits - leaked0,
         passes=len(sizes) if n else 0,
         messages=oracle.messages - messages0,
         n=int(n),
-        initial_errors=(bob.flipped if a is None
+        initial_errors=(flipped if a is None
                         else int(np.count_nonzero(a != as_bits(bob_bits, "bob_bits")))),
-        flipped_bits=bob.flipped,
+        flipped_bits=flipped,
         block_sizes=tuple(sizes),
     )
+
+
+def _segment_rng(seed: int, j: int, count: int) -> np.random.Generator:
+    """The shuffles' generator of segment ``j`` (an unsplit key keeps ``default_rng(seed)``)."""
+    return np.random.default_rng(seed if count == 1 else [seed, j])
 
 
 # -- the two parties over a classical channel ----------------------------------------------
@@ -466,23 +547,28 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
 # compares with what he received. So hundreds of round trips cost two tags, and a query or
 # answer altered on the wire aborts the session before its key is used.
 
-_QUERY = struct.Struct(">HI")       # shuffle id, number of ranges; then lo[], hi[] as u32
+_QUERY = struct.Struct(">HI")       # per group: shuffle id, number of ranges; lo[], hi[] as u32
 
 
-def _encode_query(shuffle: int, lo: np.ndarray, hi: np.ndarray) -> bytes:
-    return _QUERY.pack(shuffle, lo.size) + lo.astype(">u4").tobytes() \
-        + hi.astype(">u4").tobytes()
+def _encode_query(groups) -> bytes:
+    return b"".join(_QUERY.pack(sid, lo.size) + lo.astype(">u4").tobytes()
+                    + hi.astype(">u4").tobytes() for sid, lo, hi in groups)
 
 
-def _decode_query(query: bytes) -> tuple[int, np.ndarray, np.ndarray]:
-    if len(query) < _QUERY.size:
-        raise ProtocolAbort("malformed Cascade query")
-    sid, count = _QUERY.unpack_from(query)
-    if len(query) != _QUERY.size + 8 * count:
-        raise ProtocolAbort("malformed Cascade query")
-    lo = np.frombuffer(query, ">u4", count, _QUERY.size).astype(np.int64)
-    hi = np.frombuffer(query, ">u4", count, _QUERY.size + 4 * count).astype(np.int64)
-    return sid, lo, hi
+def _decode_query(query: bytes) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    groups, at = [], 0
+    while at < len(query) or not groups:
+        if len(query) - at < _QUERY.size:
+            raise ProtocolAbort("malformed Cascade query")
+        sid, count = _QUERY.unpack_from(query, at)
+        at += _QUERY.size
+        if len(query) - at < 8 * count:
+            raise ProtocolAbort("malformed Cascade query")
+        lo = np.frombuffer(query, ">u4", count, at).astype(np.int64)
+        hi = np.frombuffer(query, ">u4", count, at + 4 * count).astype(np.int64)
+        at += 8 * count
+        groups.append((sid, lo, hi))
+    return groups
 
 
 class RemoteParityOracle:
@@ -512,26 +598,33 @@ class RemoteParityOracle:
         """Key length."""
         return self._n
 
-    def add_shuffle(self, permutation: np.ndarray) -> int:
+    def add_shuffle(self, permutation: np.ndarray, sid: int | None = None) -> int:
         """Alice regenerates the shuffle from the public seed: only its number is kept."""
         self._shuffles += 1
-        return self._shuffles - 1
+        return self._shuffles - 1 if sid is None else int(sid)
 
     def parities(self, shuffle: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """One query as a public frame, Alice's answer as the next one."""
-        lo = np.asarray(lo, np.int64)
-        hi = np.asarray(hi, np.int64)
-        query = _encode_query(shuffle, lo, hi)
+        return self.parities_many([(shuffle, lo, hi)])[0]
+
+    def parities_many(self, groups) -> list[np.ndarray]:
+        """Several ``(shuffle, lo, hi)`` groups in one query frame, one answer frame."""
+        groups = [(int(sid), np.asarray(lo, np.int64), np.asarray(hi, np.int64))
+                  for sid, lo, hi in groups]
+        query = _encode_query(groups)
         self._channel.send_public(query)
         answer = self._channel.expect_public()
         self._queries.append(query)
         self._answers.append(answer)
         self.public_bytes += len(query) + len(answer)
-        if len(answer) != (lo.size + 7) // 8:
+        total = sum(lo.size for _, lo, _ in groups)
+        if len(answer) != (total + 7) // 8:
             raise ProtocolAbort("malformed Cascade answer")
-        self.leaked_bits += int(lo.size)
+        self.leaked_bits += total
         self.messages += 1
-        return np.unpackbits(np.frombuffer(answer, np.uint8))[:lo.size].copy()
+        bits = np.unpackbits(np.frombuffer(answer, np.uint8))[:total]
+        ends = np.cumsum([lo.size for _, lo, _ in groups])[:-1]
+        return [part.copy() for part in np.split(bits, ends)]
 
     def finish(self, flipped: int) -> None:
         """Authenticate both transcripts (Bob's side of the exchange described above).
@@ -569,8 +662,11 @@ def serve_parities(channel, bits, *, seed: int, qber_estimate: float, passes: in
     """
     oracle = AliceParityOracle(bits)
     n = oracle.n
-    sizes = block_sizes(qber_estimate, n, passes, schedule) if n else []
-    rng = np.random.default_rng(seed)
+    seg = segments(n)
+    count = seg.size - 1
+    sizes = block_sizes(qber_estimate, int(np.diff(seg).max()), passes, schedule) if n else []
+    rngs = [_segment_rng(seed, j, count) for j in range(count)]
+    made = [0] * count          # passes generated so far, per segment
     received, sent = [], []
     while True:
         kind, payload = channel.receive_any()
@@ -578,13 +674,18 @@ def serve_parities(channel, bits, *, seed: int, qber_estimate: float, passes: in
             break
         if kind is not None:
             raise ProtocolAbort(f"expected a Cascade query, got a {kind!r} message")
-        sid, lo, hi = _decode_query(payload)
-        while oracle.shuffles <= sid:
-            if oracle.shuffles >= len(sizes):
-                raise ProtocolAbort(f"Cascade query for pass {sid} of {len(sizes)}")
-            oracle.add_shuffle(_shuffle(rng, n, sizes[oracle.shuffles])[0])
+        groups = _decode_query(payload)
+        for sid, _, _ in groups:
+            p, j = divmod(sid, count)
+            if p >= len(sizes):
+                raise ProtocolAbort(f"Cascade query for pass {p} of {len(sizes)}")
+            while made[j] <= p:      # a segment's shuffles come from its generator in order
+                s0, s1 = int(seg[j]), int(seg[j + 1])
+                perm = _shuffle(rngs[j], s1 - s0, sizes[made[j]])[0]
+                oracle.add_shuffle(perm + perm.dtype.type(s0), made[j] * count + j)
+                made[j] += 1
         try:
-            answer = np.packbits(oracle.parities(sid, lo, hi)).tobytes()
+            answer = np.packbits(np.concatenate(oracle.parities_many(groups))).tobytes()
         except ValueError as exc:
             raise ProtocolAbort(f"malformed Cascade query ({exc})") from None
         received.append(payload)
