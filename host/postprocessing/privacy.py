@@ -84,12 +84,29 @@ def _fft_block(x: np.ndarray, s: np.ndarray, m: int) -> np.ndarray:
     return (rounded.astype(np.int64) & 1).astype(np.uint8)
 
 
+def _smooth_len(n: int) -> int:
+    """Smallest ``N >= n`` of the form ``2^a 3^b 5^c`` with ``b <= 3`` and ``c <= 1``.
+
+    pocketfft's radix-3 and radix-5 passes cost more per point than its radix-4 ones: at a few
+    10^5 points such lengths run at 4.4–5.1 ns per point against up to 6.1 for other 5-smooth
+    lengths (437,400 = 2^3 3^7 5^2: 6.1; 442,368 = 2^14 3^3: 5.1).
+    """
+    best = None
+    for c in (1, 5):
+        for b in (1, 3, 9, 27):
+            base = b * c
+            size = base << max(0, (-(-n // base) - 1).bit_length())
+            if best is None or size < best:
+                best = size
+    return best
+
+
 def _block_plan(n: int, m: int, max_fft: int) -> tuple[int, int] | None:
     """Number of input blocks and transform length for :func:`_fft_blocked`, or None when
     one transform of the whole input is cheaper.
 
     ``c`` blocks of ``ceil(n / c)`` bits cost ``2c + 1`` transforms of ``N_c =
-    next_fast_len(ceil(n / c) + m - 1)`` points, at twice the price per point when ``N_c``
+    _smooth_len(ceil(n / c) + m - 1)`` points, at twice the price per point when ``N_c``
     leaves the caches (:data:`_CACHE_FFT`).
     """
     if max_fft - m + 1 < 1:
@@ -98,7 +115,7 @@ def _block_plan(n: int, m: int, max_fft: int) -> tuple[int, int] | None:
     cached = -(-n // max(1, _CACHE_FFT - m + 1))  # blocks that fit the caches
     best = None
     for count in range(fewest, max(fewest, min(n // m, cached + 16)) + 1):
-        size = scipy.fft.next_fast_len(-(-n // count) + m - 1, real=True)
+        size = _smooth_len(-(-n // count) + m - 1)
         if size > max_fft:
             continue
         cost = (2 * count + 1) * size * (2 if size > _CACHE_FFT else 1)
