@@ -58,6 +58,7 @@ import math
 import struct
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from mozi.host.errors import ProtocolAbort
 from mozi.sim.model import as_bits
@@ -327,6 +328,50 @@ def segments(n: int) -> np.ndarray:
     return (np.arange(count + 1, dtype=np.int64) * n) // count
 
 
+@numba.njit(cache=True, nogil=True)
+def _descend(lo, hi, node, apar, count, tree, stride, b, perm, prefix, found, nfound):
+    """Walk each of the first ``count`` search ranges down while the parity of its left half
+    is known from Alice (cached in ``tree``); a range of one bit is an error, written to
+    ``found``. Compacts the ranges still needing a parity to the front; returns
+    ``(ranges left, errors found)``."""
+    kept = 0
+    for i in range(count):
+        a, z, h, p = np.int64(lo[i]), np.int64(hi[i]), np.int64(node[i]), np.int64(apar[i])
+        while True:
+            if z - a == 1:
+                found[nfound] = perm[a]
+                nfound += 1
+                break
+            mid = a + ((z - a) >> 1)
+            left_node = h + (h & (stride - 1))
+            left = np.int64(tree[left_node])
+            if left < 0:
+                lo[kept], hi[kept], node[kept], apar[kept] = a, z, h, p
+                kept += 1
+                break
+            mine = np.int64(0)
+            if prefix.size:
+                mine = np.int64(prefix[mid] ^ prefix[a])
+            else:
+                for j in range(a, mid):
+                    mine ^= np.int64(b[perm[j]])
+            if (left ^ mine) & 1:
+                z, h, p = mid, left_node, left
+            else:
+                a, h, p = mid, left_node + 1, p ^ left
+    return kept, nfound
+
+
+@numba.njit(cache=True, nogil=True)
+def _learn(node, apar, count, got, tree, stride):
+    """Alice's parities of the left halves of the first ``count`` ranges (and so of their
+    right halves: the parent's parity XOR the left's) into the cache."""
+    for i in range(count):
+        left_node = node[i] + (node[i] & (stride - 1))
+        tree[left_node] = got[i]
+        tree[left_node + 1] = got[i] ^ apar[i]
+
+
 class _Segment:
     """Bob's Cascade on one segment ``[s0, s1)`` of the key, as a generator of queries.
 
@@ -379,18 +424,6 @@ class _Segment:
                 found = yield from self.search(min(odd, key=lambda ps: ps.size))
                 self.flip(found)
 
-    def _bob_parities(self, ps: _Pass, lo: np.ndarray, hi: np.ndarray,
-                      prefix: np.ndarray | None) -> np.ndarray:
-        if prefix is not None:
-            return prefix[hi] ^ prefix[lo]
-        lengths = hi - lo
-        starts = np.zeros(lengths.size, np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        idx = np.arange(int(starts[-1] + lengths[-1]), dtype=np.int64)
-        idx += np.repeat(lo - starts, lengths)
-        vals = self.b[ps.perm[idx]]
-        return (np.add.reduceat(vals, starts, dtype=np.int64) & 1).astype(np.uint8)
-
     def search(self, ps: _Pass):
         """Binary-search every odd block of a pass in parallel (a generator: yields each
         step's query, returns the error bits found).
@@ -402,43 +435,28 @@ class _Segment:
         """
         if ps.tree is None:
             ps.tree = np.full((ps.bounds.size - 1) * ps.stride, -1, np.int8)
-        tree = ps.tree
         odd = np.flatnonzero(ps.mismatch)
-        lo = ps.bounds[odd]
-        hi = ps.bounds[odd + 1]
+        lo = ps.bounds[odd].astype(np.int64)
+        hi = ps.bounds[odd + 1].astype(np.int64)
         node = odd.astype(np.int64) * ps.stride + 1   # tree index of each current range
-        apar = ps.alice[odd]                           # Alice's parity of each current range
-        prefix = None
+        apar = ps.alice[odd].astype(np.uint8)          # Alice's parity of each current range
         if int((hi - lo).sum()) > ps.perm.size // 4:  # cheaper to prefix-XOR the shuffled key
             prefix = np.empty(ps.perm.size + 1, np.uint8)
             prefix[0] = 0
             np.bitwise_xor.accumulate(self.b[ps.perm], out=prefix[1:])
-        found = []
-        while lo.size:
-            done = hi - lo == 1
-            if done.any():
-                found.append(lo[done])
-                keep = ~done
-                lo, hi, apar, node = lo[keep], hi[keep], apar[keep], node[keep]
-                if not lo.size:
-                    break
-            mid = lo + ((hi - lo) >> 1)
-            # node h of block b sits at b * stride + h, so the children are at 2h, 2h + 1
-            left_node = node + (node & (ps.stride - 1))
-            left = tree[left_node]
-            ask = np.flatnonzero(left < 0)
-            if ask.size:
-                (got,) = yield [(ps.sid, lo[ask], mid[ask])]
-                left[ask] = got
-                tree[left_node[ask]] = got
-                tree[left_node[ask] + 1] = got ^ apar[ask]
-            left = left.astype(np.uint8)
-            go_left = (left ^ self._bob_parities(ps, lo, mid, prefix)).astype(bool)
-            apar = np.where(go_left, left, apar ^ left)
-            lo = np.where(go_left, lo, mid)
-            hi = np.where(go_left, mid, hi)
-            node = np.where(go_left, left_node, left_node + 1)
-        return ps.perm[np.concatenate(found)] if found else np.zeros(0, np.int64)
+        else:
+            prefix = np.zeros(0, np.uint8)
+        found = np.empty(lo.size, np.int64)
+        count, nfound = lo.size, 0
+        while True:
+            # every range walks down as far as Alice's parities are already known
+            count, nfound = _descend(lo, hi, node, apar, count, ps.tree, ps.stride, self.b,
+                                     ps.perm, prefix, found, nfound)
+            if not count:
+                return found[:nfound]
+            mid = lo[:count] + ((hi[:count] - lo[:count]) >> 1)
+            (got,) = yield [(ps.sid, lo[:count].copy(), mid)]
+            _learn(node, apar, count, np.asarray(got, np.uint8), ps.tree, ps.stride)
 
     def flip(self, bits: np.ndarray) -> None:
         self.b[bits] ^= 1
