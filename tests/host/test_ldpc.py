@@ -17,13 +17,9 @@ from mozi.host.postprocessing.ldpc import (
     syndrome,
 )
 
+from tests.host.test_cascade import _pair
+
 SEED = 1414
-
-
-def _pair(n, q, seed):
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 2, n, dtype=np.uint8)
-    return a, a ^ (rng.random(n) < q).astype(np.uint8)
 
 
 def test_code_is_deterministic_and_sparse():
