@@ -9,9 +9,9 @@ in one message. Bob decodes each with layered normalised min-sum belief propagat
 (compiled with numba) and checks ``H x̂ = s``. A frame that fails is *blind*-retried: Bob names
 the ``r`` bits his decoder is least sure of, Alice reveals them (``r`` more leaked bits), and he
 decodes again with those bits fixed — at most :data:`MAX_ROUNDS` rounds. A frame still failing
-makes the reconciliation fail (the session aborts; discarding frames by their decoding outcome
-would select the key by its errors). A wrong codeword that satisfies the syndrome is caught by
-the verification hash like any error correction's residual error.
+makes the reconciliation fail (the session then corrects the key with Cascade; discarding frames
+by their decoding outcome would select the key by its errors). A wrong codeword that satisfies
+the syndrome is caught by the verification hash like any error correction's residual error.
 
 Leak, exactly: ``Σ_frames m + Σ revealed bits`` (a failed frame's bits count too).
 

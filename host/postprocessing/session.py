@@ -100,7 +100,7 @@ from mozi.host.postprocessing.finite_key import (
     binary_entropy,
     finite_key_length,
 )
-from mozi.host.postprocessing.ldpc import MAX_ROUNDS, AliceLdpc, BobLdpc, LdpcFailure
+from mozi.host.postprocessing.ldpc import AliceLdpc, BobLdpc, LdpcFailure
 from mozi.host.postprocessing.privacy import privacy_amplify
 from mozi.host.postprocessing.sifting import (
     alice_answer_report,
@@ -827,6 +827,8 @@ def _bob_protocol(events, start: PassStart, ch, half: _Half, rand) -> None:
         key, leaked = _bob_correct(ch, part, _qber_estimate(estimate), config)
         fixed.append(key)
         leaks.append(leaked)
+        # the X key's estimate: the Z QBER just measured, far tighter than the sample's
+        estimate = int((key != part).sum()) / part.size
     flips = [k != r for k, r in zip(fixed, raw, strict=True)]
     if both:
         errors = (np.bincount(b_sift.intensity[flips[0]], minlength=3)[:3],
@@ -946,9 +948,12 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
         _check_x(result, config)
 
     # 5. error correction of each key part (Z; and X when both bases give key); with both,
-    # the QBER estimate for it is that of the disclosed alignment sample
+    # the Z key's QBER estimate is the disclosed alignment sample's, two standard deviations
+    # up (a few hundred bits: an LDPC rate from the bare rate would often fail)
     if both:
-        estimate = float(result.alignment["error_rate"])
+        rate, compared = float(result.alignment["error_rate"]), int(result.alignment["compared"])
+        estimate = min(0.5, rate + 2.0 * math.sqrt(max(rate, 1.0 / max(compared, 1))
+                                                   * (1.0 - rate) / max(compared, 1)))
         ch.send("ec-estimate", struct.pack(">d", estimate))
         raw = [a_sift.key, a_sift.x_bits]
     else:
@@ -959,6 +964,7 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
                                    "cascade" if i == 0 else "cascade-x")
         leaks.append(leaked)
         flipped.append(f)
+        estimate = f / part.size      # as Bob: the X key's estimate is the Z QBER measured
     if both:
         with _parsing("ec-errors"):
             counts = np.array(struct.unpack(">6Q", _recv(ch, "ec-errors")), np.int64)
@@ -1028,17 +1034,17 @@ def _alice_protocol(alice, start: PassStart, ch, half: _Half, rand) -> None:
 
 # -- steps both halves share -----------------------------------------------------------------
 
-def _alice_ldpc(ch, key: np.ndarray, qber: float) -> tuple[int, int]:
+def _alice_ldpc(ch, key: np.ndarray, qber: float) -> tuple[int, int | None]:
     """Alice's LDPC half: syndromes, then reveals on request. Returns (leaked, flipped), the
-    flip count from Bob's report."""
+    flip count from Bob's report, or None when a frame was not decoded."""
     alice = AliceLdpc(key, qber)
     ch.send("ldpc-syndromes", alice.syndromes())
     while True:
         with _parsing("ldpc-request"):
             try:
                 reveal = alice.answer(_recv(ch, "ldpc-request"))
-            except LdpcFailure as exc:
-                raise ProtocolAbort(f"{exc}; block discarded") from None
+            except LdpcFailure:
+                return alice.leaked_bits, None
         if reveal is None:
             break
         ch.send("ldpc-reveal", reveal)
@@ -1049,8 +1055,9 @@ def _alice_ldpc(ch, key: np.ndarray, qber: float) -> tuple[int, int]:
     return alice.leaked_bits, int(flipped)
 
 
-def _bob_ldpc(ch, key: np.ndarray, qber: float) -> tuple[np.ndarray, int]:
-    """Bob's LDPC half; returns his corrected key and the bits Alice disclosed."""
+def _bob_ldpc(ch, key: np.ndarray, qber: float) -> tuple[np.ndarray | None, int]:
+    """Bob's LDPC half; returns his corrected key (None when a frame was not decoded) and
+    the bits Alice disclosed."""
     bob = BobLdpc(key, qber)
     with _parsing("ldpc-syndromes"):
         request = bob.first(_recv(ch, "ldpc-syndromes"))
@@ -1060,14 +1067,13 @@ def _bob_ldpc(ch, key: np.ndarray, qber: float) -> tuple[np.ndarray, int]:
             request = bob.retry(_recv(ch, "ldpc-reveal"))
     ch.send("ldpc-request", request)
     if request[0] != 1:
-        raise ProtocolAbort(f"LDPC reconciliation failed: a frame was not decoded in "
-                            f"{MAX_ROUNDS} rounds; block discarded")
+        return None, bob.leaked_bits
     ch.send("ldpc-flips", struct.pack(">Q", int((bob.corrected != key).sum())))
     return bob.corrected, bob.leaked_bits
 
 
 def _qber_estimate(qber_x: float) -> float:
-    """Cascade's block sizes come from the X-basis QBER, bounded to a sane range."""
+    """Error correction's QBER estimate, bounded to a sane range."""
     return min(max(qber_x, 1e-3), 0.25)
 
 
@@ -1090,22 +1096,31 @@ def _corrected_both(result: SessionResult, leaks: list[int], flipped: list[int],
 
 def _alice_correct(ch, key: np.ndarray, estimate: float, config: SessionConfig, rand,
                    name: str) -> tuple[int, int]:
-    """Alice's half of error correcting one key part → (leaked bits, Bob's flip count)."""
+    """Alice's half of error correcting one key part → (leaked bits, Bob's flip count).
+
+    LDPC that leaves a frame undecoded falls back to Cascade on the whole part (dropping the
+    frame would select the key by its errors); the leak is both methods' disclosures."""
+    leaked = 0
     if config.reconciliation == "ldpc":
-        return _alice_ldpc(ch, key, estimate)
+        leaked, flipped = _alice_ldpc(ch, key, estimate)
+        if flipped is not None:
+            return leaked, flipped
     # Cascade: Alice answers parity queries
     cascade_seed = rand.integer(name)
     ch.send("cascade-seed", struct.pack(">Q", cascade_seed))
     oracle, flipped = serve_parities(ch, key, seed=cascade_seed, qber_estimate=estimate,
                                      passes=config.cascade_passes)
-    return int(oracle.leaked_bits), int(flipped)
+    return leaked + int(oracle.leaked_bits), int(flipped)
 
 
 def _bob_correct(ch, key: np.ndarray, estimate: float, config: SessionConfig
                  ) -> tuple[np.ndarray, int]:
     """Bob's half of error correcting one key part → (his corrected part, leaked bits)."""
+    leaked = 0
     if config.reconciliation == "ldpc":
-        return _bob_ldpc(ch, key, estimate)
+        corrected, leaked = _bob_ldpc(ch, key, estimate)
+        if corrected is not None:
+            return corrected, leaked
     # Cascade: queries and answers as public frames, both transcripts authenticated
     with _parsing("cascade-seed"):
         (cascade_seed,) = struct.unpack(">Q", _recv(ch, "cascade-seed"))
@@ -1113,7 +1128,7 @@ def _bob_correct(ch, key: np.ndarray, estimate: float, config: SessionConfig
     ec = reconcile(None, key, estimate, seed=cascade_seed, passes=config.cascade_passes,
                    oracle=oracle)
     oracle.finish(int((ec.corrected != key).sum()))
-    return ec.corrected, int(ec.leaked_bits)
+    return ec.corrected, leaked + int(ec.leaked_bits)
 
 
 def _sifted(result: SessionResult, stats: DecoyStatistics) -> tuple[int, float]:

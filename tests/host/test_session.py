@@ -530,3 +530,44 @@ def test_intercept_resend_is_caught_with_both_bases_as_key(tmp_path):
     assert res.aborted and res.final_key_bits == 0
     assert "QBER" in res.abort_reason or "alignment" in res.abort_reason
     assert sa.list() == [] and sb.list() == []
+
+
+def test_both_bases_with_ldpc(slice30, tmp_path):
+    """Both bases as key, each corrected by LDPC (the X key's code rate from the Z QBER just
+    measured): identical stores, each part's leak its syndromes and reveals."""
+    tags, alice, _ = slice30
+    sa, sb = _stores(tmp_path)
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb,
+                      config=SessionConfig(insecure_seed=4, key_bases="zx",
+                                           reconciliation="ldpc"))
+    assert not res.aborted, res.abort_reason
+    assert res.final_key_bits > 0 and res.finite_key_x is not None
+    assert res.ec_efficiency > 1.1
+    for a, b in zip(_keys(sa, res.key_ids), _keys(sb, res.key_ids), strict=True):
+        np.testing.assert_array_equal(a.bits, b.bits)
+
+
+def test_an_undecoded_ldpc_frame_falls_back_to_cascade(session30, slice30, tmp_path,
+                                                        monkeypatch):
+    """LDPC leaving a frame undecoded (here: codes of 16 checks, one round) does not abort the
+    session nor drop the frame: the key part is corrected by Cascade, and λ_EC is the LDPC
+    syndromes plus Cascade's parities."""
+    from mozi.host.postprocessing import ldpc
+    monkeypatch.setattr(ldpc, "checks_for", lambda n, q: 16)
+    monkeypatch.setattr(ldpc, "MAX_ROUNDS", 1)
+    tags, alice, _ = slice30
+    sa, sb = _stores(tmp_path)
+    log = []
+    res = run_session(tags, alice, link=LINK, store_alice=sa, store_bob=sb, tap=_recorder(log),
+                      config=SessionConfig(insecure_seed=2017, reconciliation="ldpc"))
+    assert not res.aborted, res.abort_reason
+    kinds = [kind(frame).decode() for _, frame in log]
+    assert "ldpc-syndromes" in kinds and "cascade-seed" in kinds and "ldpc-flips" not in kinds
+    # the same seed draws the same Cascade seed as the Cascade-only session: its parities
+    # plus the 16 syndrome bits of each frame, exactly
+    frames = len(ldpc.frame_sizes(res.sifted_z_bits))
+    cascade_only = session30[0]
+    assert res.ec_leaked_bits == cascade_only.ec_leaked_bits + 16 * frames
+    assert res.qber_z == cascade_only.qber_z
+    for a, b in zip(_keys(sa, res.key_ids), _keys(sb, res.key_ids), strict=True):
+        np.testing.assert_array_equal(a.bits, b.bits)
