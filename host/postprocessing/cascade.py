@@ -165,7 +165,7 @@ class AliceParityOracle:
         of one segment — under ``sid`` (default: the next free number); returns the id."""
         perm = np.asarray(permutation)
         if perm.ndim != 1 or not 0 < perm.size <= self.n or perm.min() < 0 \
-                or perm.max() >= self.n or np.bincount(perm, minlength=self.n).max() > 1:
+                or perm.max() >= self.n or np.bincount(perm - perm.min()).max() > 1:
             raise ValueError(f"a shuffle must list distinct indices of the {self.n}-bit key")
         sid = len(self._prefix) if sid is None else int(sid)
         if sid in self._prefix:
@@ -531,6 +531,8 @@ def reconcile(alice_bits, bob_bits, qber_estimate: float, *, seed: int, passes: 
     elif oracle.n != n:
         raise ValueError(f"the oracle holds {oracle.n} bits, Bob has {n}")
     seg = segments(n)
+    if (seg.size - 1) * passes > 1 << 16:
+        raise ValueError(f"a {n}-bit key needs more than 2^16 shuffles: too long for Cascade")
     sizes = block_sizes(qber_estimate, int(np.diff(seg).max()), passes, schedule)
     leaked0, messages0 = oracle.leaked_bits, oracle.messages
     parts = [_Segment(b, j, int(seg[j]), int(seg[j + 1]), seg.size - 1,
