@@ -21,8 +21,9 @@ high check degrees of these rates, which the classic rate-1/2 distributions viol
 degrees as equal as ``E / m`` allows, edges placed by a seeded random permutation (seed fixed by
 ``(n, m)``, so the codes are public and cached) with repeated edges dropped. :func:`make_code`
 is deterministic across machines (numpy's PCG64). These codes are not density-evolution
-optimised nor PEG-built: they leave f at 1.2–1.3 where optimised codes reach 1.1
-(``make bench`` reconciliation).
+optimised nor PEG-built: they leave f at 1.2–1.4 where optimised codes reach 1.1 (``make
+bench`` reconciliation); density evolution of this decoder puts the distribution's own
+threshold at f* = 1.2–1.45 for rates 0.7–0.92 (docs/postprocessing.md).
 """
 
 from __future__ import annotations
