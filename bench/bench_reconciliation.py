@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 from mozi.host.postprocessing.cascade import reconcile
-from mozi.host.postprocessing.ldpc import binary_entropy, reconcile_ldpc
+from mozi.host.postprocessing.finite_key import binary_entropy
+from mozi.host.postprocessing.ldpc import reconcile_ldpc
 
 TITLE = "Reconciliation: method × QBER × block → f, FER, round trips, Mbit/s"
 

@@ -157,9 +157,6 @@ class AliceParityOracle:
         """Shuffles registered so far."""
         return len(self._prefix)
 
-    def has_shuffle(self, sid: int) -> bool:
-        return sid in self._prefix
-
     def add_shuffle(self, permutation: np.ndarray, sid: int | None = None) -> int:
         """Register a public shuffle — distinct key indices, a permutation of the whole key or
         of one segment — under ``sid`` (default: the next free number); returns the id."""

@@ -35,6 +35,7 @@ import struct
 
 import numba
 import numpy as np
+from mozi.host.postprocessing.finite_key import binary_entropy
 from mozi.sim.model import as_bits
 
 __all__ = ["AliceLdpc", "BobLdpc", "Frames", "LdpcCode", "LdpcFailure", "LdpcResult",
@@ -58,12 +59,6 @@ _ALPHA = np.float32(0.78)
 _DEGREES = np.array([2, 3, 6])
 _EDGE_FRACTIONS = np.array([0.1, 0.5, 0.4])
 _NODE_FRACTIONS = (_EDGE_FRACTIONS / _DEGREES) / (_EDGE_FRACTIONS / _DEGREES).sum()
-
-
-def binary_entropy(q: float) -> float:
-    if q <= 0.0 or q >= 1.0:
-        return 0.0
-    return -q * math.log2(q) - (1 - q) * math.log2(1 - q)
 
 
 def frame_sizes(n: int) -> list[int]:
@@ -286,7 +281,6 @@ class AliceLdpc:
         self.leaked_bits = 0
         self.rounds = 0
         self._revealed = [set() for _ in range(len(self.frames))]
-        self.done = False
 
     def syndromes(self) -> bytes:
         out = []
@@ -307,7 +301,6 @@ class AliceLdpc:
             raise ValueError("empty LDPC request")
         status = request[0]
         if status == _DECODED and len(request) == 1:
-            self.done = True
             return None
         if status == _FAILED and len(request) == 1:
             raise LdpcFailure(f"LDPC reconciliation failed: a frame was not decoded in "
@@ -354,11 +347,9 @@ class BobLdpc:
         self.leaked_bits = 0
         self.rounds = 0
         self.revealed_bits = 0
-        self.iterations = 0
         f = len(self.frames)
         self._syn: list[np.ndarray] = []
         self._known = [(np.zeros(0, np.int64), np.zeros(0, np.uint8)) for _ in range(f)]
-        self._pending: list[int] = []
         self._asked: list[tuple[int, np.ndarray]] = []
 
     def _decode(self, frames) -> bytes:
@@ -369,7 +360,6 @@ class BobLdpc:
             pos, val = self._known[i]
             bits, rel, its = decode(code, self._syn[i], self.key[sl], self.qber,
                                     known=(pos, val) if pos.size else None)
-            self.iterations += max(its, 0) if its >= 0 else MAX_ITERATIONS
             if its >= 0:
                 self.corrected[sl] = bits
                 continue

@@ -1132,12 +1132,9 @@ def _bob_correct(ch, key: np.ndarray, estimate: float, config: SessionConfig
 
 
 def _sifted(result: SessionResult, stats: DecoyStatistics) -> tuple[int, float]:
-    n_x, m_x, n_z = int(stats.n_x.sum()), int(stats.m_x.sum()), int(stats.n_z.sum())
-    result.sifted_z_bits = n_z
-    result.sifted_bits = n_z + n_x
+    n_x, m_x = int(stats.n_x.sum()), int(stats.m_x.sum())
     result.qber_x = m_x / n_x if n_x else None
-    if n_x == 0 or n_z == 0:
-        raise ProtocolAbort("no sifted detections in one of the bases")
+    n_z, _ = _sifted_counts(result, int(stats.n_z.sum()), n_x)
     return n_z, result.qber_x
 
 

@@ -7,11 +7,11 @@ import struct
 import numpy as np
 import pytest
 from mozi.host.postprocessing import ldpc
+from mozi.host.postprocessing.finite_key import binary_entropy
 from mozi.host.postprocessing.ldpc import (
     AliceLdpc,
     BobLdpc,
     LdpcFailure,
-    binary_entropy,
     make_code,
     reconcile_ldpc,
     syndrome,

@@ -61,6 +61,14 @@ def _keys(store, ids):
     return [store.get(k) for k in ids]
 
 
+def _same_keys(res, sa, sb) -> int:
+    """Both stores hold the session's blocks with the same bits; returns their total size."""
+    ka, kb = _keys(sa, res.key_ids), _keys(sb, res.key_ids)
+    for a, b in zip(ka, kb, strict=True):
+        np.testing.assert_array_equal(a.bits, b.bits)
+    return sum(k.bits.size for k in ka)
+
+
 def test_positive_finite_key_and_identical_stores(session30, slice30):
     res, sa, sb = session30
     sim = slice30[2]
@@ -503,10 +511,7 @@ def test_both_bases_give_key_with_nothing_disclosed(session30, slice30, tmp_path
     # the X errors error correction found are the X QBER the Z-only session disclosed
     assert res.qber_x == pytest.approx(z_only.qber_x, abs=2e-3)
     assert res.final_key_bits > 1.6 * z_only.final_key_bits
-    ka, kb = _keys(sa, res.key_ids), _keys(sb, res.key_ids)
-    for a, b in zip(ka, kb, strict=True):
-        np.testing.assert_array_equal(a.bits, b.bits)
-    assert sum(k.bits.size for k in ka) == res.final_key_bits
+    assert _same_keys(res, sa, sb) == res.final_key_bits
 
 
 def test_both_bases_split_the_secrecy_parameter(slice30, tmp_path):
@@ -543,8 +548,7 @@ def test_both_bases_with_ldpc(slice30, tmp_path):
     assert not res.aborted, res.abort_reason
     assert res.final_key_bits > 0 and res.finite_key_x is not None
     assert res.ec_efficiency > 1.1
-    for a, b in zip(_keys(sa, res.key_ids), _keys(sb, res.key_ids), strict=True):
-        np.testing.assert_array_equal(a.bits, b.bits)
+    assert _same_keys(res, sa, sb) == res.final_key_bits
 
 
 def test_an_undecoded_ldpc_frame_falls_back_to_cascade(session30, slice30, tmp_path,
@@ -569,5 +573,4 @@ def test_an_undecoded_ldpc_frame_falls_back_to_cascade(session30, slice30, tmp_p
     cascade_only = session30[0]
     assert res.ec_leaked_bits == cascade_only.ec_leaked_bits + 16 * frames
     assert res.qber_z == cascade_only.qber_z
-    for a, b in zip(_keys(sa, res.key_ids), _keys(sb, res.key_ids), strict=True):
-        np.testing.assert_array_equal(a.bits, b.bits)
+    assert _same_keys(res, sa, sb) == res.final_key_bits
